@@ -1,0 +1,146 @@
+//! Status conditions: types, reasons, and the bookkeeping that keeps `lastTransitionTime`
+//! stable so that an unchanged status compares equal and costs no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const CREDENTIAL_SPEC_READY: &str = "CredentialSpecReady";
+pub const ACCESS_GRANTED: &str = "AccessGranted";
+pub const POD_TEMPLATE_READY: &str = "PodTemplateReady";
+pub const SHARES_READY: &str = "SharesReady";
+pub const TOKEN_READY: &str = "TokenReady";
+
+pub const REASON_RECONCILED: &str = "Reconciled";
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+pub const REASON_CONFLICT: &str = "Conflict";
+pub const REASON_NOT_REQUESTED: &str = "NotRequested";
+pub const REASON_NOT_READY: &str = "NotReady";
+pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
+pub const REASON_API_ERROR: &str = "ApiError";
+pub const REASON_NOT_SUPPORTED: &str = "NotSupported";
+
+/// A condition's wanted state, before bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionState {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ConditionState {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+fn status_word(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+/// Merges wanted states into the previous conditions: a condition whose status did not change
+/// keeps its `lastTransitionTime`; conditions not mentioned are kept as they were.
+pub fn merge(
+    previous: &[Condition],
+    wanted: &[ConditionState],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = previous.to_vec();
+    for state in wanted {
+        let old = previous.iter().find(|c| c.type_ == state.type_);
+        let status = status_word(state.status);
+        let last_transition_time = match old {
+            Some(old) if old.status == status => old.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        let condition = Condition {
+            type_: state.type_.to_owned(),
+            status: status.to_owned(),
+            reason: state.reason.to_owned(),
+            message: state.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        };
+        match merged.iter_mut().find(|c| c.type_ == state.type_) {
+            Some(slot) => *slot = condition,
+            None => merged.push(condition),
+        }
+    }
+    merged
+}
+
+/// The condition of the given type, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of the given type is `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_time() {
+        let first = merge(
+            &[],
+            &[ConditionState::new(READY, true, REASON_RECONCILED, "ok")],
+            Some(1),
+            &time("2026-01-01T00:00:00Z"),
+        );
+        let second = merge(
+            &first,
+            &[ConditionState::new(READY, true, REASON_RECONCILED, "ok")],
+            Some(1),
+            &time("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn changed_status_moves_transition_time_and_keeps_others() {
+        let t1 = time("2026-01-01T00:00:00Z");
+        let t2 = time("2026-01-02T00:00:00Z");
+        let first = merge(
+            &[],
+            &[
+                ConditionState::new(READY, true, REASON_RECONCILED, "ok"),
+                ConditionState::new(ACCESS_GRANTED, true, REASON_RECONCILED, "ok"),
+            ],
+            Some(1),
+            &t1,
+        );
+        let second = merge(
+            &first,
+            &[ConditionState::new(READY, false, REASON_CONFLICT, "taken")],
+            Some(2),
+            &t2,
+        );
+        let ready = find(&second, READY).unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.last_transition_time, t2);
+        assert_eq!(ready.observed_generation, Some(2));
+        let access = find(&second, ACCESS_GRANTED).unwrap();
+        assert_eq!(access.last_transition_time, t1);
+        assert!(is_true(&second, ACCESS_GRANTED));
+        assert!(!is_true(&second, READY));
+    }
+}

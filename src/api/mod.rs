@@ -1,0 +1,8 @@
+//! Kubernetes API types: winflow's own custom resources and the upstream gMSA credential spec.
+
+pub mod conditions;
+pub mod gmsa;
+pub mod identity;
+
+pub use gmsa::GMSACredentialSpec;
+pub use identity::{WindowsTaskIdentity, WindowsTaskIdentitySpec, WindowsTaskIdentityStatus};

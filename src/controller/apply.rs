@@ -1,0 +1,174 @@
+//! Writing children: never touch what winflow does not manage, and write nothing when the
+//! object already holds what winflow wants (steady state costs zero API writes).
+
+use std::fmt::Debug;
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::build::is_managed_by_identity;
+use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+
+/// What happened to one child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildState {
+    /// It already held what winflow wants; nothing was written.
+    UpToDate,
+    /// Created or repaired by server-side apply.
+    Applied,
+    /// An object of that name exists and winflow does not manage it; left untouched.
+    Conflict(String),
+    /// The API server refused the object (4xx): a problem no retry fixes by itself.
+    Rejected(String),
+}
+
+impl ChildState {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, ChildState::UpToDate | ChildState::Applied)
+    }
+}
+
+/// A child as the controller reports it.
+#[derive(Clone, Debug)]
+pub struct ChildReport {
+    pub kind: String,
+    pub name: String,
+    pub state: ChildState,
+}
+
+/// Writes one child unless it is up to date or not winflow's. Transient API errors are
+/// returned for a retry; refusals become `Rejected`.
+pub async fn ensure_child<K>(
+    api: &Api<K>,
+    desired: &K,
+    identity: &str,
+    metrics: &Metrics,
+) -> Result<ChildReport, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let name = desired.name_any();
+    let report = |state| ChildReport {
+        kind: kind.clone(),
+        name: name.clone(),
+        state,
+    };
+    if let Some(existing) = api.get_opt(&name).await? {
+        if !is_managed_by_identity(existing.meta(), identity) {
+            return Ok(report(ChildState::Conflict(format!(
+                "{kind} {name} exists and is not managed by winflow for this identity; it was left untouched (delete or rename it to let winflow create its own)"
+            ))));
+        }
+        if is_subset(&to_json(desired), &to_json(&existing)) {
+            return Ok(report(ChildState::UpToDate));
+        }
+    }
+    // Forced: winflow owns these fields, so a hand edit of them is drift to repair.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    metrics.api_write(&kind, "apply");
+    match api.patch(&name, &params, &Patch::Apply(desired)).await {
+        Ok(_) => Ok(report(ChildState::Applied)),
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => {
+            Ok(report(ChildState::Rejected(format!(
+                "the API server refused {kind} {name}: {}",
+                status.message
+            ))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// 4xx answers other than conflicts and throttling do not go away by retrying.
+fn is_permanent(code: u16) -> bool {
+    (400..500).contains(&code) && code != 409 && code != 429
+}
+
+fn to_json<T: Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("Kubernetes objects serialize to JSON")
+}
+
+/// Whether `existing` holds everything in `desired`. Maps may hold more (fields set by other
+/// managers or defaulted by the server); lists must match element by element, so a removed
+/// entry is noticed. Empty maps and lists count as absent, as the API server drops them.
+pub fn is_subset(desired: &Value, existing: &Value) -> bool {
+    match (desired, existing) {
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(key, value)| match have.get(key) {
+                Some(found) => is_subset(value, found),
+                None => is_empty(value),
+            })
+        }
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_subset(w, h))
+        }
+        (want, Value::Null) => is_empty(want),
+        (want, have) => want == have,
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(list) => list.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extra_fields_on_the_server_are_fine() {
+        let desired = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}});
+        let existing = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        assert!(is_subset(&desired, &existing));
+    }
+
+    #[test]
+    fn changed_or_missing_values_are_drift() {
+        let desired = json!({"data": {"k": "v"}});
+        assert!(!is_subset(&desired, &json!({"data": {"k": "edited"}})));
+        assert!(!is_subset(&desired, &json!({"data": {}})));
+        assert!(!is_subset(&desired, &json!({})));
+    }
+
+    #[test]
+    fn lists_compare_element_by_element() {
+        let desired = json!({"rules": [{"verbs": ["use"]}]});
+        assert!(is_subset(
+            &desired,
+            &json!({"rules": [{"verbs": ["use"], "extra": 1}]})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"rules": [{"verbs": ["use"]}, {"verbs": ["get"]}]})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"rules": [{"verbs": ["use", "get"]}]})
+        ));
+    }
+
+    #[test]
+    fn empty_collections_count_as_absent() {
+        assert!(is_subset(&json!({"a": {}, "b": [], "c": null}), &json!({})));
+        assert!(!is_subset(&json!({"a": 0}), &json!({})));
+    }
+
+    #[test]
+    fn permanent_errors() {
+        assert!(is_permanent(403));
+        assert!(is_permanent(422));
+        assert!(!is_permanent(409));
+        assert!(!is_permanent(429));
+        assert!(!is_permanent(500));
+    }
+}

@@ -1,0 +1,284 @@
+//! From what happened to the children to the identity's conditions. Pure.
+
+use crate::api::conditions::*;
+use crate::controller::apply::{ChildReport, ChildState};
+
+/// Whether the identity's service account is there to be bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceAccountState {
+    /// winflow created it (or keeps it).
+    Managed(ChildState),
+    /// It exists and belongs to someone else: bound, never taken over.
+    ExistingUnmanaged,
+    /// `create: false` and it does not exist.
+    Missing,
+}
+
+/// Everything the conditions are computed from.
+pub struct Observed<'a> {
+    pub credential_spec: &'a ChildReport,
+    pub role: &'a ChildReport,
+    pub role_binding: &'a ChildReport,
+    pub service_account_name: &'a str,
+    pub service_account: ServiceAccountState,
+    pub pod_templates: &'a ChildReport,
+    pub shares_requested: bool,
+    pub token_requested: bool,
+}
+
+fn child_failure(report: &ChildReport) -> Option<(&'static str, String)> {
+    match &report.state {
+        ChildState::UpToDate | ChildState::Applied => None,
+        ChildState::Conflict(message) => Some((REASON_CONFLICT, message.clone())),
+        ChildState::Rejected(message) => Some((REASON_API_ERROR, message.clone())),
+    }
+}
+
+fn from_children(
+    type_: &'static str,
+    reports: &[&ChildReport],
+    ok_message: String,
+) -> ConditionState {
+    match reports.iter().find_map(|r| child_failure(r)) {
+        Some((reason, message)) => ConditionState::new(type_, false, reason, message),
+        None => ConditionState::new(type_, true, REASON_RECONCILED, ok_message),
+    }
+}
+
+/// The configuration conditions followed by `Ready`, which summarises them.
+pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
+    let credential_spec = from_children(
+        CREDENTIAL_SPEC_READY,
+        &[observed.credential_spec],
+        format!(
+            "GMSACredentialSpec {} is up to date",
+            observed.credential_spec.name
+        ),
+    );
+    let access = match &observed.service_account {
+        ServiceAccountState::Missing => ConditionState::new(
+            ACCESS_GRANTED,
+            false,
+            REASON_SERVICE_ACCOUNT_MISSING,
+            format!(
+                "service account {} does not exist and serviceAccount.create is false; create it or set create: true",
+                observed.service_account_name
+            ),
+        ),
+        ServiceAccountState::Managed(state) => {
+            let sa = ChildReport {
+                kind: "ServiceAccount".into(),
+                name: observed.service_account_name.into(),
+                state: state.clone(),
+            };
+            from_children(
+                ACCESS_GRANTED,
+                &[&sa, observed.role, observed.role_binding],
+                access_message(observed, ""),
+            )
+        }
+        ServiceAccountState::ExistingUnmanaged => from_children(
+            ACCESS_GRANTED,
+            &[observed.role, observed.role_binding],
+            access_message(
+                observed,
+                " (an existing service account that winflow uses but does not manage)",
+            ),
+        ),
+    };
+    let templates = from_children(
+        POD_TEMPLATE_READY,
+        &[observed.pod_templates],
+        format!(
+            "ConfigMap {} holds the Windows and executor pod templates",
+            observed.pod_templates.name
+        ),
+    );
+    let shares = not_yet_supported(
+        SHARES_READY,
+        observed.shares_requested,
+        "spec.shares",
+        "mounting WindowsShares",
+    );
+    let token = not_yet_supported(
+        TOKEN_READY,
+        observed.token_requested,
+        "spec.token",
+        "issuing OIDC tokens",
+    );
+    let mut conditions = vec![credential_spec, access, templates, shares, token];
+    conditions.push(ready_summary(&conditions));
+    conditions
+}
+
+fn access_message(observed: &Observed<'_>, note: &str) -> String {
+    format!(
+        "service account {}{note} may use GMSACredentialSpec {} through Role and RoleBinding {}",
+        observed.service_account_name, observed.credential_spec.name, observed.role.name
+    )
+}
+
+/// Shares and tokens are reconciled by their own controllers; until this build has them, an
+/// identity that asks for them is not Ready rather than silently running without them.
+fn not_yet_supported(
+    type_: &'static str,
+    requested: bool,
+    field: &str,
+    what: &str,
+) -> ConditionState {
+    if requested {
+        ConditionState::new(
+            type_,
+            false,
+            REASON_NOT_SUPPORTED,
+            format!(
+                "{field} is set, but this winflow version does not support {what} yet; remove {field} or upgrade winflow"
+            ),
+        )
+    } else {
+        ConditionState::new(
+            type_,
+            true,
+            REASON_NOT_REQUESTED,
+            format!("{field} is not set"),
+        )
+    }
+}
+
+/// `Ready` is true when every configuration condition is; otherwise it carries the first
+/// failing condition's reason and message.
+pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {
+    match conditions.iter().find(|c| !c.status) {
+        Some(failing) => ConditionState::new(
+            READY,
+            false,
+            failing.reason,
+            format!("{}: {}", failing.type_, failing.message),
+        ),
+        None => ConditionState::new(
+            READY,
+            true,
+            REASON_RECONCILED,
+            "the credential spec, access rights and pod templates are in place",
+        ),
+    }
+}
+
+/// The conditions of an identity whose spec breaks a rule: only `Ready` changes, the other
+/// conditions keep describing the children as last applied.
+pub fn invalid_spec_conditions(message: String) -> Vec<ConditionState> {
+    vec![ConditionState::new(
+        READY,
+        false,
+        REASON_INVALID_SPEC,
+        message,
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kind: &str, state: ChildState) -> ChildReport {
+        ChildReport {
+            kind: kind.into(),
+            name: format!("{kind}-name"),
+            state,
+        }
+    }
+
+    fn observed<'a>(
+        cs: &'a ChildReport,
+        role: &'a ChildReport,
+        rb: &'a ChildReport,
+        cm: &'a ChildReport,
+        sa: ServiceAccountState,
+    ) -> Observed<'a> {
+        Observed {
+            credential_spec: cs,
+            role,
+            role_binding: rb,
+            service_account_name: "reports",
+            service_account: sa,
+            pod_templates: cm,
+            shares_requested: false,
+            token_requested: false,
+        }
+    }
+
+    #[test]
+    fn all_children_in_place_is_ready() {
+        let ok = report("X", ChildState::UpToDate);
+        let applied = report("Y", ChildState::Applied);
+        let conditions = identity_conditions(&observed(
+            &ok,
+            &ok,
+            &applied,
+            &ok,
+            ServiceAccountState::Managed(ChildState::Applied),
+        ));
+        assert!(conditions.iter().all(|c| c.status), "{conditions:?}");
+        assert_eq!(conditions.last().unwrap().type_, READY);
+    }
+
+    #[test]
+    fn conflict_on_the_credential_spec_is_reported_and_not_ready() {
+        let ok = report("X", ChildState::UpToDate);
+        let conflict = report("GMSACredentialSpec", ChildState::Conflict("taken".into()));
+        let conditions = identity_conditions(&observed(
+            &conflict,
+            &ok,
+            &ok,
+            &ok,
+            ServiceAccountState::ExistingUnmanaged,
+        ));
+        let cs = conditions
+            .iter()
+            .find(|c| c.type_ == CREDENTIAL_SPEC_READY)
+            .unwrap();
+        assert_eq!((cs.status, cs.reason), (false, REASON_CONFLICT));
+        let ready = conditions.last().unwrap();
+        assert_eq!((ready.status, ready.reason), (false, REASON_CONFLICT));
+        assert_eq!(ready.message, "CredentialSpecReady: taken");
+        let access = conditions
+            .iter()
+            .find(|c| c.type_ == ACCESS_GRANTED)
+            .unwrap();
+        assert!(
+            access.status && access.message.contains("does not manage"),
+            "{access:?}"
+        );
+    }
+
+    #[test]
+    fn missing_service_account_denies_access() {
+        let ok = report("X", ChildState::UpToDate);
+        let conditions =
+            identity_conditions(&observed(&ok, &ok, &ok, &ok, ServiceAccountState::Missing));
+        let access = conditions
+            .iter()
+            .find(|c| c.type_ == ACCESS_GRANTED)
+            .unwrap();
+        assert_eq!(
+            (access.status, access.reason),
+            (false, REASON_SERVICE_ACCOUNT_MISSING)
+        );
+    }
+
+    #[test]
+    fn requested_shares_block_ready() {
+        let ok = report("X", ChildState::UpToDate);
+        let mut o = observed(
+            &ok,
+            &ok,
+            &ok,
+            &ok,
+            ServiceAccountState::Managed(ChildState::UpToDate),
+        );
+        o.shares_requested = true;
+        let conditions = identity_conditions(&o);
+        let ready = conditions.last().unwrap();
+        assert!(!ready.status);
+        assert!(ready.message.starts_with("SharesReady:"));
+    }
+}

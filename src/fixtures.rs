@@ -1,0 +1,29 @@
+//! Identities for unit tests, read from `examples/` so the examples stay valid.
+
+use crate::api::{WindowsTaskIdentity, WindowsTaskIdentitySpec};
+
+pub fn domain_joined() -> WindowsTaskIdentity {
+    with_namespace(
+        serde_yaml_ng::from_str(include_str!("../examples/identity-domain-joined.yaml")).unwrap(),
+    )
+}
+
+pub fn key_vault() -> WindowsTaskIdentity {
+    with_namespace(
+        serde_yaml_ng::from_str(include_str!("../examples/identity-azure-key-vault.yaml")).unwrap(),
+    )
+}
+
+pub fn domain_joined_spec() -> WindowsTaskIdentitySpec {
+    domain_joined().spec
+}
+
+pub fn key_vault_spec() -> WindowsTaskIdentitySpec {
+    key_vault().spec
+}
+
+fn with_namespace(mut identity: WindowsTaskIdentity) -> WindowsTaskIdentity {
+    identity.metadata.namespace = Some("airflow".into());
+    identity.metadata.uid = Some("5b1d7c44-2f1e-4f7a-9a57-0c7c7f1d2e3a".into());
+    identity
+}

@@ -1,0 +1,17 @@
+//! winflow: a Kubernetes operator that runs Apache Airflow work on Windows nodes as
+//! least-privileged Active Directory identities (gMSA).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod build;
+pub mod crdgen;
+pub mod names;
+pub mod render;
+pub mod validate;
+
+pub mod controller;
+#[cfg(test)]
+mod fixtures;
+pub mod metrics;
+pub mod telemetry;

@@ -1,0 +1,155 @@
+//! Prometheus metrics. Labels never carry secrets or tokens.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: String,
+    pub verb: &'static str,
+}
+
+/// The operator's metrics, shared by controllers and the admin server.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    api_writes: Family<WriteLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("winflow");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations by controller and result",
+            reconciles.clone(),
+        );
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciliations",
+            reconcile_duration.clone(),
+        );
+        let api_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Writes to the Kubernetes API by kind and verb",
+            api_writes.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            reconcile_duration,
+            api_writes,
+        }
+    }
+}
+
+impl Metrics {
+    /// Starts timing a reconciliation; the result is recorded when the guard is finished.
+    pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer {
+        ReconcileTimer {
+            metrics: self.clone(),
+            controller,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn api_write(&self, kind: &str, verb: &'static str) {
+        self.api_writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_owned(),
+                verb,
+            })
+            .inc();
+    }
+
+    /// Writes so far of one kind and verb.
+    pub fn api_writes(&self, kind: &str, verb: &'static str) -> u64 {
+        self.api_writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_owned(),
+                verb,
+            })
+            .get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Records the duration and result of one reconciliation.
+pub struct ReconcileTimer {
+    metrics: Metrics,
+    controller: &'static str,
+    start: Instant,
+}
+
+impl ReconcileTimer {
+    pub fn finish(self, result: &'static str) {
+        let controller = self.controller;
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&ControllerLabels { controller })
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_reconciles_are_exposed() {
+        let metrics = Metrics::default();
+        metrics.api_write("ConfigMap", "apply");
+        metrics.api_write("ConfigMap", "apply");
+        metrics.reconcile_started("identity").finish("success");
+        assert_eq!(metrics.api_writes("ConfigMap", "apply"), 2);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"winflow_api_writes_total{kind="ConfigMap",verb="apply"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"winflow_reconciles_total{controller="identity",result="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("winflow_reconcile_duration_seconds_count{controller=\"identity\"} 1"),
+            "{text}"
+        );
+    }
+}

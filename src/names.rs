@@ -1,0 +1,54 @@
+//! Names, labels and annotations that users, templates and tests rely on (SPEC.md "Names").
+
+pub const FIELD_MANAGER: &str = "winflow";
+pub const FINALIZER: &str = "winflow.io/cleanup";
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "winflow";
+pub const IDENTITY_LABEL: &str = "winflow.io/identity";
+pub const ROLE_LABEL: &str = "winflow.io/role";
+pub const ROLE_WINDOWS_TASK: &str = "windows-task";
+pub const ROLE_EXECUTOR: &str = "executor";
+
+/// Hash of everything winflow sets on a child; a changed hash means the child must be
+/// re-applied even when only a field was removed (which a subset comparison cannot see).
+pub const SPEC_HASH_ANNOTATION: &str = "winflow.io/spec-hash";
+
+pub const WINDOWS_TEMPLATE_KEY: &str = "windows-pod-template.yaml";
+pub const EXECUTOR_TEMPLATE_KEY: &str = "executor-pod-template.yaml";
+
+/// Kubernetes' limit for most object names (DNS subdomain).
+pub const MAX_NAME_LENGTH: usize = 253;
+
+/// `<namespace>.<name>`: namespaces contain no dots, so names never collide across namespaces.
+pub fn credential_spec_name(namespace: &str, identity: &str) -> String {
+    format!("{namespace}.{identity}")
+}
+
+/// The identity a credential spec name belongs to, as `(namespace, name)`.
+pub fn identity_of_credential_spec(credential_spec: &str) -> Option<(&str, &str)> {
+    credential_spec.split_once('.')
+}
+
+pub fn gmsa_role_name(identity: &str) -> String {
+    format!("winflow-{identity}-gmsa")
+}
+
+pub fn pod_templates_config_map_name(identity: &str) -> String {
+    format!("{identity}-pod-templates")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_spec_names_round_trip() {
+        let name = credential_spec_name("airflow", "finance.reports");
+        assert_eq!(name, "airflow.finance.reports");
+        assert_eq!(
+            identity_of_credential_spec(&name),
+            Some(("airflow", "finance.reports"))
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `winflow render`: the objects the operator would create, offline.
+
+use kube::core::DynamicObject;
+use serde::Serialize;
+
+use crate::api::WindowsTaskIdentity;
+use crate::build::{self, IdentityChildren};
+use crate::validate;
+
+/// Renders every child of every identity in `documents` (a multi-document YAML stream) as
+/// one YAML stream. Documents of other kinds are skipped; invalid identities are an error
+/// naming the identity and the rule.
+pub fn render(documents: &str, default_namespace: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(documents) {
+        let value = serde_json::Value::deserialize_from(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value.clone())
+            .map_err(|e| format!("not a Kubernetes object: {e}"))?;
+        let kind = object
+            .types
+            .as_ref()
+            .map(|t| t.kind.as_str())
+            .unwrap_or_default();
+        if kind != "WindowsTaskIdentity" {
+            continue;
+        }
+        let mut identity: WindowsTaskIdentity = serde_json::from_value(value).map_err(|e| {
+            format!(
+                "WindowsTaskIdentity {:?}: {e}",
+                object.metadata.name.as_deref().unwrap_or_default()
+            )
+        })?;
+        identity
+            .metadata
+            .namespace
+            .get_or_insert_with(|| default_namespace.to_owned());
+        let children = build::children_for(&identity).map_err(|violations| {
+            format!(
+                "WindowsTaskIdentity {}/{}: {}",
+                identity.metadata.namespace.as_deref().unwrap_or_default(),
+                identity.metadata.name.as_deref().unwrap_or_default(),
+                validate::describe(&violations)
+            )
+        })?;
+        out.extend(children_yaml(&children)?);
+    }
+    Ok(out.join("---\n"))
+}
+
+trait DeserializeFrom: Sized {
+    fn deserialize_from(document: serde_yaml_ng::Deserializer<'_>) -> Result<Self, String>;
+}
+
+impl DeserializeFrom for serde_json::Value {
+    fn deserialize_from(document: serde_yaml_ng::Deserializer<'_>) -> Result<Self, String> {
+        serde::Deserialize::deserialize(document).map_err(|e| format!("invalid YAML: {e}"))
+    }
+}
+
+fn children_yaml(children: &IdentityChildren) -> Result<Vec<String>, String> {
+    let mut docs = vec![
+        yaml(&children.credential_spec)?,
+        yaml(&children.role)?,
+        yaml(&children.role_binding)?,
+    ];
+    if let Some(sa) = &children.service_account {
+        docs.push(yaml(sa)?);
+    }
+    docs.push(yaml(&children.pod_templates)?);
+    Ok(docs)
+}
+
+/// k8s-openapi types serialize with `apiVersion` and `kind`, so the output can be applied.
+fn yaml<T: Serialize>(object: &T) -> Result<String, String> {
+    serde_yaml_ng::to_string(object).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_child_of_the_examples() {
+        let input = format!(
+            "{}\n---\n{}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n",
+            include_str!("../examples/identity-domain-joined.yaml"),
+            include_str!("../examples/identity-azure-key-vault.yaml")
+        );
+        let output = render(&input, "airflow").unwrap();
+        let kinds: Vec<String> = serde_yaml_ng::Deserializer::from_str(&output)
+            .map(|d| {
+                let v: serde_json::Value = serde::Deserialize::deserialize(d).unwrap();
+                format!(
+                    "{}/{}",
+                    v["kind"].as_str().unwrap(),
+                    v["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "GMSACredentialSpec/airflow.finance-reports",
+                "Role/winflow-finance-reports-gmsa",
+                "RoleBinding/winflow-finance-reports-gmsa",
+                "ServiceAccount/finance-reports",
+                "ConfigMap/finance-reports-pod-templates",
+                "GMSACredentialSpec/airflow.payroll-export",
+                "Role/winflow-payroll-export-gmsa",
+                "RoleBinding/winflow-payroll-export-gmsa",
+                "ServiceAccount/payroll-export",
+                "ConfigMap/payroll-export-pod-templates",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_identity_is_named_in_the_error() {
+        let input = include_str!("../examples/identity-domain-joined.yaml")
+            .replace("svc-reports", "svc-reports-with-a-long-name");
+        let err = render(&input, "airflow").unwrap_err();
+        assert!(err.contains("airflow/finance-reports"), "{err}");
+        assert!(err.contains("spec.gmsa.account"), "{err}");
+    }
+}
