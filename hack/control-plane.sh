@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Starts a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on
+# loopback and keeps it up until stdin reaches EOF or SIGINT/SIGTERM arrives.
+#
+# stdout carries exactly one line, `kubeconfig=<absolute path>`, once the control plane is
+# ready; everything else goes to stderr. Stopping on stdin EOF lets a parent hold a pipe to
+# our stdin: when the parent exits, even by SIGKILL, the pipe closes and the control plane
+# goes away with it. Consequently, stdin must stay open (a pipe or a terminal): with
+# stdin from /dev/null the control plane stops as soon as it is ready.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: hack/control-plane.sh [--dir DIR] [-h|--help]
+
+Starts etcd, kube-apiserver and kube-controller-manager on free loopback ports, prints
+`kubeconfig=<path>` on stdout once the API server is ready, and runs until end of file on
+stdin or SIGINT/SIGTERM. Then it stops the processes and removes the state directory.
+
+  --dir DIR   state directory (created; must be empty or absent), default: mktemp -d
+  -h, --help  this text
+
+Environment:
+  KUBEBUILDER_ASSETS          directory holding the three binaries (else they are built/cached
+                              by hack/control-plane-assets.sh)
+  WINFLOW_KEEP_CONTROL_PLANE  1 keeps the state directory (logs, etcd data) after exit
+USAGE
+}
+
+log() { echo "control-plane: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir=$2; shift 2 ;;
+    --dir=*) dir=${1#--dir=}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+
+started=$SECONDS
+bin=$("$here/control-plane-assets.sh")
+
+if [ -n "$dir" ]; then
+  # The directory is removed on exit, so never take over one that holds anything.
+  if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
+    die "--dir $dir is not empty"
+  fi
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  dir=$(cd "$dir" && pwd)
+else
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/winflow-control-plane.XXXXXX")
+fi
+
+# name -> pid, in start order; stopped in reverse order.
+names=()
+pids=()
+stdin_pid=""
+
+# True while the process runs; a zombie (exited, not yet reaped) counts as dead.
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+stop_one() {
+  local name=$1 pid=$2 i
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+    if alive "$pid"; then
+      log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$? i
+  set +e
+  # A second Ctrl-C must not cut the shutdown short and leave processes behind.
+  trap '' INT TERM
+  [ -z "$stdin_pid" ] || kill "$stdin_pid" 2>/dev/null
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    stop_one "${names[i]}" "${pids[i]}"
+  done
+  if [ "${WINFLOW_KEEP_CONTROL_PLANE:-}" = 1 ]; then
+    log "kept state directory $dir"
+  else
+    rm -rf "$dir"
+  fi
+  log "stopped"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# A reader that went away before our one line must not kill us without the cleanup.
+trap 'exit 141' PIPE
+
+# Should this script itself be killed outright (SIGKILL, no cleanup), the kernel still kills
+# its children (SIGKILL: an API server whose etcd is gone hangs on SIGTERM): setpriv
+# --pdeathsig, from util-linux.
+pdeathsig=()
+if command -v setpriv >/dev/null; then
+  pdeathsig=(setpriv --pdeathsig KILL)
+fi
+
+# Starts a binary in the background with its output in DIR/NAME.log.
+start() {
+  local name=$1
+  shift
+  "${pdeathsig[@]}" "$@" </dev/null >"$dir/$name.log" 2>&1 &
+  names+=("$name")
+  pids+=("$!")
+}
+
+# Fails (with the tail of the process's log) when any started process has exited.
+check_alive() {
+  local i status
+  for ((i = 0; i < ${#pids[@]}; i++)); do
+    if ! alive "${pids[i]}"; then
+      status=0
+      wait "${pids[i]}" 2>/dev/null || status=$?
+      log "${names[i]} exited (status $status); last lines of $dir/${names[i]}.log:"
+      tail -n 30 "$dir/${names[i]}.log" >&2 || true
+      return 1
+    fi
+  done
+}
+
+# Three distinct free loopback ports, all held at once so they cannot repeat.
+ports=$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+')
+read -r etcd_port peer_port api_port <<<"$ports"
+[ -n "$api_port" ] || die "could not pick free ports"
+
+log "state directory $dir (binaries from $bin)"
+mkdir -p "$dir/certs" "$dir/etcd"
+openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+token=$(openssl rand -hex 32)
+echo "$token,admin,admin-uid,system:masters" >"$dir/tokens.csv"
+
+start etcd "$bin/etcd" \
+  --data-dir "$dir/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "default=http://127.0.0.1:$peer_port"
+
+# With --cert-dir and no --tls-cert-file, the API server writes a self-signed CA and a
+# serving certificate for 127.0.0.1 to certs/apiserver.crt (serving certificate followed by
+# its CA); that file is the CA bundle for every client (kubectl, rustls, curl).
+start kube-apiserver "$bin/kube-apiserver" \
+  --etcd-servers="http://127.0.0.1:$etcd_port" \
+  --secure-port="$api_port" \
+  --bind-address=127.0.0.1 \
+  --advertise-address=127.0.0.1 \
+  --cert-dir="$dir/certs" \
+  --token-auth-file="$dir/tokens.csv" \
+  --authorization-mode=RBAC \
+  --service-account-issuer=https://kubernetes.default.svc \
+  --service-account-key-file="$dir/sa.pub" \
+  --service-account-signing-key-file="$dir/sa.key" \
+  --service-cluster-ip-range=10.0.0.0/24 \
+  --allow-privileged=true
+
+server="https://127.0.0.1:$api_port"
+api() {
+  curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$dir/certs/apiserver.crt" \
+    -H "Authorization: Bearer $token" "$server$1" 2>/dev/null || true
+}
+
+log "waiting for $server/readyz"
+deadline=$((SECONDS + 90))
+until [ "$(api /readyz)" = 200 ]; do
+  check_alive || exit 1
+  [ "$SECONDS" -lt "$deadline" ] || die "kube-apiserver not ready after 90 s (see $dir/kube-apiserver.log)"
+  sleep 0.2
+done
+
+cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: winflow
+  cluster:
+    server: $server
+    certificate-authority: $dir/certs/apiserver.crt
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: winflow
+  context:
+    cluster: winflow
+    user: admin
+current-context: winflow
+EOF
+chmod 600 "$dir/kubeconfig"
+
+start kube-controller-manager "$bin/kube-controller-manager" \
+  --kubeconfig="$dir/kubeconfig" \
+  --service-account-private-key-file="$dir/sa.key" \
+  --root-ca-file="$dir/certs/apiserver.crt" \
+  --leader-elect=false \
+  --bind-address=127.0.0.1 \
+  --secure-port=0 \
+  --port=0 \
+  --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach'
+
+# The controller-manager is working once its service-account controller has made the
+# default ServiceAccount (pods cannot be created in a namespace before that).
+log "waiting for kube-controller-manager"
+deadline=$((SECONDS + 60))
+until [ "$(api /api/v1/namespaces/default/serviceaccounts/default)" = 200 ]; do
+  check_alive || exit 1
+  [ "$SECONDS" -lt "$deadline" ] || die "kube-controller-manager made no default ServiceAccount in 60 s (see $dir/kube-controller-manager.log)"
+  sleep 0.2
+done
+
+log "ready in $((SECONDS - started)) s: $server"
+echo "kubeconfig=$dir/kubeconfig"
+
+# A child reads stdin to EOF, so the main shell only ever blocks in `wait`: a signal
+# interrupts `wait` at once and runs its trap safely. (Running the shutdown from a trap
+# inside `read -t` crashed bash 5.2 with a segmentation fault.)
+cat >/dev/null <&0 &
+stdin_pid=$!
+while :; do
+  wait -n "$stdin_pid" "${pids[@]}" || true
+  check_alive || exit 1
+  if ! alive "$stdin_pid"; then
+    break
+  fi
+done
+log "stdin closed; stopping"

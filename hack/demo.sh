@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# End-to-end demo: builds winflow, starts a local control plane, installs the CRDs, runs the
+# operator against the objects in examples/ and shows what it created.
+# Without --exit it then keeps everything up until Ctrl-C; with --exit it stops everything and
+# exits 0, or non-zero if any step failed.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: hack/demo.sh [--exit] [-h|--help]
+
+Builds target/debug/winflow, starts hack/control-plane.sh, applies crds/ and examples/
+(namespace airflow), runs `winflow run` and waits for every WindowsTaskIdentity to be Ready.
+
+  --exit      stop everything once the objects are shown (for scripted runs)
+  -h, --help  this text
+
+Needs kubectl on PATH. WINFLOW_KEEP_CONTROL_PLANE=1 keeps the control plane's state
+directory (including the operator log) after exit.
+EOF
+}
+
+exit_when_done=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --exit) exit_when_done=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Step headers and hints go to stdout with kubectl's output, so that a transcript
+# (`hack/demo.sh --exit | tee demo.log`) reads in order; errors go to stderr.
+step() { printf '\n==> %s\n' "$*"; }
+log() { echo "demo: $*" >&2; }
+
+command -v kubectl >/dev/null || { log "kubectl is not on PATH"; exit 1; }
+
+cp_pid=""
+cp_in=""
+operator_pid=""
+operator_log=""
+waiting_pid=""
+
+# True while the process runs; a zombie (exited, not yet reaped) counts as dead.
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+cleanup() {
+  local status=$? op_status=0 cp_status=0
+  set +e
+  trap '' INT TERM
+  if [ -n "$waiting_pid" ]; then
+    kill "$waiting_pid" 2>/dev/null
+    wait "$waiting_pid" 2>/dev/null
+  fi
+  if [ -n "$operator_pid" ]; then
+    # Its log helps when something failed (not after Ctrl-C or SIGTERM).
+    if [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ] && [ -f "$operator_log" ]; then
+      log "last lines of the operator log ($operator_log):"
+      tail -n 40 "$operator_log" >&2
+    fi
+    kill -TERM "$operator_pid" 2>/dev/null
+    wait "$operator_pid"
+    op_status=$?
+    # 143: the operator ended by the SIGTERM we sent; anything else non-zero is a failure.
+    if [ "$op_status" -ne 0 ] && [ "$op_status" -ne 143 ]; then
+      log "winflow exited with status $op_status"
+      [ "$status" -ne 0 ] || status=1
+    fi
+  fi
+  if [ -n "$cp_pid" ]; then
+    # Closing its stdin is the control plane's signal to stop (see hack/control-plane.sh).
+    [ -z "$cp_in" ] || exec {cp_in}>&- 2>/dev/null
+    wait "$cp_pid"
+    cp_status=$?
+    # 130/143: Ctrl-C or SIGTERM reached the control plane as well; it stopped cleanly.
+    if [ "$cp_status" -ne 0 ] && [ "$cp_status" -ne 130 ] && [ "$cp_status" -ne 143 ]; then
+      log "control plane exited with status $cp_status"
+    fi
+    if [ "$cp_status" -ne 0 ] && [ "$status" -eq 0 ]; then
+      status=1
+    fi
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "cargo build --locked"
+cargo build --locked
+[ -x target/debug/winflow ] || { log "target/debug/winflow was not built"; exit 1; }
+
+step "starting the control plane"
+# A coprocess gives us a pipe to its stdin: when this script exits for any reason, the
+# pipe closes and the control plane shuts down.
+coproc CONTROL_PLANE { exec hack/control-plane.sh; }
+cp_pid=$CONTROL_PLANE_PID
+cp_out=${CONTROL_PLANE[0]}
+cp_in=${CONTROL_PLANE[1]}
+line=""
+read -r line <&"$cp_out" || true
+case "$line" in
+  kubeconfig=/*) KUBECONFIG=${line#kubeconfig=} ;;
+  *) log "the control plane did not start"; exit 1 ;;
+esac
+export KUBECONFIG
+state_dir=$(dirname "$KUBECONFIG")
+
+step "installing CRDs from crds/"
+kubectl apply --server-side -f crds/
+kubectl wait --for condition=established crd --all --timeout=60s
+
+step "creating namespace airflow"
+kubectl create namespace airflow
+
+# If this script is killed outright, the kernel stops the operator too (util-linux setpriv);
+# the control plane stops by itself when our end of its stdin pipe closes.
+pdeathsig=()
+if command -v setpriv >/dev/null; then
+  pdeathsig=(setpriv --pdeathsig TERM)
+fi
+
+step "starting winflow run (log: $state_dir/winflow.log)"
+admin_port=$(python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+')
+operator_log=$state_dir/winflow.log
+"${pdeathsig[@]}" target/debug/winflow run --admin-addr "127.0.0.1:$admin_port" --log-format text \
+  </dev/null >"$operator_log" 2>&1 &
+operator_pid=$!
+
+# The operator's admin server answers /readyz with 200 once its controllers run.
+deadline=$((SECONDS + 60))
+until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$admin_port/readyz" || true)" = 200 ]; do
+  if ! alive "$operator_pid"; then
+    log "winflow exited before it was ready"
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    log "winflow not ready after 60 s (http://127.0.0.1:$admin_port/readyz)"
+    exit 1
+  fi
+  sleep 0.5
+done
+echo "winflow is ready; admin endpoints (/metrics, /livez, /readyz) at http://127.0.0.1:$admin_port"
+
+# Runs a command, failing at once if the operator exits meanwhile (rather than only when
+# the command times out).
+while_operator_runs() {
+  local status=0
+  "$@" &
+  waiting_pid=$!
+  while alive "$waiting_pid"; do
+    if ! alive "$operator_pid"; then
+      log "winflow exited while waiting for: $*"
+      return 1
+    fi
+    sleep 0.5
+  done
+  wait "$waiting_pid" || status=$?
+  waiting_pid=""
+  return "$status"
+}
+
+step "applying examples/ in namespace airflow"
+kubectl apply -n airflow -f examples/
+
+step "waiting for WindowsTaskIdentities to be Ready"
+while_operator_runs kubectl wait -n airflow --for=condition=Ready wti --all --timeout=120s
+
+step "kubectl get wti -n airflow"
+kubectl get wti -n airflow
+step "kubectl get gmsacredentialspecs"
+kubectl get gmsacredentialspecs
+step "objects managed by winflow in namespace airflow"
+kubectl get role,rolebinding,serviceaccount,configmap -n airflow \
+  -l app.kubernetes.io/managed-by=winflow
+
+if ! alive "$operator_pid"; then
+  log "winflow is no longer running"
+  exit 1
+fi
+
+if [ "$exit_when_done" = 1 ]; then
+  step "done; stopping"
+  exit 0
+fi
+
+step "running; press Ctrl-C to stop everything"
+cat <<EOF
+The cluster is yours meanwhile, e.g. from another shell:
+
+  export KUBECONFIG=$KUBECONFIG
+  kubectl get wti -n airflow
+
+Operator log: $operator_log
+EOF
+while :; do
+  if ! alive "$operator_pid"; then
+    log "winflow exited unexpectedly"
+    exit 1
+  fi
+  if ! alive "$cp_pid"; then
+    log "the control plane exited unexpectedly"
+    exit 1
+  fi
+  sleep 1
+done

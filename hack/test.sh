@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's whole test suite: formatting, lints and every test, against a real local
+# control plane. Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '==> %s\n' "$*" >&2; }
+
+# The integration tests start etcd, kube-apiserver and kube-controller-manager from here;
+# the first run builds them (several minutes), later runs reuse the cache.
+step "control-plane binaries"
+assets=$(hack/control-plane-assets.sh)
+export KUBEBUILDER_ASSETS=$assets
+
+# Tests that render pods through Apache Airflow's own pod builder use this interpreter.
+if [ -f hack/airflow-venv.sh ]; then
+  step "Airflow virtualenv"
+  airflow_python=$(bash hack/airflow-venv.sh)
+  export WINFLOW_AIRFLOW_PYTHON=$airflow_python
+fi
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --locked "$@"
