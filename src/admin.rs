@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,16 +12,23 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Readiness, set once the controllers' caches are filled.
+/// Readiness: the number of parts (controller caches) still filling; ready at zero.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicUsize>);
 
 impl Readiness {
+    /// Declares how many parts must report ready.
+    pub fn expect_parts(&self, parts: usize) {
+        self.0.store(parts, Ordering::SeqCst);
+    }
+    /// One part is ready.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::SeqCst) == 0
     }
 }
 
@@ -44,9 +51,7 @@ pub async fn serve(
         .with_state(AdminState { metrics, readiness });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {

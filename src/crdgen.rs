@@ -1,14 +1,25 @@
-//! The CustomResourceDefinitions `winflow crds` prints and `crds/` holds.
+//! The CustomResourceDefinitions `winflow crds` prints and `crds/` holds, one file per CRD.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::WindowsTaskIdentity;
+use crate::api::{WindowsShare, WindowsTaskIdentity};
 
-/// The winflow CRDs as one multi-document YAML stream, in a stable order.
+/// winflow's CRDs, in a stable order.
+pub fn winflow_crds() -> Vec<CustomResourceDefinition> {
+    vec![WindowsTaskIdentity::crd(), WindowsShare::crd()]
+}
+
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    serde_yaml_ng::to_string(crd).expect("CRDs serialize to YAML")
+}
+
+/// The file in `crds/` that holds a CRD: `<crd name>.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// All winflow CRDs as one multi-document YAML stream.
 pub fn winflow_crds_yaml() -> String {
-    let crds = [WindowsTaskIdentity::crd()];
-    crds.iter()
-        .map(|crd| serde_yaml_ng::to_string(crd).expect("CRDs serialize to YAML"))
-        .collect::<Vec<_>>()
-        .join("---\n")
+    winflow_crds().iter().map(crd_yaml).collect::<Vec<_>>().join("---\n")
 }

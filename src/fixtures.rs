@@ -1,17 +1,13 @@
 //! Identities for unit tests, read from `examples/` so the examples stay valid.
 
-use crate::api::{WindowsTaskIdentity, WindowsTaskIdentitySpec};
+use crate::api::{WindowsShare, WindowsTaskIdentity, WindowsTaskIdentitySpec};
 
 pub fn domain_joined() -> WindowsTaskIdentity {
-    with_namespace(
-        serde_yaml_ng::from_str(include_str!("../examples/identity-domain-joined.yaml")).unwrap(),
-    )
+    with_namespace(serde_yaml_ng::from_str(include_str!("../examples/identity-domain-joined.yaml")).unwrap())
 }
 
 pub fn key_vault() -> WindowsTaskIdentity {
-    with_namespace(
-        serde_yaml_ng::from_str(include_str!("../examples/identity-azure-key-vault.yaml")).unwrap(),
-    )
+    with_namespace(serde_yaml_ng::from_str(include_str!("../examples/identity-azure-key-vault.yaml")).unwrap())
 }
 
 pub fn domain_joined_spec() -> WindowsTaskIdentitySpec {
@@ -26,4 +22,14 @@ fn with_namespace(mut identity: WindowsTaskIdentity) -> WindowsTaskIdentity {
     identity.metadata.namespace = Some("airflow".into());
     identity.metadata.uid = Some("5b1d7c44-2f1e-4f7a-9a57-0c7c7f1d2e3a".into());
     identity
+}
+
+/// The WindowsShare of `examples/share-reports.yaml` (its second document).
+pub fn share() -> WindowsShare {
+    let text = include_str!("../examples/share-reports.yaml");
+    let document = serde_yaml_ng::Deserializer::from_str(text).nth(1).unwrap();
+    let mut share: WindowsShare = serde::Deserialize::deserialize(document).unwrap();
+    share.metadata.namespace = Some("airflow".into());
+    share.metadata.uid = Some("0f5c8a51-6c0e-4a8e-8d0b-6a3e2c1f9b7d".into());
+    share
 }

@@ -27,6 +27,9 @@ enum Command {
         /// Also print the upstream GMSACredentialSpec CRD, for clusters that lack it.
         #[arg(long)]
         with_gmsa: bool,
+        /// Write each winflow CRD to DIR/<crd name>.yaml instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Print, as YAML, every object the operator would create for the given resources (offline).
     Render {
@@ -67,7 +70,11 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds { with_gmsa } => {
+        Command::Crds {
+            with_gmsa,
+            dir: Some(dir),
+        } => write_crds(&dir, with_gmsa),
+        Command::Crds { with_gmsa, dir: None } => {
             print!("{}", winflow::crdgen::winflow_crds_yaml());
             if with_gmsa {
                 print!("---\n{}", winflow::api::gmsa::UPSTREAM_CRD_YAML);
@@ -77,6 +84,26 @@ fn main() -> ExitCode {
         Command::Render { files, namespace } => render(&files, &namespace),
         Command::Run(args) => run(args),
     }
+}
+
+fn write_crds(dir: &std::path::Path, with_gmsa: bool) -> ExitCode {
+    let mut files: Vec<(String, String)> = winflow::crdgen::winflow_crds()
+        .iter()
+        .map(|crd| (winflow::crdgen::crd_file_name(crd), winflow::crdgen::crd_yaml(crd)))
+        .collect();
+    if with_gmsa {
+        files.push((
+            "gmsacredentialspecs.windows.k8s.io.yaml".to_owned(),
+            winflow::api::gmsa::UPSTREAM_CRD_YAML.to_owned(),
+        ));
+    }
+    for (name, yaml) in files {
+        if let Err(e) = std::fs::write(dir.join(&name), yaml) {
+            eprintln!("winflow crds: cannot write {}: {e}", dir.join(name).display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn render(files: &[PathBuf], namespace: &str) -> ExitCode {
@@ -158,8 +185,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},

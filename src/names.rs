@@ -30,6 +30,22 @@ pub fn identity_of_credential_spec(credential_spec: &str) -> Option<(&str, &str)
     credential_spec.split_once('.')
 }
 
+/// Persistent volumes are cluster scoped; `<namespace>.<name>` cannot collide.
+pub fn persistent_volume_name(namespace: &str, share: &str) -> String {
+    format!("{namespace}.{share}")
+}
+
+/// The share a persistent volume name belongs to, as `(namespace, name)`.
+pub fn share_of_persistent_volume(volume: &str) -> Option<(&str, &str)> {
+    volume.split_once('.')
+}
+
+/// The label on children of a WindowsShare.
+pub const SHARE_LABEL: &str = "winflow.io/share";
+
+/// CSI driver of SMB volumes.
+pub const SMB_CSI_DRIVER: &str = "smb.csi.k8s.io";
+
 pub fn gmsa_role_name(identity: &str) -> String {
     format!("winflow-{identity}-gmsa")
 }
@@ -46,9 +62,6 @@ mod tests {
     fn credential_spec_names_round_trip() {
         let name = credential_spec_name("airflow", "finance.reports");
         assert_eq!(name, "airflow.finance.reports");
-        assert_eq!(
-            identity_of_credential_spec(&name),
-            Some(("airflow", "finance.reports"))
-        );
+        assert_eq!(identity_of_credential_spec(&name), Some(("airflow", "finance.reports")));
     }
 }

@@ -3,13 +3,15 @@
 use kube::core::DynamicObject;
 use serde::Serialize;
 
-use crate::api::WindowsTaskIdentity;
+use kube::ResourceExt;
+
+use crate::api::{WindowsShare, WindowsTaskIdentity};
 use crate::build::{self, IdentityChildren};
 use crate::validate;
 
-/// Renders every child of every identity in `documents` (a multi-document YAML stream) as
-/// one YAML stream. Documents of other kinds are skipped; invalid identities are an error
-/// naming the identity and the rule.
+/// Renders every child of every WindowsTaskIdentity and WindowsShare in `documents` (a
+/// multi-document YAML stream) as one YAML stream. Documents of other kinds are skipped;
+/// invalid resources are an error naming the resource and the rule.
 pub fn render(documents: &str, default_namespace: &str) -> Result<String, String> {
     let mut out = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(documents) {
@@ -17,35 +19,45 @@ pub fn render(documents: &str, default_namespace: &str) -> Result<String, String
         if value.is_null() {
             continue;
         }
-        let object: DynamicObject = serde_json::from_value(value.clone())
-            .map_err(|e| format!("not a Kubernetes object: {e}"))?;
-        let kind = object
-            .types
-            .as_ref()
-            .map(|t| t.kind.as_str())
-            .unwrap_or_default();
-        if kind != "WindowsTaskIdentity" {
-            continue;
-        }
-        let mut identity: WindowsTaskIdentity = serde_json::from_value(value).map_err(|e| {
+        let object: DynamicObject =
+            serde_json::from_value(value.clone()).map_err(|e| format!("not a Kubernetes object: {e}"))?;
+        let kind = object.types.as_ref().map(|t| t.kind.as_str()).unwrap_or_default();
+        let describe = |namespace: &str| {
             format!(
-                "WindowsTaskIdentity {:?}: {e}",
+                "{kind} {namespace}/{}",
                 object.metadata.name.as_deref().unwrap_or_default()
             )
-        })?;
-        identity
-            .metadata
-            .namespace
-            .get_or_insert_with(|| default_namespace.to_owned());
-        let children = build::children_for(&identity).map_err(|violations| {
-            format!(
-                "WindowsTaskIdentity {}/{}: {}",
-                identity.metadata.namespace.as_deref().unwrap_or_default(),
-                identity.metadata.name.as_deref().unwrap_or_default(),
-                validate::describe(&violations)
-            )
-        })?;
-        out.extend(children_yaml(&children)?);
+        };
+        match kind {
+            "WindowsTaskIdentity" => {
+                let mut identity: WindowsTaskIdentity =
+                    serde_json::from_value(value).map_err(|e| format!("{}: {e}", describe(default_namespace)))?;
+                let namespace = identity
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| default_namespace.to_owned())
+                    .clone();
+                let children = build::children_for(&identity)
+                    .map_err(|violations| format!("{}: {}", describe(&namespace), validate::describe(&violations)))?;
+                out.extend(children_yaml(&children)?);
+            }
+            "WindowsShare" => {
+                let mut share: WindowsShare =
+                    serde_json::from_value(value).map_err(|e| format!("{}: {e}", describe(default_namespace)))?;
+                let namespace = share
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| default_namespace.to_owned())
+                    .clone();
+                validate::check_share(&namespace, &share.name_any(), &share.spec)
+                    .map_err(|violations| format!("{}: {}", describe(&namespace), validate::describe(&violations)))?;
+                out.push(yaml(&build::with_spec_hash(build::persistent_volume_for(&share)))?);
+                out.push(yaml(&build::with_spec_hash(build::persistent_volume_claim_for(
+                    &share,
+                )))?);
+            }
+            _ => {}
+        }
     }
     Ok(out.join("---\n"))
 }
@@ -114,6 +126,33 @@ mod tests {
                 "ServiceAccount/payroll-export",
                 "ConfigMap/payroll-export-pod-templates",
             ]
+        );
+    }
+
+    #[test]
+    fn renders_shares_as_volume_and_claim() {
+        let output = render(include_str!("../examples/share-reports.yaml"), "airflow").unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&output)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0]["kind"], "PersistentVolume");
+        assert_eq!(
+            docs[0]["spec"]["csi"]["volumeAttributes"]["source"],
+            "//fs01.corp.example.com/reports/finance"
+        );
+        assert_eq!(docs[1]["kind"], "PersistentVolumeClaim");
+        assert_eq!(docs[1]["metadata"]["namespace"], "airflow");
+    }
+
+    #[test]
+    fn invalid_share_is_named_in_the_error() {
+        let input = include_str!("../examples/share-reports.yaml")
+            .replace("fs01.corp.example.com", "smb.files.svc.cluster.local");
+        let err = render(&input, "airflow").unwrap_err();
+        assert!(
+            err.contains("WindowsShare airflow/finance-reports-share") && err.contains("spec.server"),
+            "{err}"
         );
     }
 

@@ -18,6 +18,7 @@ pub const REASON_NOT_READY: &str = "NotReady";
 pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
 pub const REASON_API_ERROR: &str = "ApiError";
 pub const REASON_NOT_SUPPORTED: &str = "NotSupported";
+pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
 
 /// A condition's wanted state, before bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +30,7 @@ pub struct ConditionState {
 }
 
 impl ConditionState {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_,
             status,
@@ -50,12 +46,7 @@ fn status_word(status: bool) -> &'static str {
 
 /// Merges wanted states into the previous conditions: a condition whose status did not change
 /// keeps its `lastTransitionTime`; conditions not mentioned are kept as they were.
-pub fn merge(
-    previous: &[Condition],
-    wanted: &[ConditionState],
-    generation: Option<i64>,
-    now: &Time,
-) -> Vec<Condition> {
+pub fn merge(previous: &[Condition], wanted: &[ConditionState], generation: Option<i64>, now: &Time) -> Vec<Condition> {
     let mut merged: Vec<Condition> = previous.to_vec();
     for state in wanted {
         let old = previous.iter().find(|c| c.type_ == state.type_);

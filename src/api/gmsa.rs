@@ -13,8 +13,7 @@ pub const KIND: &str = "GMSACredentialSpec";
 pub const PLURAL: &str = "gmsacredentialspecs";
 
 /// The upstream CustomResourceDefinition, for clusters that lack it (shipped in `crds/`).
-pub const UPSTREAM_CRD_YAML: &str =
-    include_str!("../../crds/gmsacredentialspecs.windows.k8s.io.yaml");
+pub const UPSTREAM_CRD_YAML: &str = include_str!("../../crds/gmsacredentialspecs.windows.k8s.io.yaml");
 
 /// A gMSA credential spec as the Windows container runtime consumes it. The content is kept
 /// as JSON so that credential specs winflow does not manage are read without loss.
@@ -84,12 +83,7 @@ mod tests {
             .map(|v| v.name.as_str())
             .collect();
         assert_eq!(storage, [VERSION]);
-        let v1alpha1 = crd
-            .spec
-            .versions
-            .iter()
-            .find(|v| v.name == "v1alpha1")
-            .unwrap();
+        let v1alpha1 = crd.spec.versions.iter().find(|v| v.name == "v1alpha1").unwrap();
         assert!(v1alpha1.served && v1alpha1.deprecated == Some(true));
         let annotations = crd.metadata.annotations.unwrap();
         assert!(annotations.contains_key("api-approved.kubernetes.io"));

@@ -30,22 +30,10 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
-    printcolumn(
-        name = "Token-Expires",
-        type_ = "date",
-        json_path = ".status.token.expiresAt"
-    ),
-    printcolumn(
-        name = "Running",
-        type_ = "integer",
-        json_path = ".status.pods.running"
-    ),
+    printcolumn(name = "Token-Expires", type_ = "date", json_path = ".status.token.expiresAt"),
+    printcolumn(name = "Running", type_ = "integer", json_path = ".status.pods.running"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.pods.failed"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WindowsTaskIdentitySpec {
@@ -102,9 +90,7 @@ pub struct ActiveDirectoryDomain {
     pub sid: String,
     /// Object GUID of the domain, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`
     /// (`Get-ADDomain | Select ObjectGUID`).
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
     pub guid: String,
 }
 
@@ -113,17 +99,11 @@ pub struct ActiveDirectoryDomain {
 #[serde(rename_all = "camelCase")]
 pub struct GmsaAccounts {
     /// sAMAccountName of the gMSA without the trailing `$` (at most 15 characters).
-    #[schemars(
-        length(min = 1, max = 15),
-        regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@$\s]+$"#)
-    )]
+    #[schemars(length(min = 1, max = 15), regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@$\s]+$"#))]
     pub account: String,
     /// Further gMSAs the container may use (each at most 15 characters, without `$`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(
-        length(min = 1, max = 15),
-        regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@$\s]+$"#)
-    ))]
+    #[schemars(inner(length(min = 1, max = 15), regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@$\s]+$"#)))]
     pub additional_accounts: Vec<String>,
 }
 
@@ -158,9 +138,7 @@ pub struct AzureKeyVaultHostAccount {
     #[schemars(regex(pattern = r"^https://[^\s;]+$"))]
     pub secret_uri: String,
     /// Object ID of the managed identity that may read the secret.
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
     pub managed_identity_object_id: String,
 }
 
@@ -187,9 +165,7 @@ pub struct KubernetesSecretHostAccount {
 #[serde(rename_all = "camelCase")]
 pub struct CustomHostAccount {
     /// COM class GUID of the plugin, with braces: `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}`.
-    #[schemars(regex(
-        pattern = r"^\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}$"
-    ))]
+    #[schemars(regex(pattern = r"^\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}$"))]
     pub plugin_guid: String,
     /// Input string handed to the plugin.
     #[schemars(length(min = 1))]
@@ -280,8 +256,7 @@ impl Default for TaskPodSettings {
 impl TaskPodSettings {
     /// Whether the settings ask for the Windows container administrator account.
     pub fn runs_as_administrator(&self) -> bool {
-        self.run_as_user_name
-            .eq_ignore_ascii_case(CONTAINER_ADMINISTRATOR)
+        self.run_as_user_name.eq_ignore_ascii_case(CONTAINER_ADMINISTRATOR)
     }
 }
 
@@ -500,12 +475,7 @@ fn default_expiration_seconds() -> i64 {
 /// The API server enforces "exactly one host account kind" with a `oneOf` of `required`
 /// clauses, which every supported server understands (unlike CEL).
 fn exactly_one_host_account_kind(schema: &mut schemars::Schema) {
-    let kinds = [
-        "azureKeyVault",
-        "awsSecretsManager",
-        "kubernetesSecret",
-        "custom",
-    ];
+    let kinds = ["azureKeyVault", "awsSecretsManager", "kubernetesSecret", "custom"];
     let one_of: Vec<serde_json::Value> = kinds
         .iter()
         .map(|kind| serde_json::json!({ "required": [kind] }))

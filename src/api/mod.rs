@@ -3,6 +3,8 @@
 pub mod conditions;
 pub mod gmsa;
 pub mod identity;
+pub mod share;
 
 pub use gmsa::GMSACredentialSpec;
 pub use identity::{WindowsTaskIdentity, WindowsTaskIdentitySpec, WindowsTaskIdentityStatus};
+pub use share::{WindowsShare, WindowsShareSpec, WindowsShareStatus};

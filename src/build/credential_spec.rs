@@ -57,10 +57,7 @@ struct HostAccountConfig {
 }
 
 /// The credential spec content (the `credspec` field) for an identity in `namespace`.
-pub fn credential_spec_document(
-    namespace: &str,
-    spec: &WindowsTaskIdentitySpec,
-) -> serde_json::Value {
+pub fn credential_spec_document(namespace: &str, spec: &WindowsTaskIdentitySpec) -> serde_json::Value {
     let domain = &spec.domain;
     let accounts = std::iter::once(&spec.gmsa.account).chain(&spec.gmsa.additional_accounts);
     // Each account is listed under both the DNS and the NetBIOS domain name, as
@@ -79,10 +76,7 @@ pub fn credential_spec_document(
             sid: domain.sid.clone(),
             machine_account_name: spec.gmsa.account.clone(),
             guid: domain.guid.clone(),
-            dns_tree_name: domain
-                .forest_name
-                .clone()
-                .unwrap_or_else(|| domain.dns_name.clone()),
+            dns_tree_name: domain.forest_name.clone().unwrap_or_else(|| domain.dns_name.clone()),
             dns_name: domain.dns_name.clone(),
             net_bios_name: domain.netbios_name.clone(),
         },
@@ -140,19 +134,14 @@ pub fn credential_spec_for(identity: &WindowsTaskIdentity) -> GMSACredentialSpec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::identity::{
-        AwsSecretsManagerHostAccount, CustomHostAccount, KubernetesSecretHostAccount,
-    };
+    use crate::api::identity::{AwsSecretsManagerHostAccount, CustomHostAccount, KubernetesSecretHostAccount};
     use crate::fixtures;
     use serde_json::json;
 
     #[test]
     fn domain_joined_layout() {
         let spec = credential_spec_for(&fixtures::domain_joined());
-        assert_eq!(
-            spec.metadata.name.as_deref(),
-            Some("airflow.finance-reports")
-        );
+        assert_eq!(spec.metadata.name.as_deref(), Some("airflow.finance-reports"));
         assert_eq!(
             spec.credspec,
             json!({
@@ -178,8 +167,7 @@ mod tests {
     }
 
     fn host_config(namespace: &str, spec: &WindowsTaskIdentitySpec) -> serde_json::Value {
-        credential_spec_document(namespace, spec)["ActiveDirectoryConfig"]["HostAccountConfig"]
-            .clone()
+        credential_spec_document(namespace, spec)["ActiveDirectoryConfig"]["HostAccountConfig"].clone()
     }
 
     #[test]

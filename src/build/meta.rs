@@ -22,10 +22,7 @@ pub fn identity_namespace(identity: &WindowsTaskIdentity) -> &str {
 pub fn managed_labels(identity: &WindowsTaskIdentity) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
-        (
-            IDENTITY_LABEL.to_owned(),
-            identity_name(identity).to_owned(),
-        ),
+        (IDENTITY_LABEL.to_owned(), identity_name(identity).to_owned()),
     ])
 }
 
@@ -69,6 +66,17 @@ pub fn is_managed_by_identity(meta: &ObjectMeta, identity: &str) -> bool {
     label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE) && label(IDENTITY_LABEL) == Some(identity)
 }
 
+/// Whether `existing` carries every label of `desired`: winflow's children carry exactly
+/// the labels that say who manages them, so this is the ownership test.
+pub fn carries_labels_of(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let have = existing.labels.as_ref();
+    desired
+        .labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| have.and_then(|l| l.get(key)) == Some(value))
+}
+
 /// Adds the spec-hash annotation: a digest of the object as winflow wants it.
 pub fn with_spec_hash<K: Resource + Serialize>(mut object: K) -> K {
     let json = serde_json::to_vec(&object).expect("Kubernetes objects serialize to JSON");
@@ -96,10 +104,7 @@ mod tests {
         assert_eq!(owner.kind, "WindowsTaskIdentity");
         assert_eq!(owner.api_version, "winflow.io/v1alpha1");
         assert_eq!(owner.controller, Some(true));
-        assert_eq!(
-            meta.labels.unwrap()["winflow.io/identity"],
-            "finance-reports"
-        );
+        assert_eq!(meta.labels.unwrap()["winflow.io/identity"], "finance-reports");
     }
 
     #[test]
@@ -117,10 +122,24 @@ mod tests {
             metadata: namespaced_meta(&identity, "b".into()),
             ..Default::default()
         });
-        let hash =
-            |c: &ConfigMap| c.metadata.annotations.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone();
+        let hash = |c: &ConfigMap| c.metadata.annotations.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone();
         assert_eq!(hash(&a), hash(&a_again));
         assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn ownership_is_carrying_every_desired_label() {
+        let identity = fixtures::domain_joined();
+        let desired = namespaced_meta(&identity, "x".into());
+        assert!(carries_labels_of(&desired, &desired));
+        let mut other = desired.clone();
+        other
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(IDENTITY_LABEL.into(), "payroll-export".into());
+        assert!(!carries_labels_of(&other, &desired));
+        assert!(!carries_labels_of(&ObjectMeta::default(), &desired));
     }
 
     #[test]
@@ -129,9 +148,6 @@ mod tests {
         let meta = namespaced_meta(&identity, "x".into());
         assert!(is_managed_by_identity(&meta, "finance-reports"));
         assert!(!is_managed_by_identity(&meta, "payroll-export"));
-        assert!(!is_managed_by_identity(
-            &ObjectMeta::default(),
-            "finance-reports"
-        ));
+        assert!(!is_managed_by_identity(&ObjectMeta::default(), "finance-reports"));
     }
 }

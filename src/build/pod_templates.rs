@@ -4,16 +4,18 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Pod, PodOS, PodSecurityContext, PodSpec,
-    WindowsSecurityContextOptions,
+    ConfigMap, Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodOS, PodSecurityContext, PodSpec, Volume,
+    VolumeMount, WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::{Digest, Sha256};
 
 use super::meta::{identity_name, identity_namespace, managed_labels, namespaced_meta};
 use crate::api::WindowsTaskIdentity;
+use crate::api::identity::ShareMount;
 use crate::names::{
-    EXECUTOR_TEMPLATE_KEY, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK, WINDOWS_TEMPLATE_KEY,
-    credential_spec_name, pod_templates_config_map_name,
+    EXECUTOR_TEMPLATE_KEY, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK, WINDOWS_TEMPLATE_KEY, credential_spec_name,
+    pod_templates_config_map_name,
 };
 
 /// Airflow's name for the task container, which it looks up in the template.
@@ -47,6 +49,43 @@ fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
     ]
 }
 
+/// Pod volume name of a share: `share-<name>` when that is a valid volume name (a DNS label),
+/// otherwise `share-` and a digest of the name.
+pub fn share_volume_name(share: &str) -> String {
+    let plain = format!("share-{share}");
+    if plain.len() <= 63 && !share.contains('.') {
+        return plain;
+    }
+    let digest = Sha256::digest(share.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("share-{hex}")
+}
+
+/// Each share mounts its claim (named like the share), read-only unless the entry says otherwise.
+pub fn share_volumes(shares: &[ShareMount]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    shares
+        .iter()
+        .map(|share| {
+            let name = share_volume_name(&share.name);
+            let volume = Volume {
+                name: name.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: share.name.clone(),
+                    read_only: Some(share.read_only),
+                }),
+                ..Volume::default()
+            };
+            let mount = VolumeMount {
+                name,
+                mount_path: share.mount_path.clone(),
+                read_only: Some(share.read_only),
+                ..VolumeMount::default()
+            };
+            (volume, mount)
+        })
+        .unzip()
+}
+
 /// The KubernetesPodOperator template: a Windows pod running as the gMSA.
 pub fn windows_pod_template(identity: &WindowsTaskIdentity) -> Pod {
     let settings = &identity.spec.pod;
@@ -54,6 +93,7 @@ pub fn windows_pod_template(identity: &WindowsTaskIdentity) -> Pod {
     node_selector.insert(OS_LABEL.to_owned(), "windows".to_owned());
     let mut container_env = identity_env(identity);
     container_env.extend(settings.env.iter().cloned());
+    let (volumes, mounts) = share_volumes(&identity.spec.shares);
     Pod {
         metadata: template_meta(identity, "winflow-windows-task", ROLE_WINDOWS_TASK),
         spec: Some(PodSpec {
@@ -82,8 +122,10 @@ pub fn windows_pod_template(identity: &WindowsTaskIdentity) -> Pod {
                 image: identity.spec.airflow.image.clone(),
                 env: Some(container_env),
                 resources: settings.resources.clone(),
+                volume_mounts: (!mounts.is_empty()).then_some(mounts),
                 ..Container::default()
             }],
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..PodSpec::default()
         }),
         status: None,
@@ -118,10 +160,7 @@ fn to_yaml(pod: &Pod) -> String {
 /// Airflow sees updates without a restart.
 pub fn pod_templates_for(identity: &WindowsTaskIdentity) -> ConfigMap {
     ConfigMap {
-        metadata: namespaced_meta(
-            identity,
-            pod_templates_config_map_name(identity_name(identity)),
-        ),
+        metadata: namespaced_meta(identity, pod_templates_config_map_name(identity_name(identity))),
         data: Some(BTreeMap::from([
             (
                 WINDOWS_TEMPLATE_KEY.to_owned(),
@@ -155,10 +194,7 @@ mod tests {
         assert_eq!(labels["winflow.io/role"], "windows-task");
         let spec = pod.spec.unwrap();
         assert_eq!(spec.os.unwrap().name, "windows");
-        assert_eq!(
-            spec.service_account_name.as_deref(),
-            Some("finance-reports")
-        );
+        assert_eq!(spec.service_account_name.as_deref(), Some("finance-reports"));
         let selector = spec.node_selector.unwrap();
         assert_eq!(selector["kubernetes.io/os"], "windows");
         assert_eq!(selector["node.kubernetes.io/windows-build"], "10.0.20348");
@@ -175,13 +211,7 @@ mod tests {
             base.image.as_deref(),
             Some("registry.example.com/finance/reports-win:1.4")
         );
-        let env: Vec<_> = base
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
+        let env: Vec<_> = base.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             env,
             [
@@ -195,14 +225,56 @@ mod tests {
     }
 
     #[test]
+    fn shares_become_claim_volumes_with_their_read_only_flags() {
+        let mut identity = fixtures::domain_joined();
+        identity.spec.shares = vec![
+            ShareMount {
+                name: "reports".into(),
+                mount_path: "C:\\data\\reports".into(),
+                read_only: true,
+            },
+            ShareMount {
+                name: "scratch".into(),
+                mount_path: "C:\\scratch".into(),
+                read_only: false,
+            },
+        ];
+        let pod = windows_pod_template(&identity);
+        let spec = pod.spec.unwrap();
+        let volumes = spec.volumes.unwrap();
+        let claims: Vec<(&str, &str, Option<bool>)> = volumes
+            .iter()
+            .map(|v| {
+                let claim = v.persistent_volume_claim.as_ref().unwrap();
+                (v.name.as_str(), claim.claim_name.as_str(), claim.read_only)
+            })
+            .collect();
+        assert_eq!(
+            claims,
+            [
+                ("share-reports", "reports", Some(true)),
+                ("share-scratch", "scratch", Some(false))
+            ]
+        );
+        let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts[0].mount_path, "C:\\data\\reports");
+        assert_eq!((mounts[0].read_only, mounts[1].read_only), (Some(true), Some(false)));
+    }
+
+    #[test]
+    fn volume_names_stay_valid() {
+        assert_eq!(share_volume_name("reports"), "share-reports");
+        let long = share_volume_name(&"a".repeat(80));
+        assert!(long.len() <= 63 && long.starts_with("share-"));
+        assert_ne!(share_volume_name("a.b"), "share-a.b");
+    }
+
+    #[test]
     fn executor_template_is_a_linux_worker() {
         let identity = fixtures::key_vault();
         let pod = parse(&pod_templates_for(&identity), EXECUTOR_TEMPLATE_KEY);
         assert_eq!(pod.metadata.name.as_deref(), Some("winflow-executor"));
-        assert_eq!(
-            pod.metadata.labels.as_ref().unwrap()["winflow.io/role"],
-            "executor"
-        );
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["winflow.io/role"], "executor");
         let spec = pod.spec.unwrap();
         assert!(spec.os.is_none());
         assert!(spec.security_context.is_none());

@@ -64,17 +64,11 @@ mod tests {
     #[test]
     fn role_grants_only_use_of_one_credential_spec() {
         let role = gmsa_role_for(&fixtures::domain_joined());
-        assert_eq!(
-            role.metadata.name.as_deref(),
-            Some("winflow-finance-reports-gmsa")
-        );
+        assert_eq!(role.metadata.name.as_deref(), Some("winflow-finance-reports-gmsa"));
         let rules = role.rules.unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].verbs, ["use"]);
-        assert_eq!(
-            rules[0].api_groups.as_deref(),
-            Some(&["windows.k8s.io".to_owned()][..])
-        );
+        assert_eq!(rules[0].api_groups.as_deref(), Some(&["windows.k8s.io".to_owned()][..]));
         assert_eq!(
             rules[0].resources.as_deref(),
             Some(&["gmsacredentialspecs".to_owned()][..])

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::build::is_managed_by_identity;
+use crate::build::carries_labels_of;
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
 
@@ -40,14 +40,10 @@ pub struct ChildReport {
     pub state: ChildState,
 }
 
-/// Writes one child unless it is up to date or not winflow's. Transient API errors are
-/// returned for a retry; refusals become `Rejected`.
-pub async fn ensure_child<K>(
-    api: &Api<K>,
-    desired: &K,
-    identity: &str,
-    metrics: &Metrics,
-) -> Result<ChildReport, kube::Error>
+/// Writes one child unless it is up to date or not winflow's (an existing object is winflow's
+/// when it carries every label winflow puts on the child). Transient API errors are returned
+/// for a retry; refusals become `Rejected`.
+pub async fn ensure_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<ChildReport, kube::Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
@@ -59,9 +55,9 @@ where
         state,
     };
     if let Some(existing) = api.get_opt(&name).await? {
-        if !is_managed_by_identity(existing.meta(), identity) {
+        if !carries_labels_of(existing.meta(), desired.meta()) {
             return Ok(report(ChildState::Conflict(format!(
-                "{kind} {name} exists and is not managed by winflow for this identity; it was left untouched (delete or rename it to let winflow create its own)"
+                "{kind} {name} exists and is not managed by winflow for this resource; it was left untouched (delete or rename it to let winflow create its own)"
             ))));
         }
         if is_subset(&to_json(desired), &to_json(&existing)) {
@@ -73,12 +69,10 @@ where
     metrics.api_write(&kind, "apply");
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
         Ok(_) => Ok(report(ChildState::Applied)),
-        Err(kube::Error::Api(status)) if is_permanent(status.code) => {
-            Ok(report(ChildState::Rejected(format!(
-                "the API server refused {kind} {name}: {}",
-                status.message
-            ))))
-        }
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(report(ChildState::Rejected(format!(
+            "the API server refused {kind} {name}: {}",
+            status.message
+        )))),
         Err(e) => Err(e),
     }
 }
@@ -94,15 +88,14 @@ fn to_json<T: Serialize>(object: &T) -> Value {
 
 /// Whether `existing` holds everything in `desired`. Maps may hold more (fields set by other
 /// managers or defaulted by the server); lists must match element by element, so a removed
-/// entry is noticed. Empty maps and lists count as absent, as the API server drops them.
+/// entry is noticed. Empty maps, lists and strings and `false` count as absent, as the API
+/// server drops them (Go's `omitempty`), for example a PersistentVolume's empty storage class.
 pub fn is_subset(desired: &Value, existing: &Value) -> bool {
     match (desired, existing) {
-        (Value::Object(want), Value::Object(have)) => {
-            want.iter().all(|(key, value)| match have.get(key) {
-                Some(found) => is_subset(value, found),
-                None => is_empty(value),
-            })
-        }
+        (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
+            Some(found) => is_subset(value, found),
+            None => is_empty(value),
+        }),
         (Value::Array(want), Value::Array(have)) => {
             want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_subset(w, h))
         }
@@ -113,7 +106,8 @@ pub fn is_subset(desired: &Value, existing: &Value) -> bool {
 
 fn is_empty(value: &Value) -> bool {
     match value {
-        Value::Null => true,
+        Value::Null | Value::Bool(false) => true,
+        Value::String(text) => text.is_empty(),
         Value::Object(map) => map.is_empty(),
         Value::Array(list) => list.is_empty(),
         _ => false,
@@ -128,7 +122,8 @@ mod tests {
     #[test]
     fn extra_fields_on_the_server_are_fine() {
         let desired = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}});
-        let existing = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        let existing =
+            json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
         assert!(is_subset(&desired, &existing));
     }
 
@@ -143,24 +138,23 @@ mod tests {
     #[test]
     fn lists_compare_element_by_element() {
         let desired = json!({"rules": [{"verbs": ["use"]}]});
-        assert!(is_subset(
-            &desired,
-            &json!({"rules": [{"verbs": ["use"], "extra": 1}]})
-        ));
+        assert!(is_subset(&desired, &json!({"rules": [{"verbs": ["use"], "extra": 1}]})));
         assert!(!is_subset(
             &desired,
             &json!({"rules": [{"verbs": ["use"]}, {"verbs": ["get"]}]})
         ));
-        assert!(!is_subset(
-            &desired,
-            &json!({"rules": [{"verbs": ["use", "get"]}]})
-        ));
+        assert!(!is_subset(&desired, &json!({"rules": [{"verbs": ["use", "get"]}]})));
     }
 
     #[test]
     fn empty_collections_count_as_absent() {
-        assert!(is_subset(&json!({"a": {}, "b": [], "c": null}), &json!({})));
+        assert!(is_subset(
+            &json!({"a": {}, "b": [], "c": null, "d": "", "e": false}),
+            &json!({})
+        ));
         assert!(!is_subset(&json!({"a": 0}), &json!({})));
+        assert!(!is_subset(&json!({"a": true}), &json!({})));
+        assert!(!is_subset(&json!({"a": ""}), &json!({"a": "x"})));
     }
 
     #[test]

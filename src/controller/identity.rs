@@ -6,29 +6,23 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::apply::{ChildReport, ensure_child};
-use super::status::{Observed, ServiceAccountState, identity_conditions, invalid_spec_conditions};
-use super::{Context, Error};
+use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
+use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::identity::PodTemplateStatus;
-use crate::api::{GMSACredentialSpec, WindowsTaskIdentity, WindowsTaskIdentityStatus};
+use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
 use crate::build::{self, IdentityChildren, is_managed_by_identity};
-use crate::names::{
-    self, EXECUTOR_TEMPLATE_KEY, FIELD_MANAGER, FINALIZER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    WINDOWS_TEMPLATE_KEY,
-};
+use crate::names::{self, EXECUTOR_TEMPLATE_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY};
 use crate::validate;
 
 const CONTROLLER: &str = "identity";
@@ -44,25 +38,18 @@ pub async fn run(
     let client = ctx.client.clone();
     let namespace = ctx.config.namespace.clone();
     let identities: Api<Guarded> = scoped(client.clone(), namespace.as_deref());
-    let managed =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let credential_specs: Api<GMSACredentialSpec> = Api::all(client.clone());
     let controller = Controller::new(identities, watcher::Config::default().any_semantic());
     let store = controller.store();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            readiness.set_ready();
-        }
-    });
+    tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
+    let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
     controller
         .owns(
             scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
             managed.clone(),
         )
-        .owns(
-            scoped::<Role>(client.clone(), namespace.as_deref()),
-            managed.clone(),
-        )
+        .owns(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone())
         .owns(
             scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
             managed.clone(),
@@ -72,13 +59,26 @@ pub async fn run(
             managed.clone(),
         )
         .watches(credential_specs, managed, |spec| {
-            let (namespace, name) =
-                names::identity_of_credential_spec(spec.metadata.name.as_deref()?)?;
+            let (namespace, name) = names::identity_of_credential_spec(spec.metadata.name.as_deref()?)?;
             Some(ObjectRef::<Guarded>::new(name).within(namespace))
         })
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
-        )
+        // A share that appears, binds or breaks re-checks the identities that mount it.
+        .watches(shares, watcher::Config::default(), move |share| {
+            let namespace = share.meta().namespace.clone();
+            let name = share.meta().name.clone().unwrap_or_default();
+            store
+                .state()
+                .into_iter()
+                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+                .filter(|identity| {
+                    identity.metadata.namespace == namespace && identity.spec.shares.iter().any(|s| s.name == name)
+                })
+                .map(|identity| {
+                    ObjectRef::<Guarded>::new(&identity.name_any()).within(&identity.namespace().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -89,17 +89,6 @@ pub async fn run(
         .await;
 }
 
-/// An API for one namespace, or for all of them.
-fn scoped<K>(client: kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    }
-}
-
 fn object_key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
@@ -107,9 +96,7 @@ fn object_key(ns: &str, name: &str) -> String {
 async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile_started(CONTROLLER);
     let result = match &guard.0 {
-        Ok(identity) if identity.metadata.deletion_timestamp.is_some() => {
-            cleanup(identity, &ctx).await
-        }
+        Ok(identity) if identity.metadata.deletion_timestamp.is_some() => cleanup(identity, &ctx).await,
         Ok(identity) => reconcile_identity(identity, &ctx).await,
         Err(invalid) => report_undecodable(invalid, &ctx).await,
     };
@@ -148,13 +135,10 @@ fn identities_api(ctx: &Context, namespace: &str) -> Api<WindowsTaskIdentity> {
     Api::namespaced(ctx.client.clone(), namespace)
 }
 
-async fn reconcile_identity(
-    identity: &WindowsTaskIdentity,
-    ctx: &Context,
-) -> Result<Action, Error> {
+async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action, Error> {
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
-    ensure_finalizer(identity, ctx).await?;
+    finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
 
     let children = match build::children_for(identity) {
         Ok(children) => children,
@@ -185,41 +169,23 @@ async fn apply_children(
     let name = identity.name_any();
     let client = ctx.client.clone();
     let metrics = &ctx.metrics;
-    let credential_spec = ensure_child(
-        &Api::all(client.clone()),
-        &children.credential_spec,
-        &name,
-        metrics,
-    )
-    .await?;
+    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics).await?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
-    let role = ensure_child(
-        &Api::namespaced(client.clone(), &namespace),
-        &children.role,
-        &name,
-        metrics,
-    )
-    .await?;
+    let role = ensure_child(&Api::namespaced(client.clone(), &namespace), &children.role, metrics).await?;
     let role_binding = ensure_child(
         &Api::namespaced(client.clone(), &namespace),
         &children.role_binding,
-        &name,
         metrics,
     )
     .await?;
-    let pod_templates = ensure_child(
-        &Api::namespaced(client, &namespace),
-        &children.pod_templates,
-        &name,
-        metrics,
-    )
-    .await?;
+    let pod_templates = ensure_child(&Api::namespaced(client, &namespace), &children.pod_templates, metrics).await?;
 
     for report in [&credential_spec, &role, &role_binding, &pod_templates] {
         if report.state == super::apply::ChildState::Applied {
             info!(identity = %object_key(&namespace, &name), kind = %report.kind, child = %report.name, "applied");
         }
     }
+    let shares = observe_shares(identity, ctx).await?;
     let service_account_name = identity.spec.service_account.name.clone();
     let wanted = identity_conditions(&Observed {
         credential_spec: &credential_spec,
@@ -228,7 +194,7 @@ async fn apply_children(
         service_account_name: &service_account_name,
         service_account,
         pod_templates: &pod_templates,
-        shares_requested: !identity.spec.shares.is_empty(),
+        shares: &shares,
         token_requested: identity.spec.token.is_some(),
     });
     let summary = WindowsTaskIdentityStatus {
@@ -244,6 +210,29 @@ async fn apply_children(
     Ok((wanted, summary))
 }
 
+/// The state of every share the identity mounts, from the shares' own `Ready` conditions.
+async fn observe_shares(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Vec<(String, ShareState)>, Error> {
+    let api: Api<DeserializeGuard<WindowsShare>> =
+        Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
+    let mut states = Vec::new();
+    for mount in &identity.spec.shares {
+        let state = match api.get_opt(&mount.name).await? {
+            None => ShareState::Missing,
+            Some(DeserializeGuard(Err(invalid))) => ShareState::NotReady(format!("InvalidSpec: {}", invalid.error)),
+            Some(DeserializeGuard(Ok(share))) => {
+                let conditions = share.status.map(|s| s.conditions).unwrap_or_default();
+                match conditions::find(&conditions, conditions::READY) {
+                    Some(ready) if ready.status == "True" => ShareState::Ready,
+                    Some(ready) => ShareState::NotReady(format!("{}: {}", ready.reason, ready.message)),
+                    None => ShareState::NotReady("not reconciled yet".to_owned()),
+                }
+            }
+        };
+        states.push((mount.name.clone(), state));
+    }
+    Ok(states)
+}
+
 /// A service account winflow creates is applied like any child; one that exists without
 /// winflow's labels is bound as it is and never taken over.
 async fn ensure_service_account(
@@ -251,58 +240,28 @@ async fn ensure_service_account(
     children: &IdentityChildren,
     ctx: &Context,
 ) -> Result<ServiceAccountState, Error> {
-    let api: Api<ServiceAccount> = Api::namespaced(
-        ctx.client.clone(),
-        &identity.namespace().unwrap_or_default(),
-    );
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     match &children.service_account {
         Some(desired) => {
-            let ChildReport { state, .. } =
-                ensure_child(&api, desired, &identity.name_any(), &ctx.metrics).await?;
+            let ChildReport { state, .. } = ensure_child(&api, desired, &ctx.metrics).await?;
             Ok(match state {
                 super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
             })
         }
-        None => Ok(
-            match api.get_opt(&identity.spec.service_account.name).await? {
-                Some(_) => ServiceAccountState::ExistingUnmanaged,
-                None => ServiceAccountState::Missing,
-            },
-        ),
+        None => Ok(match api.get_opt(&identity.spec.service_account.name).await? {
+            Some(_) => ServiceAccountState::ExistingUnmanaged,
+            None => ServiceAccountState::Missing,
+        }),
     }
-}
-
-async fn ensure_finalizer(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<(), Error> {
-    if identity.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    // A JSON patch with a test keeps finalizers written concurrently by others.
-    let patch = match identity.meta().finalizers.as_ref() {
-        None => json!([{ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }]),
-        Some(current) => json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": current },
-            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER }
-        ]),
-    };
-    let patch: json_patch::Patch = serde_json::from_value(patch).expect("valid JSON patch");
-    ctx.metrics.api_write("WindowsTaskIdentity", "patch");
-    identities_api(ctx, &identity.namespace().unwrap_or_default())
-        .patch(
-            &identity.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Removes the credential spec (cluster scoped, so no garbage collection) and then the
 /// finalizer. Namespaced children go with their owner reference.
 async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action, Error> {
-    let Some(index) = identity.finalizers().iter().position(|f| f == FINALIZER) else {
+    if !finalizer::is_pending(identity) {
         return Ok(Action::await_change());
-    };
+    }
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let specs: Api<GMSACredentialSpec> = Api::all(ctx.client.clone());
@@ -318,25 +277,15 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
         }
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        { "op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER },
-        { "op": "remove", "path": format!("/metadata/finalizers/{index}") }
-    ]))
-    .expect("valid JSON patch");
-    ctx.metrics.api_write("WindowsTaskIdentity", "patch");
-    identities_api(ctx, &namespace)
-        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await?;
+    finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
     Ok(Action::await_change())
 }
 
 /// An identity that cannot even be decoded (for example stored before a schema change) gets
 /// `Ready=False, InvalidSpec`; the other identities carry on.
 async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
-    let (Some(namespace), Some(name)) = (
-        invalid.metadata.namespace.as_deref(),
-        invalid.metadata.name.as_deref(),
-    ) else {
+    let (Some(namespace), Some(name)) = (invalid.metadata.namespace.as_deref(), invalid.metadata.name.as_deref())
+    else {
         return Ok(Action::await_change());
     };
     let message = format!(
@@ -344,24 +293,13 @@ async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) -> Result<Ac
         invalid.error
     );
     warn!(identity = %object_key(namespace, name), %message, "undecodable identity");
-    let now = Time(jiff::Timestamp::now());
-    let conditions = conditions::merge(
-        &[],
-        &invalid_spec_conditions(message),
-        invalid.metadata.generation,
-        &now,
-    );
-    write_status(
-        ctx,
-        namespace,
-        name,
-        &WindowsTaskIdentityStatus {
-            observed_generation: invalid.metadata.generation,
-            conditions,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let conditions = report::next_conditions(&[], &invalid_spec_conditions(message), invalid.metadata.generation);
+    let status = WindowsTaskIdentityStatus {
+        observed_generation: invalid.metadata.generation,
+        conditions,
+        ..Default::default()
+    };
+    report::write_status(&identities_api(ctx, namespace), name, &status, &ctx.metrics).await?;
     Ok(Action::await_change())
 }
 
@@ -374,91 +312,25 @@ async fn update_status(
     summary: Option<WindowsTaskIdentityStatus>,
 ) -> Result<(), Error> {
     let previous = identity.status.clone().unwrap_or_default();
-    let now = Time(jiff::Timestamp::now());
     let generation = identity.metadata.generation;
     let mut next = summary.unwrap_or_else(|| previous.clone());
     next.observed_generation = generation;
-    next.conditions = conditions::merge(&previous.conditions, &wanted, generation, &now);
+    next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
     next.token = previous.token.clone();
     next.pods = previous.pods.clone();
     if next == previous {
         return Ok(());
     }
-    write_status(
-        ctx,
-        &identity.namespace().unwrap_or_default(),
-        &identity.name_any(),
-        &next,
-    )
-    .await?;
-    publish_transitions(identity, ctx, &previous.conditions, &next.conditions).await;
-    Ok(())
-}
-
-async fn write_status(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    status: &WindowsTaskIdentityStatus,
-) -> Result<(), Error> {
-    let body = json!({
-        "apiVersion": WindowsTaskIdentity::api_version(&()),
-        "kind": WindowsTaskIdentity::kind(&()),
-        "status": status,
-    });
-    ctx.metrics.api_write("WindowsTaskIdentity", "apply-status");
-    identities_api(ctx, namespace)
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Conditions whose status or reason changed, as Events: Normal when they became true,
-/// Warning otherwise. Event failures are logged, never fatal.
-async fn publish_transitions(
-    identity: &WindowsTaskIdentity,
-    ctx: &Context,
-    before: &[Condition],
-    after: &[Condition],
-) {
+    let api = identities_api(ctx, &identity.namespace().unwrap_or_default());
+    report::write_status(&api, &identity.name_any(), &next, &ctx.metrics).await?;
     let reference = identity.object_ref(&());
-    for condition in after {
-        let old = conditions::find(before, &condition.type_);
-        if old.is_some_and(|o| o.status == condition.status && o.reason == condition.reason) {
-            continue;
-        }
-        // Creation is announced once, by Ready, rather than once per condition.
-        if old.is_none() && condition.status == "True" && condition.type_ != conditions::READY {
-            continue;
-        }
-        let event = Event {
-            type_: if condition.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: condition.reason.clone(),
-            note: Some(truncate(
-                &format!("{}: {}", condition.type_, condition.message),
-                1000,
-            )),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        ctx.metrics.api_write("Event", "create");
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(error = %e, "could not record event");
-        }
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    report::publish_transitions(
+        &ctx.recorder,
+        &ctx.metrics,
+        &reference,
+        &previous.conditions,
+        &next.conditions,
+    )
+    .await;
+    Ok(())
 }

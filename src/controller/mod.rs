@@ -2,13 +2,16 @@
 
 pub mod apply;
 mod backoff;
+mod finalizer;
 pub mod identity;
+mod report;
+pub mod share;
 pub mod status;
 
 use std::time::Duration;
 
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client, Resource};
 
 use crate::metrics::Metrics;
 
@@ -81,12 +84,47 @@ impl Error {
     }
 }
 
-/// Runs every controller until `shutdown` completes; `readiness` turns ready once they are
-/// watching.
+/// Runs every controller until `shutdown` completes; `readiness` turns ready once all of
+/// them are watching.
 pub async fn run_all(
     ctx: std::sync::Arc<Context>,
     readiness: crate::admin::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    identity::run(ctx, readiness, shutdown).await;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    readiness.expect_parts(2);
+    tokio::join!(
+        identity::run(ctx.clone(), readiness.clone(), shutdown.clone()),
+        share::run(ctx, readiness, shutdown),
+    );
+}
+
+/// An API for one namespace, or for all of them.
+pub(crate) fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Marks one part of `readiness` ready once the controller's cache holds the initial list.
+/// `Store::wait_until_ready` (kube-runtime 5.0) wakes only the last task that polled it, and the
+/// controller's own runner polls it too; a fresh future per short interval sees the state anyway.
+pub(crate) async fn report_ready_when_synced<K>(
+    store: kube::runtime::reflector::Store<K>,
+    readiness: crate::admin::Readiness,
+) where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), store.wait_until_ready()).await {
+            Ok(Ok(())) => return readiness.set_ready(),
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+    }
 }

@@ -22,8 +22,17 @@ pub struct Observed<'a> {
     pub service_account_name: &'a str,
     pub service_account: ServiceAccountState,
     pub pod_templates: &'a ChildReport,
-    pub shares_requested: bool,
+    pub shares: &'a [(String, ShareState)],
     pub token_requested: bool,
+}
+
+/// A share an identity names, as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShareState {
+    Missing,
+    /// Not Ready, with the share's own reason and message.
+    NotReady(String),
+    Ready,
 }
 
 fn child_failure(report: &ChildReport) -> Option<(&'static str, String)> {
@@ -34,11 +43,7 @@ fn child_failure(report: &ChildReport) -> Option<(&'static str, String)> {
     }
 }
 
-fn from_children(
-    type_: &'static str,
-    reports: &[&ChildReport],
-    ok_message: String,
-) -> ConditionState {
+fn from_children(type_: &'static str, reports: &[&ChildReport], ok_message: String) -> ConditionState {
     match reports.iter().find_map(|r| child_failure(r)) {
         Some((reason, message)) => ConditionState::new(type_, false, reason, message),
         None => ConditionState::new(type_, true, REASON_RECONCILED, ok_message),
@@ -50,10 +55,7 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
     let credential_spec = from_children(
         CREDENTIAL_SPEC_READY,
         &[observed.credential_spec],
-        format!(
-            "GMSACredentialSpec {} is up to date",
-            observed.credential_spec.name
-        ),
+        format!("GMSACredentialSpec {} is up to date", observed.credential_spec.name),
     );
     let access = match &observed.service_account {
         ServiceAccountState::Missing => ConditionState::new(
@@ -94,12 +96,7 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
             observed.pod_templates.name
         ),
     );
-    let shares = not_yet_supported(
-        SHARES_READY,
-        observed.shares_requested,
-        "spec.shares",
-        "mounting WindowsShares",
-    );
+    let shares = shares_condition(observed.shares);
     let token = not_yet_supported(
         TOKEN_READY,
         observed.token_requested,
@@ -111,6 +108,32 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
     conditions
 }
 
+/// `SharesReady`: true when every named share is Ready; otherwise names each one that is not.
+pub fn shares_condition(shares: &[(String, ShareState)]) -> ConditionState {
+    if shares.is_empty() {
+        return ConditionState::new(SHARES_READY, true, REASON_NOT_REQUESTED, "spec.shares is not set");
+    }
+    let problems: Vec<String> = shares
+        .iter()
+        .filter_map(|(name, state)| match state {
+            ShareState::Ready => None,
+            ShareState::Missing => Some(format!("WindowsShare {name} does not exist")),
+            ShareState::NotReady(why) => Some(format!("WindowsShare {name} is not Ready ({why})")),
+        })
+        .collect();
+    if problems.is_empty() {
+        let names: Vec<&str> = shares.iter().map(|(name, _)| name.as_str()).collect();
+        ConditionState::new(
+            SHARES_READY,
+            true,
+            REASON_RECONCILED,
+            format!("shares {} are bound", names.join(", ")),
+        )
+    } else {
+        ConditionState::new(SHARES_READY, false, REASON_SHARE_NOT_READY, problems.join("; "))
+    }
+}
+
 fn access_message(observed: &Observed<'_>, note: &str) -> String {
     format!(
         "service account {}{note} may use GMSACredentialSpec {} through Role and RoleBinding {}",
@@ -118,14 +141,9 @@ fn access_message(observed: &Observed<'_>, note: &str) -> String {
     )
 }
 
-/// Shares and tokens are reconciled by their own controllers; until this build has them, an
-/// identity that asks for them is not Ready rather than silently running without them.
-fn not_yet_supported(
-    type_: &'static str,
-    requested: bool,
-    field: &str,
-    what: &str,
-) -> ConditionState {
+/// Tokens are reconciled by their own controller; until this build has it, an identity that
+/// asks for one is not Ready rather than silently running without it.
+fn not_yet_supported(type_: &'static str, requested: bool, field: &str, what: &str) -> ConditionState {
     if requested {
         ConditionState::new(
             type_,
@@ -136,12 +154,7 @@ fn not_yet_supported(
             ),
         )
     } else {
-        ConditionState::new(
-            type_,
-            true,
-            REASON_NOT_REQUESTED,
-            format!("{field} is not set"),
-        )
+        ConditionState::new(type_, true, REASON_NOT_REQUESTED, format!("{field} is not set"))
     }
 }
 
@@ -167,12 +180,7 @@ pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {
 /// The conditions of an identity whose spec breaks a rule: only `Ready` changes, the other
 /// conditions keep describing the children as last applied.
 pub fn invalid_spec_conditions(message: String) -> Vec<ConditionState> {
-    vec![ConditionState::new(
-        READY,
-        false,
-        REASON_INVALID_SPEC,
-        message,
-    )]
+    vec![ConditionState::new(READY, false, REASON_INVALID_SPEC, message)]
 }
 
 #[cfg(test)]
@@ -201,7 +209,7 @@ mod tests {
             service_account_name: "reports",
             service_account: sa,
             pod_templates: cm,
-            shares_requested: false,
+            shares: &[],
             token_requested: false,
         }
     }
@@ -232,18 +240,12 @@ mod tests {
             &ok,
             ServiceAccountState::ExistingUnmanaged,
         ));
-        let cs = conditions
-            .iter()
-            .find(|c| c.type_ == CREDENTIAL_SPEC_READY)
-            .unwrap();
+        let cs = conditions.iter().find(|c| c.type_ == CREDENTIAL_SPEC_READY).unwrap();
         assert_eq!((cs.status, cs.reason), (false, REASON_CONFLICT));
         let ready = conditions.last().unwrap();
         assert_eq!((ready.status, ready.reason), (false, REASON_CONFLICT));
         assert_eq!(ready.message, "CredentialSpecReady: taken");
-        let access = conditions
-            .iter()
-            .find(|c| c.type_ == ACCESS_GRANTED)
-            .unwrap();
+        let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
         assert!(
             access.status && access.message.contains("does not manage"),
             "{access:?}"
@@ -253,32 +255,32 @@ mod tests {
     #[test]
     fn missing_service_account_denies_access() {
         let ok = report("X", ChildState::UpToDate);
-        let conditions =
-            identity_conditions(&observed(&ok, &ok, &ok, &ok, ServiceAccountState::Missing));
-        let access = conditions
-            .iter()
-            .find(|c| c.type_ == ACCESS_GRANTED)
-            .unwrap();
-        assert_eq!(
-            (access.status, access.reason),
-            (false, REASON_SERVICE_ACCOUNT_MISSING)
-        );
+        let conditions = identity_conditions(&observed(&ok, &ok, &ok, &ok, ServiceAccountState::Missing));
+        let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
+        assert_eq!((access.status, access.reason), (false, REASON_SERVICE_ACCOUNT_MISSING));
     }
 
     #[test]
-    fn requested_shares_block_ready() {
+    fn shares_that_are_not_ready_block_ready_and_are_named() {
         let ok = report("X", ChildState::UpToDate);
-        let mut o = observed(
-            &ok,
-            &ok,
-            &ok,
-            &ok,
-            ServiceAccountState::Managed(ChildState::UpToDate),
-        );
-        o.shares_requested = true;
+        let shares = [
+            ("reports".to_owned(), ShareState::Ready),
+            ("archive".to_owned(), ShareState::Missing),
+            ("scratch".to_owned(), ShareState::NotReady("Pending: waiting".into())),
+        ];
+        let mut o = observed(&ok, &ok, &ok, &ok, ServiceAccountState::Managed(ChildState::UpToDate));
+        o.shares = &shares;
         let conditions = identity_conditions(&o);
         let ready = conditions.last().unwrap();
         assert!(!ready.status);
-        assert!(ready.message.starts_with("SharesReady:"));
+        assert_eq!(ready.reason, REASON_SHARE_NOT_READY);
+        assert_eq!(
+            ready.message,
+            "SharesReady: WindowsShare archive does not exist; WindowsShare scratch is not Ready (Pending: waiting)"
+        );
+        let all_ready = [("reports".to_owned(), ShareState::Ready)];
+        let c = shares_condition(&all_ready);
+        assert!(c.status && c.message == "shares reports are bound");
+        assert_eq!(shares_condition(&[]).reason, REASON_NOT_REQUESTED);
     }
 }

@@ -1,54 +1,15 @@
-//! Semantic checks of a `WindowsTaskIdentity` that the CRD schema cannot express, or that
-//! older API servers do not enforce (CEL). Each violation names the field and what is allowed.
+//! Rules for `WindowsTaskIdentity`.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use globset::Glob;
 
+use super::{Checker, Violation, is_dns_name, parse_duration};
 use crate::api::identity::{CONTAINER_ADMINISTRATOR, WindowsTaskIdentitySpec};
 use crate::names::{self, MAX_NAME_LENGTH};
 
-/// One broken rule: the field path and a message saying what is allowed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// All violations, joined into one condition message.
-pub fn describe(violations: &[Violation]) -> String {
-    violations
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-#[derive(Default)]
-struct Checker(Vec<Violation>);
-
-impl Checker {
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Violation {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-}
-
 /// Checks an identity named `name` in `namespace`.
-pub fn check_identity(
-    namespace: &str,
-    name: &str,
-    spec: &WindowsTaskIdentitySpec,
-) -> Result<(), Vec<Violation>> {
+pub fn check_identity(namespace: &str, name: &str, spec: &WindowsTaskIdentitySpec) -> Result<(), Vec<Violation>> {
     let mut c = Checker::default();
     check_derived_names(&mut c, namespace, name);
     check_domain(&mut c, spec);
@@ -59,7 +20,7 @@ pub fn check_identity(
     check_pod(&mut c, spec);
     check_shares(&mut c, spec);
     check_token(&mut c, spec);
-    if c.0.is_empty() { Ok(()) } else { Err(c.0) }
+    c.finish()
 }
 
 fn check_derived_names(c: &mut Checker, namespace: &str, name: &str) {
@@ -74,7 +35,12 @@ fn check_derived_names(c: &mut Checker, namespace: &str, name: &str) {
     .unwrap_or_default();
     if longest > MAX_NAME_LENGTH {
         let allowed = MAX_NAME_LENGTH - (longest - name.len());
-        c.fail("metadata.name", format!("is too long for the objects derived from it: at most {allowed} characters in namespace {namespace:?}"));
+        c.fail(
+            "metadata.name",
+            format!(
+                "is too long for the objects derived from it: at most {allowed} characters in namespace {namespace:?}"
+            ),
+        );
     }
 }
 
@@ -93,10 +59,7 @@ fn check_domain(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
     }
     if domain.netbios_name.is_empty()
         || domain.netbios_name.chars().count() > 15
-        || domain
-            .netbios_name
-            .chars()
-            .any(|ch| "\\/:*?\"<>|. ".contains(ch))
+        || domain.netbios_name.chars().any(|ch| "\\/:*?\"<>|. ".contains(ch))
     {
         c.fail("spec.domain.netbiosName", format!("{:?} is not a NetBIOS domain name (allowed: 1 to 15 characters, none of \\ / : * ? \" < > | . or space)", domain.netbios_name));
     }
@@ -139,9 +102,7 @@ fn check_account_name(c: &mut Checker, field: &str, account: &str) {
     let forbidden = "\"/\\[]:;|=,+*?<>@$";
     if account.is_empty()
         || account.chars().count() > 15
-        || account
-            .chars()
-            .any(|ch| forbidden.contains(ch) || ch.is_whitespace())
+        || account.chars().any(|ch| forbidden.contains(ch) || ch.is_whitespace())
     {
         c.fail(field, format!("{account:?} is not a gMSA sAMAccountName (allowed: 1 to 15 characters without the trailing '$', none of {forbidden} or spaces)"));
     }
@@ -157,21 +118,30 @@ fn check_host_account(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
         ("kubernetesSecret", host.kubernetes_secret.is_some()),
         ("custom", host.custom.is_some()),
     ];
-    let set: Vec<&str> = kinds
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(k, _)| *k)
-        .collect();
+    let set: Vec<&str> = kinds.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect();
     if set.len() != 1 {
-        c.fail("spec.hostAccount", format!("exactly one of azureKeyVault, awsSecretsManager, kubernetesSecret or custom must be set (found {})", if set.is_empty() { "none".to_owned() } else { set.join(", ") }));
+        c.fail(
+            "spec.hostAccount",
+            format!(
+                "exactly one of azureKeyVault, awsSecretsManager, kubernetesSecret or custom must be set (found {})",
+                if set.is_empty() {
+                    "none".to_owned()
+                } else {
+                    set.join(", ")
+                }
+            ),
+        );
     }
     if let Some(custom) = &host.custom {
-        let inner = custom
-            .plugin_guid
-            .strip_prefix('{')
-            .and_then(|g| g.strip_suffix('}'));
+        let inner = custom.plugin_guid.strip_prefix('{').and_then(|g| g.strip_suffix('}'));
         if !inner.is_some_and(is_guid) {
-            c.fail("spec.hostAccount.custom.pluginGuid", format!("{:?} is not a COM class GUID (allowed: {{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}})", custom.plugin_guid));
+            c.fail(
+                "spec.hostAccount.custom.pluginGuid",
+                format!(
+                    "{:?} is not a COM class GUID (allowed: {{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}})",
+                    custom.plugin_guid
+                ),
+            );
         }
     }
     if let Some(akv) = &host.azure_key_vault {
@@ -226,11 +196,20 @@ fn check_pod(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
     if let Some(os) = pod.node_selector.get("kubernetes.io/os")
         && os != "windows"
     {
-        c.fail("spec.pod.nodeSelector", format!("kubernetes.io/os is {os:?}, but Windows task pods run only on kubernetes.io/os=windows"));
+        c.fail(
+            "spec.pod.nodeSelector",
+            format!("kubernetes.io/os is {os:?}, but Windows task pods run only on kubernetes.io/os=windows"),
+        );
     }
     for (i, env) in pod.env.iter().enumerate() {
         if env.name.starts_with("WINFLOW_") {
-            c.fail(format!("spec.pod.env[{i}].name"), format!("{:?} uses the prefix WINFLOW_, which winflow reserves for the variables it sets", env.name));
+            c.fail(
+                format!("spec.pod.env[{i}].name"),
+                format!(
+                    "{:?} uses the prefix WINFLOW_, which winflow reserves for the variables it sets",
+                    env.name
+                ),
+            );
         }
     }
 }
@@ -277,35 +256,9 @@ fn check_token(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
     if parse_duration(&token.min_validity).is_none() {
         c.fail(
             "spec.token.minValidity",
-            format!(
-                "{:?} is not a positive duration (for example 5m)",
-                token.min_validity
-            ),
+            format!("{:?} is not a positive duration (for example 5m)", token.min_validity),
         );
     }
-}
-
-/// A positive duration such as `5m`, `1h30m` or `90s`.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let duration: jiff::SignedDuration = text.parse().ok()?;
-    if duration.is_positive() {
-        duration.try_into().ok()
-    } else {
-        None
-    }
-}
-
-fn is_dns_name(name: &str) -> bool {
-    let labels: Vec<&str> = name.split('.').collect();
-    name.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
-        })
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -326,10 +279,7 @@ fn is_domain_sid(sid: &str) -> bool {
     let parts: Vec<&str> = rest.split('-').collect();
     parts.len() == 3
         && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.len() <= 10
-                && p.chars().all(|ch| ch.is_ascii_digit())
-                && p.parse::<u32>().is_ok()
+            !p.is_empty() && p.len() <= 10 && p.chars().all(|ch| ch.is_ascii_digit()) && p.parse::<u32>().is_ok()
         })
 }
 
@@ -369,11 +319,7 @@ mod tests {
         spec.domain.sid = "S-1-5-32-544".into();
         spec.domain.guid = "not-a-guid".into();
         assert_eq!(fields(&spec), ["spec.domain.sid", "spec.domain.guid"]);
-        assert!(
-            violations(&spec)[0]
-                .message
-                .contains("S-1-5-21-<a>-<b>-<c>")
-        );
+        assert!(violations(&spec)[0].message.contains("S-1-5-21-<a>-<b>-<c>"));
     }
 
     #[test]
@@ -381,17 +327,11 @@ mod tests {
         let mut spec = fixtures::domain_joined_spec();
         spec.gmsa.account = "a-very-long-account-name".into();
         spec.gmsa.additional_accounts = vec!["svc$".into(), "SVC-REPORTS".into()];
-        assert_eq!(
-            fields(&spec),
-            ["spec.gmsa.account", "spec.gmsa.additionalAccounts[0]"]
-        );
+        assert_eq!(fields(&spec), ["spec.gmsa.account", "spec.gmsa.additionalAccounts[0]"]);
         spec.gmsa.account = "svc-reports".into();
         assert_eq!(
             fields(&spec),
-            [
-                "spec.gmsa.additionalAccounts[0]",
-                "spec.gmsa.additionalAccounts[1]"
-            ]
+            ["spec.gmsa.additionalAccounts[0]", "spec.gmsa.additionalAccounts[1]"]
         );
     }
 
@@ -411,13 +351,11 @@ mod tests {
     fn two_host_account_kinds_are_refused() {
         let mut spec = fixtures::key_vault_spec();
         let host = spec.host_account.as_mut().unwrap();
-        host.kubernetes_secret =
-            Some(crate::api::identity::KubernetesSecretHostAccount { name: "ccg".into() });
+        host.kubernetes_secret = Some(crate::api::identity::KubernetesSecretHostAccount { name: "ccg".into() });
         let v = violations(&spec);
         assert_eq!(v.len(), 1);
         assert!(
-            v[0].message
-                .contains("found azureKeyVault, kubernetesSecret"),
+            v[0].message.contains("found azureKeyVault, kubernetesSecret"),
             "{}",
             v[0].message
         );
@@ -431,18 +369,13 @@ mod tests {
             name: "WINFLOW_ACCESS_TOKEN".into(),
             ..Default::default()
         }];
-        assert_eq!(
-            fields(&spec),
-            ["spec.airflow.dagIds[0]", "spec.pod.env[0].name"]
-        );
+        assert_eq!(fields(&spec), ["spec.airflow.dagIds[0]", "spec.pod.env[0].name"]);
     }
 
     #[test]
     fn linux_node_selector_is_refused() {
         let mut spec = fixtures::domain_joined_spec();
-        spec.pod
-            .node_selector
-            .insert("kubernetes.io/os".into(), "linux".into());
+        spec.pod.node_selector.insert("kubernetes.io/os".into(), "linux".into());
         assert_eq!(fields(&spec), ["spec.pod.nodeSelector"]);
     }
 
@@ -452,25 +385,7 @@ mod tests {
         let long = "a".repeat(245);
         let v = check_identity("airflow", &long, &spec).unwrap_err();
         assert_eq!(v[0].field, "metadata.name");
-        assert!(
-            v[0].message.contains("at most 239 characters"),
-            "{}",
-            v[0].message
-        );
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(
-            parse_duration("5m"),
-            Some(std::time::Duration::from_secs(300))
-        );
-        assert_eq!(
-            parse_duration("1h30m"),
-            Some(std::time::Duration::from_secs(5400))
-        );
-        assert_eq!(parse_duration("-5m"), None);
-        assert_eq!(parse_duration("soon"), None);
+        assert!(v[0].message.contains("at most 239 characters"), "{}", v[0].message);
     }
 
     #[test]

@@ -1,0 +1,439 @@
+//! The WindowsShare controller: a static PersistentVolume for the SMB CSI driver and a claim
+//! bound to it; the credentials Secret is checked (and watched) but never read into status.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
+use kube::api::DeleteParams;
+use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::apply::{ChildReport, ChildState, ensure_child};
+use super::{Context, Error, finalizer, report, scoped};
+use crate::api::conditions::{self, ConditionState};
+use crate::api::share::{WindowsShare, WindowsShareStatus};
+use crate::build::{self, with_spec_hash};
+use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SHARE_LABEL};
+use crate::validate;
+
+const CONTROLLER: &str = "share";
+
+pub const REASON_BOUND: &str = "Bound";
+pub const REASON_PENDING: &str = "Pending";
+pub const REASON_SECRET_MISSING: &str = "SecretMissing";
+
+type Guarded = DeserializeGuard<WindowsShare>;
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    readiness: crate::admin::Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let namespace = ctx.config.namespace.clone();
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let controller = Controller::new(
+        scoped::<Guarded>(client.clone(), namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
+    // Secrets are watched as metadata only: their data never enters the operator's memory
+    // through the watch. A Secret that appears or changes re-checks the shares naming it.
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    controller
+        .owns(
+            scoped::<PersistentVolumeClaim>(client.clone(), namespace.as_deref()),
+            managed.clone(),
+        )
+        .watches(Api::<PersistentVolume>::all(client), managed, |volume| {
+            let (namespace, name) = names::share_of_persistent_volume(volume.metadata.name.as_deref()?)?;
+            Some(ObjectRef::<Guarded>::new(name).within(namespace))
+        })
+        .watches_stream(secrets, move |secret| {
+            let namespace = secret.metadata.namespace.clone();
+            let name = secret.metadata.name.clone();
+            store
+                .state()
+                .into_iter()
+                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+                .filter(move |share| {
+                    share.metadata.namespace == namespace
+                        && Some(&share.spec.credentials_secret_ref.name) == name.as_ref()
+                })
+                .map(|share| {
+                    ObjectRef::<Guarded>::new(&share.name_any()).within(&share.namespace().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "share controller event");
+            }
+        })
+        .await;
+}
+
+fn key(meta: &kube::api::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn meta(guard: &Guarded) -> &kube::api::ObjectMeta {
+    match &guard.0 {
+        Ok(share) => &share.metadata,
+        Err(invalid) => &invalid.metadata,
+    }
+}
+
+async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let result = match &guard.0 {
+        Ok(share) if share.metadata.deletion_timestamp.is_some() => cleanup(share, &ctx).await,
+        Ok(share) => reconcile_share(share, &ctx).await,
+        Err(invalid) => {
+            warn!(share = %key(&invalid.metadata), error = %invalid.error, "undecodable share");
+            Ok(Action::await_change())
+        }
+    };
+    timer.finish(match &result {
+        Ok(_) => "success",
+        Err(e) => e.metric_label(),
+    });
+    if result.is_ok() {
+        ctx.backoff.succeeded(&format!("share:{}", key(meta(&guard))));
+    }
+    result
+}
+
+fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key(meta(&guard));
+    let delay = ctx.backoff.failed(&format!("share:{key}"));
+    warn!(share = %key, error = %error, retry_in_seconds = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn shares_api(ctx: &Context, namespace: &str) -> Api<WindowsShare> {
+    Api::namespaced(ctx.client.clone(), namespace)
+}
+
+async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
+    let namespace = share.namespace().unwrap_or_default();
+    let name = share.name_any();
+    finalizer::ensure(&shares_api(ctx, &namespace), share, &ctx.metrics).await?;
+    if let Err(violations) = validate::check_share(&namespace, &name, &share.spec) {
+        let message = validate::describe(&violations);
+        warn!(share = %format!("{namespace}/{name}"), %message, "invalid spec");
+        let wanted = ConditionState::new(conditions::READY, false, conditions::REASON_INVALID_SPEC, message);
+        update_status(share, ctx, wanted, None).await?;
+        return Ok(Action::await_change());
+    }
+
+    let volume = ensure_child(
+        &Api::all(ctx.client.clone()),
+        &with_spec_hash(build::persistent_volume_for(share)),
+        &ctx.metrics,
+    )
+    .await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claim = ensure_child(
+        &claims,
+        &with_spec_hash(build::persistent_volume_claim_for(share)),
+        &ctx.metrics,
+    )
+    .await?;
+    for report in [&volume, &claim] {
+        if report.state == ChildState::Applied {
+            info!(share = %format!("{namespace}/{name}"), kind = %report.kind, child = %report.name, "applied");
+        }
+    }
+    let secret = check_secret(ctx, &namespace, &share.spec.credentials_secret_ref.name).await?;
+    let bound = match &claim.state {
+        ChildState::UpToDate | ChildState::Applied => {
+            claims
+                .get_opt(&claim.name)
+                .await?
+                .and_then(|c| c.status?.phase)
+                .as_deref()
+                == Some("Bound")
+        }
+        _ => false,
+    };
+    let wanted = share_condition(&volume, &claim, &secret, bound);
+    let ready = wanted.status;
+    let summary = WindowsShareStatus {
+        source: Some(build::share_source(&share.spec)),
+        persistent_volume_name: Some(volume.name.clone()),
+        persistent_volume_claim_name: Some(claim.name.clone()),
+        ..WindowsShareStatus::default()
+    };
+    update_status(share, ctx, wanted, Some(summary)).await?;
+    Ok(Action::requeue(if ready {
+        ctx.config.resync_period
+    } else {
+        ctx.config.retry_period
+    }))
+}
+
+/// What the credentials Secret holds, by key presence only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    Missing,
+    LacksKeys(Vec<&'static str>),
+    /// Complete; `false` when it names no `domain`.
+    Complete {
+        has_domain: bool,
+    },
+}
+
+async fn check_secret(ctx: &Context, namespace: &str, name: &str) -> Result<(String, SecretCheck), Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok((name.to_owned(), secret_check(secret.as_ref())))
+}
+
+fn has_key(secret: &Secret, key: &str) -> bool {
+    let in_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .is_some_and(|v| !v.0.is_empty());
+    let in_string_data = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .is_some_and(|v| !v.is_empty());
+    in_data || in_string_data
+}
+
+/// Which required keys the Secret has; values are never looked at beyond being non-empty.
+pub fn secret_check(secret: Option<&Secret>) -> SecretCheck {
+    let Some(secret) = secret else {
+        return SecretCheck::Missing;
+    };
+    let lacking: Vec<&'static str> = ["username", "password"]
+        .into_iter()
+        .filter(|key| !has_key(secret, key))
+        .collect();
+    if lacking.is_empty() {
+        SecretCheck::Complete {
+            has_domain: has_key(secret, "domain"),
+        }
+    } else {
+        SecretCheck::LacksKeys(lacking)
+    }
+}
+
+/// The share's `Ready` condition. Pure.
+pub fn share_condition(
+    volume: &ChildReport,
+    claim: &ChildReport,
+    secret: &(String, SecretCheck),
+    bound: bool,
+) -> ConditionState {
+    use crate::api::conditions::{READY, REASON_API_ERROR, REASON_CONFLICT};
+    for child in [volume, claim] {
+        match &child.state {
+            ChildState::Conflict(message) => {
+                return ConditionState::new(READY, false, REASON_CONFLICT, message.clone());
+            }
+            ChildState::Rejected(message) => {
+                return ConditionState::new(READY, false, REASON_API_ERROR, message.clone());
+            }
+            ChildState::UpToDate | ChildState::Applied => {}
+        }
+    }
+    let (secret_name, check) = secret;
+    let has_domain = match check {
+        SecretCheck::Missing => {
+            return ConditionState::new(
+                READY,
+                false,
+                REASON_SECRET_MISSING,
+                format!("Secret {secret_name} does not exist; create it with keys username, password and domain"),
+            );
+        }
+        SecretCheck::LacksKeys(keys) => {
+            return ConditionState::new(
+                READY,
+                false,
+                REASON_SECRET_MISSING,
+                format!(
+                    "Secret {secret_name} lacks the key(s) {}; it needs username, password and, for a domain account, domain",
+                    keys.join(", ")
+                ),
+            );
+        }
+        SecretCheck::Complete { has_domain } => *has_domain,
+    };
+    if !bound {
+        return ConditionState::new(
+            READY,
+            false,
+            REASON_PENDING,
+            format!(
+                "waiting for PersistentVolumeClaim {} to bind to PersistentVolume {}",
+                claim.name, volume.name
+            ),
+        );
+    }
+    let mut message = format!(
+        "PersistentVolumeClaim {} is bound to PersistentVolume {}",
+        claim.name, volume.name
+    );
+    if !has_domain {
+        message.push_str(&format!(
+            "; note: Secret {secret_name} has no domain, so the SMB driver logs on with a local account of the file server; add key domain (for example CORP) for a domain account"
+        ));
+    }
+    ConditionState::new(READY, true, REASON_BOUND, message)
+}
+
+async fn update_status(
+    share: &WindowsShare,
+    ctx: &Context,
+    wanted: ConditionState,
+    summary: Option<WindowsShareStatus>,
+) -> Result<(), Error> {
+    let previous = share.status.clone().unwrap_or_default();
+    let generation = share.metadata.generation;
+    let mut next = summary.unwrap_or_else(|| previous.clone());
+    next.observed_generation = generation;
+    next.conditions = report::next_conditions(&previous.conditions, &[wanted], generation);
+    if next == previous {
+        return Ok(());
+    }
+    let api = shares_api(ctx, &share.namespace().unwrap_or_default());
+    report::write_status(&api, &share.name_any(), &next, &ctx.metrics).await?;
+    report::publish_transitions(
+        &ctx.recorder,
+        &ctx.metrics,
+        &share.object_ref(&()),
+        &previous.conditions,
+        &next.conditions,
+    )
+    .await;
+    Ok(())
+}
+
+/// Removes the PersistentVolume (cluster scoped); the claim goes with its owner reference.
+/// With reclaim policy `Retain` no data on the server is touched.
+async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
+    if !finalizer::is_pending(share) {
+        return Ok(Action::await_change());
+    }
+    let namespace = share.namespace().unwrap_or_default();
+    let name = share.name_any();
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let volume_name = names::persistent_volume_name(&namespace, &name);
+    if let Some(existing) = volumes.get_opt(&volume_name).await?
+        && existing.labels().get(SHARE_LABEL) == Some(&name)
+        && existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+    {
+        ctx.metrics.api_write("PersistentVolume", "delete");
+        match volumes.delete(&volume_name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(
+            share = %format!("{namespace}/{name}"),
+            persistent_volume = %volume_name,
+            source = %build::share_source(&share.spec),
+            "deleted PersistentVolume; the data on the share was retained (reclaim policy Retain)"
+        );
+    }
+    finalizer::remove(&shares_api(ctx, &namespace), share, &ctx.metrics).await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn ok(kind: &str) -> ChildReport {
+        ChildReport {
+            kind: kind.into(),
+            name: format!("{kind}-name"),
+            state: ChildState::UpToDate,
+        }
+    }
+
+    fn secret(keys: &[&str]) -> Secret {
+        Secret {
+            data: Some(
+                keys.iter()
+                    .map(|k| (k.to_string(), ByteString(b"x".to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_keys() {
+        assert_eq!(secret_check(None), SecretCheck::Missing);
+        assert_eq!(
+            secret_check(Some(&secret(&["username"]))),
+            SecretCheck::LacksKeys(vec!["password"])
+        );
+        assert_eq!(
+            secret_check(Some(&secret(&["username", "password"]))),
+            SecretCheck::Complete { has_domain: false }
+        );
+        assert_eq!(
+            secret_check(Some(&secret(&["username", "password", "domain"]))),
+            SecretCheck::Complete { has_domain: true }
+        );
+    }
+
+    #[test]
+    fn conditions_in_order_of_what_blocks() {
+        let pv = ok("PersistentVolume");
+        let pvc = ok("PersistentVolumeClaim");
+        let missing = ("smb".to_owned(), SecretCheck::Missing);
+        let c = share_condition(&pv, &pvc, &missing, true);
+        assert_eq!((c.status, c.reason), (false, REASON_SECRET_MISSING));
+        assert!(c.message.contains("Secret smb does not exist"));
+        let complete = ("smb".to_owned(), SecretCheck::Complete { has_domain: true });
+        let c = share_condition(&pv, &pvc, &complete, false);
+        assert_eq!((c.status, c.reason), (false, REASON_PENDING));
+        let c = share_condition(&pv, &pvc, &complete, true);
+        assert_eq!((c.status, c.reason), (true, REASON_BOUND));
+        assert!(!c.message.contains("no domain"));
+        let no_domain = ("smb".to_owned(), SecretCheck::Complete { has_domain: false });
+        assert!(
+            share_condition(&pv, &pvc, &no_domain, true)
+                .message
+                .contains("has no domain")
+        );
+        let conflict = ChildReport {
+            state: ChildState::Conflict("taken".into()),
+            ..ok("PersistentVolume")
+        };
+        assert_eq!(
+            share_condition(&conflict, &pvc, &complete, true).reason,
+            conditions::REASON_CONFLICT
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Test harness: one real control plane (etcd, kube-apiserver, kube-controller-manager) per
+//! test binary, started by `hack/control-plane.sh`; one namespace and one in-process operator
+//! per test.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use winflow::controller::{Context, ControllerConfig};
+use winflow::metrics::Metrics;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+struct ControlPlane {
+    kubeconfig: PathBuf,
+    // Holding the pipe to the script's stdin keeps the control plane up; it stops when this
+    // process exits and the pipe closes.
+    _process: Child,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        // Started on a plain thread: tests run inside a tokio runtime, which may not block.
+        std::thread::spawn(start_control_plane)
+            .join()
+            .expect("control plane start")
+    })
+}
+
+fn start_control_plane() -> ControlPlane {
+    let mut process = Command::new(Path::new(REPO).join("hack/control-plane.sh"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("hack/control-plane.sh starts");
+    let stdout = process.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read control plane output");
+    let kubeconfig = PathBuf::from(
+        line.trim()
+            .strip_prefix("kubeconfig=")
+            .unwrap_or_else(|| panic!("control plane did not start (printed {line:?}); see its log above")),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(install_crds(&kubeconfig));
+    ControlPlane {
+        kubeconfig,
+        _process: process,
+    }
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig valid");
+    Client::try_from(config).expect("client")
+}
+
+/// Installs every CRD in `crds/` exactly as a user would and waits until they are served.
+async fn install_crds(kubeconfig: &Path) {
+    let client = client_for(kubeconfig).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(Path::new(REPO).join("crds")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(document).unwrap();
+            let name = crd.metadata.name.clone().unwrap();
+            crds.patch(&name, &PatchParams::apply("winflow-tests").force(), &Patch::Apply(&crd))
+                .await
+                .unwrap();
+            names.push(name);
+        }
+    }
+    for name in names {
+        wait_until(&format!("CRD {name} established"), Duration::from_secs(30), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// A namespace of its own, an admin client and (once started) an operator for it.
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl TestEnv {
+    pub async fn new(test: &str) -> Self {
+        let kubeconfig = control_plane().kubeconfig.clone();
+        let client = client_for(&kubeconfig).await;
+        let suffix: String = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let namespace = format!("{test}-{suffix}").replace('_', "-");
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        Self { client, namespace }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Starts an operator that watches only this test's namespace.
+    pub fn start_operator(&self, resync: Duration) -> Operator {
+        let config = ControllerConfig {
+            namespace: Some(self.namespace.clone()),
+            resync_period: resync,
+            retry_period: Duration::from_secs(2),
+            concurrency: 4,
+            instance: format!("test-{}", self.namespace),
+        };
+        let metrics = Metrics::default();
+        let ctx = Arc::new(Context::new(self.client.clone(), metrics.clone(), config));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let readiness = winflow::admin::Readiness::default();
+        let task = tokio::spawn(winflow::controller::run_all(ctx, readiness.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Operator {
+            metrics,
+            readiness,
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+/// An operator running inside the test process.
+pub struct Operator {
+    pub metrics: Metrics,
+    /// What `/readyz` reports.
+    pub readiness: winflow::admin::Readiness,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// Gracefully stops it and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("operator stops")
+            .unwrap();
+    }
+
+    /// Stops it at once, mid-reconcile, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Writes counted by the operator's own metrics, for all kinds and verbs.
+    pub fn total_writes(&self) -> u64 {
+        self.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("winflow_api_writes_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+static LOGS: OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();
+
+/// Everything the in-process operators logged so far (JSON lines), captured once per binary.
+pub fn captured_logs() -> String {
+    let buffer = LOGS.get().expect("capture_logs() was called");
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+/// Routes the operators' logs into a buffer that tests can read.
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("winflow=info"))
+            .with_writer(move || BufferWriter(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+        buffer
+    });
+}
+
+struct BufferWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for BufferWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates every object of a YAML file of the repository (as `kubectl create -f` would) in
+/// the test's namespace.
+pub async fn apply_file(env: &TestEnv, path: &str) {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let text = std::fs::read_to_string(Path::new(REPO).join(path)).unwrap();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let object: DynamicObject = serde::Deserialize::deserialize(document).unwrap();
+        let types = object.types.clone().expect("apiVersion and kind");
+        let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.namespace, &resource);
+        api.create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
+/// Polls `probe` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
