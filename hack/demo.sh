@@ -176,16 +176,24 @@ while_operator_runs() {
 step "applying examples/ in namespace airflow"
 kubectl apply -n airflow -f examples/
 
-step "waiting for WindowsTaskIdentities to be Ready"
+step "waiting for WindowsShares and WindowsTaskIdentities to be Ready"
+while_operator_runs kubectl wait -n airflow --for=condition=Ready wsh --all --timeout=120s
 while_operator_runs kubectl wait -n airflow --for=condition=Ready wti --all --timeout=120s
 
-step "kubectl get wti -n airflow"
+step "kubectl get wti,wsh -n airflow"
 kubectl get wti -n airflow
-step "kubectl get gmsacredentialspecs"
+echo
+kubectl get wsh -n airflow
+step "kubectl get gmsacredentialspecs,persistentvolumes"
 kubectl get gmsacredentialspecs
+echo
+kubectl get persistentvolumes -l app.kubernetes.io/managed-by=winflow
 step "objects managed by winflow in namespace airflow"
-kubectl get role,rolebinding,serviceaccount,configmap -n airflow \
+kubectl get role,rolebinding,serviceaccount,configmap,persistentvolumeclaim -n airflow \
   -l app.kubernetes.io/managed-by=winflow
+step "status of identity finance-reports"
+kubectl get wti finance-reports -n airflow \
+  -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 
 if ! alive "$operator_pid"; then
   log "winflow is no longer running"

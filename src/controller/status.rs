@@ -127,7 +127,7 @@ pub fn shares_condition(shares: &[(String, ShareState)]) -> ConditionState {
             SHARES_READY,
             true,
             REASON_RECONCILED,
-            format!("shares {} are bound", names.join(", ")),
+            format!("every share is bound: {}", names.join(", ")),
         )
     } else {
         ConditionState::new(SHARES_READY, false, REASON_SHARE_NOT_READY, problems.join("; "))
@@ -280,7 +280,7 @@ mod tests {
         );
         let all_ready = [("reports".to_owned(), ShareState::Ready)];
         let c = shares_condition(&all_ready);
-        assert!(c.status && c.message == "shares reports are bound");
+        assert!(c.status && c.message == "every share is bound: reports");
         assert_eq!(shares_condition(&[]).reason, REASON_NOT_REQUESTED);
     }
 }
