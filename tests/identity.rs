@@ -2,13 +2,14 @@
 
 mod support;
 
+use std::collections::BTreeSet;
+
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{LocalSubjectAccessReview, ResourceAttributes, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -47,19 +48,8 @@ async fn create(env: &TestEnv, identity: &WindowsTaskIdentity) -> Result<Windows
         .await
 }
 
-fn condition<'a>(identity: &'a WindowsTaskIdentity, type_: &str) -> Option<&'a Condition> {
-    identity.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Waits until the identity's condition has the given status for its current generation.
 async fn wait_condition(env: &TestEnv, name: &str, type_: &str, status: &str) -> WindowsTaskIdentity {
-    let api = env.api::<WindowsTaskIdentity>();
-    wait_until(&format!("{name} {type_}={status}"), TIMEOUT, || async {
-        let identity = api.get(name).await.ok()?;
-        let c = condition(&identity, type_)?;
-        (c.status == status && c.observed_generation == identity.metadata.generation).then_some(identity)
-    })
-    .await
+    support::wait_for_condition(env, name, type_, status, None).await
 }
 
 async fn wait_ready(env: &TestEnv, name: &str) -> WindowsTaskIdentity {
@@ -529,14 +519,14 @@ async fn unmanaged_objects_are_conflicts_and_stay_untouched() {
     let operator = env.start_operator(RESYNC);
     create(&env, &identity("reports", "svc-reports")).await.unwrap();
     let identity = wait_condition(&env, "reports", "CredentialSpecReady", "False").await;
-    let c = condition(&identity, "CredentialSpecReady").unwrap();
+    let c = support::condition(&identity, "CredentialSpecReady").unwrap();
     assert_eq!(c.reason, "Conflict");
     assert!(c.message.contains(&foreign_name), "{}", c.message);
-    let ready = condition(&identity, "Ready").unwrap();
+    let ready = support::condition(&identity, "Ready").unwrap();
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Conflict"));
     let access = wait_condition(&env, "reports", "AccessGranted", "True").await;
     assert!(
-        condition(&access, "AccessGranted")
+        support::condition(&access, "AccessGranted")
             .unwrap()
             .message
             .contains("does not manage")
@@ -680,7 +670,7 @@ async fn invalid_identities_are_refused_or_reported_and_others_carry_on() {
     create(&env, &identity("valid", "svc-valid")).await.unwrap();
 
     let admin = wait_condition(&env, "admin", "Ready", "False").await;
-    let ready = condition(&admin, "Ready").unwrap();
+    let ready = support::condition(&admin, "Ready").unwrap();
     assert_eq!(ready.reason, "InvalidSpec");
     assert!(
         ready.message.contains("spec.pod.runAsUserName") && ready.message.contains("allowAdministrator"),
@@ -693,7 +683,7 @@ async fn invalid_identities_are_refused_or_reported_and_others_carry_on() {
     );
     let bad_glob = wait_condition(&env, "bad-glob", "Ready", "False").await;
     assert!(
-        condition(&bad_glob, "Ready")
+        support::condition(&bad_glob, "Ready")
             .unwrap()
             .message
             .contains("spec.airflow.dagIds[0]")
@@ -723,7 +713,7 @@ async fn missing_service_account_is_reported_until_it_exists() {
     create(&env, &byo).await.unwrap();
     let identity = wait_condition(&env, "byo", "AccessGranted", "False").await;
     assert_eq!(
-        condition(&identity, "AccessGranted").unwrap().reason,
+        support::condition(&identity, "AccessGranted").unwrap().reason,
         "ServiceAccountMissing"
     );
     let sa = ServiceAccount {
@@ -746,50 +736,30 @@ async fn missing_service_account_is_reported_until_it_exists() {
     operator.stop().await;
 }
 
+async fn version_of<K>(api: Api<K>, name: &str) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name).await.unwrap().meta().resource_version.clone()
+}
+
+/// resourceVersions of every identity and every child of it.
 async fn resource_versions(env: &TestEnv, names: &[&str]) -> Vec<Option<String>> {
     let mut versions = Vec::new();
     for name in names {
+        let role = format!("winflow-{name}-gmsa");
+        versions.push(version_of(env.api::<WindowsTaskIdentity>(), name).await);
         versions.push(
-            env.api::<WindowsTaskIdentity>()
-                .get(name)
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
+            version_of(
+                Api::<GMSACredentialSpec>::all(env.client.clone()),
+                &format!("{}.{name}", env.namespace),
+            )
+            .await,
         );
-        versions.push(credential_spec(env, name).await.unwrap().metadata.resource_version);
-        versions.push(
-            env.api::<Role>()
-                .get(&format!("winflow-{name}-gmsa"))
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-        );
-        versions.push(
-            env.api::<RoleBinding>()
-                .get(&format!("winflow-{name}-gmsa"))
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-        );
-        versions.push(
-            env.api::<ServiceAccount>()
-                .get(name)
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-        );
-        versions.push(
-            env.api::<ConfigMap>()
-                .get(&format!("{name}-pod-templates"))
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-        );
+        versions.push(version_of(env.api::<Role>(), &role).await);
+        versions.push(version_of(env.api::<RoleBinding>(), &role).await);
+        versions.push(version_of(env.api::<ServiceAccount>(), name).await);
+        versions.push(version_of(env.api::<ConfigMap>(), &format!("{name}-pod-templates")).await);
     }
     versions
 }
@@ -850,25 +820,29 @@ async fn share_versions(env: &TestEnv) -> Vec<Option<String>> {
     use winflow::api::WindowsShare;
     let name = "finance-reports-share";
     vec![
-        env.api::<WindowsShare>()
-            .get(name)
-            .await
-            .unwrap()
-            .metadata
-            .resource_version,
-        env.api::<PersistentVolumeClaim>()
-            .get(name)
-            .await
-            .unwrap()
-            .metadata
-            .resource_version,
-        Api::<PersistentVolume>::all(env.client.clone())
-            .get(&format!("{}.{name}", env.namespace))
-            .await
-            .unwrap()
-            .metadata
-            .resource_version,
+        version_of(env.api::<WindowsShare>(), name).await,
+        version_of(env.api::<PersistentVolumeClaim>(), name).await,
+        version_of(
+            Api::<PersistentVolume>::all(env.client.clone()),
+            &format!("{}.{name}", env.namespace),
+        )
+        .await,
     ]
+}
+
+/// Names of the objects winflow manages that `api` lists.
+async fn managed_names<K>(api: Api<K>) -> BTreeSet<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=winflow");
+    api.list(&selector)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect()
 }
 
 fn reconciles(operator: &support::Operator) -> u64 {
@@ -907,68 +881,30 @@ async fn restarting_the_operator_loses_and_duplicates_nothing() {
     for name in &names {
         wait_ready(&env, name).await;
     }
-    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=winflow");
-    let count = |items: Vec<String>| {
-        let mut sorted = items.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), items.len(), "no duplicates");
-        items.len()
-    };
-    let config_maps = env
-        .api::<ConfigMap>()
-        .list(&selector)
+    // Exactly the expected children exist: nothing missing, nothing extra.
+    let expected = |pattern: &dyn Fn(&str) -> String| names.iter().map(|n| pattern(n)).collect::<BTreeSet<String>>();
+    assert_eq!(
+        managed_names(env.api::<ConfigMap>()).await,
+        expected(&|n| format!("{n}-pod-templates"))
+    );
+    assert_eq!(
+        managed_names(env.api::<Role>()).await,
+        expected(&|n| format!("winflow-{n}-gmsa"))
+    );
+    assert_eq!(
+        managed_names(env.api::<RoleBinding>()).await,
+        expected(&|n| format!("winflow-{n}-gmsa"))
+    );
+    assert_eq!(
+        managed_names(env.api::<ServiceAccount>()).await,
+        expected(&|n| n.to_owned())
+    );
+    let specs: BTreeSet<String> = managed_names(Api::<GMSACredentialSpec>::all(env.client.clone()))
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .map(|o| o.name_any())
-        .collect();
-    let roles = env
-        .api::<Role>()
-        .list(&selector)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| o.name_any())
-        .collect();
-    let bindings = env
-        .api::<RoleBinding>()
-        .list(&selector)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| o.name_any())
-        .collect();
-    let accounts = env
-        .api::<ServiceAccount>()
-        .list(&selector)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| o.name_any())
-        .collect();
-    let specs: Vec<String> = Api::<GMSACredentialSpec>::all(env.client.clone())
-        .list(&selector)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| o.name_any())
         .filter(|n| n.starts_with(&format!("{}.", env.namespace)))
         .collect();
-    for (kind, n) in [
-        ("ConfigMap", count(config_maps)),
-        ("Role", count(roles)),
-        ("RoleBinding", count(bindings)),
-        ("ServiceAccount", count(accounts)),
-        ("GMSACredentialSpec", count(specs)),
-    ] {
-        assert_eq!(n, names.len(), "one {kind} per identity");
-    }
+    assert_eq!(specs, expected(&|n| format!("{}.{n}", env.namespace)));
     for name in &names {
         let identity = env.api::<WindowsTaskIdentity>().get(name).await.unwrap();
         assert_eq!(

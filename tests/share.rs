@@ -49,32 +49,15 @@ async fn create_secret(env: &TestEnv, name: &str, keys: &[&str]) {
 }
 
 fn ready_of(share: &WindowsShare) -> Option<&Condition> {
-    share.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")
+    support::condition(share, "Ready")
 }
 
 async fn wait_share(env: &TestEnv, name: &str, status: &str, reason: &str) -> WindowsShare {
-    let api = env.api::<WindowsShare>();
-    wait_until(&format!("share {name} Ready={status} {reason}"), TIMEOUT, || async {
-        let share = api.get(name).await.ok()?;
-        let ready = ready_of(&share)?;
-        let current = ready.status == status && ready.reason == reason;
-        (current && ready.observed_generation == share.metadata.generation).then_some(share)
-    })
-    .await
-}
-
-fn identity_condition<'a>(identity: &'a WindowsTaskIdentity, type_: &str) -> Option<&'a Condition> {
-    identity.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+    support::wait_for_condition(env, name, "Ready", status, Some(reason)).await
 }
 
 async fn wait_identity(env: &TestEnv, name: &str, type_: &str, status: &str) -> WindowsTaskIdentity {
-    let api = env.api::<WindowsTaskIdentity>();
-    wait_until(&format!("{name} {type_}={status}"), TIMEOUT, || async {
-        let identity = api.get(name).await.ok()?;
-        let c = identity_condition(&identity, type_)?;
-        (c.status == status && c.observed_generation == identity.metadata.generation).then_some(identity)
-    })
-    .await
+    support::wait_for_condition(env, name, type_, status, None).await
 }
 
 fn identity_with_shares(name: &str, shares: Vec<ShareMount>) -> WindowsTaskIdentity {
@@ -266,14 +249,14 @@ async fn identity_mounts_its_shares_and_follows_their_readiness() {
         .await
         .unwrap();
     let identity = wait_identity(&env, "mounts", "SharesReady", "False").await;
-    let shares_ready = identity_condition(&identity, "SharesReady").unwrap();
+    let shares_ready = support::condition(&identity, "SharesReady").unwrap();
     assert_eq!(shares_ready.reason, "ShareNotReady");
     assert!(
         shares_ready.message.contains("WindowsShare scratch does not exist"),
         "{}",
         shares_ready.message
     );
-    assert_eq!(identity_condition(&identity, "Ready").unwrap().status, "False");
+    assert_eq!(support::condition(&identity, "Ready").unwrap().status, "False");
 
     // Both volumes are in the template, with the read-only flags of the entries.
     let template = windows_template(&env, "mounts").await;
@@ -314,7 +297,7 @@ async fn identity_mounts_its_shares_and_follows_their_readiness() {
     let identity = wait_identity(&env, "mounts", "Ready", "True").await;
     assert_eq!(identity.metadata.generation, Some(1));
     assert!(
-        identity_condition(&identity, "SharesReady")
+        support::condition(&identity, "SharesReady")
             .unwrap()
             .message
             .contains("reports, scratch")
@@ -342,7 +325,7 @@ async fn identity_mounts_its_shares_and_follows_their_readiness() {
         .unwrap();
     let identity = wait_identity(&env, "mounts", "SharesReady", "False").await;
     assert!(
-        identity_condition(&identity, "SharesReady")
+        support::condition(&identity, "SharesReady")
             .unwrap()
             .message
             .contains("SecretMissing")

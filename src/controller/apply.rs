@@ -69,11 +69,21 @@ where
     metrics.api_write(&kind, "apply");
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
         Ok(_) => Ok(report(ChildState::Applied)),
-        Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(report(ChildState::Rejected(format!(
-            "the API server refused {kind} {name}: {}",
-            status.message
-        )))),
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(report(ChildState::Rejected(
+            refusal_message(&kind, &name, status.code, &status.message),
+        ))),
         Err(e) => Err(e),
+    }
+}
+
+/// What a refusal means for the user. A 404 on apply means the kind itself is not served.
+fn refusal_message(kind: &str, name: &str, code: u16, message: &str) -> String {
+    if code == 404 {
+        format!(
+            "the API server does not serve {kind}, so {name} cannot be created; install its CustomResourceDefinition (see crds/)"
+        )
+    } else {
+        format!("the API server refused {kind} {name}: {message}")
     }
 }
 
@@ -155,6 +165,27 @@ mod tests {
         assert!(!is_subset(&json!({"a": 0}), &json!({})));
         assert!(!is_subset(&json!({"a": true}), &json!({})));
         assert!(!is_subset(&json!({"a": ""}), &json!({"a": "x"})));
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let missing = refusal_message(
+            "GMSACredentialSpec",
+            "airflow.reports",
+            404,
+            "the server could not find the requested resource",
+        );
+        assert!(missing.contains("does not serve GMSACredentialSpec") && missing.contains("CustomResourceDefinition"));
+        let forbidden = refusal_message(
+            "Role",
+            "winflow-reports-gmsa",
+            403,
+            "attempting to grant RBAC permissions not currently held",
+        );
+        assert_eq!(
+            forbidden,
+            "the API server refused Role winflow-reports-gmsa: attempting to grant RBAC permissions not currently held"
+        );
     }
 
     #[test]

@@ -94,41 +94,18 @@ fn object_key(ns: &str, name: &str) -> String {
 }
 
 async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let result = match &guard.0 {
-        Ok(identity) if identity.metadata.deletion_timestamp.is_some() => cleanup(identity, &ctx).await,
-        Ok(identity) => reconcile_identity(identity, &ctx).await,
-        Err(invalid) => report_undecodable(invalid, &ctx).await,
+    let work = async {
+        match &guard.0 {
+            Ok(identity) if identity.metadata.deletion_timestamp.is_some() => cleanup(identity, &ctx).await,
+            Ok(identity) => reconcile_identity(identity, &ctx).await,
+            Err(invalid) => report_undecodable(invalid, &ctx).await,
+        }
     };
-    timer.finish(match &result {
-        Ok(_) => "success",
-        Err(e) => e.metric_label(),
-    });
-    if result.is_ok() {
-        let meta = match &guard.0 {
-            Ok(identity) => &identity.metadata,
-            Err(invalid) => &invalid.metadata,
-        };
-        ctx.backoff.succeeded(&object_key(
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-        ));
-    }
-    result
+    super::measured(CONTROLLER, &guard, &ctx, work).await
 }
 
 fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let meta = match &guard.0 {
-        Ok(identity) => &identity.metadata,
-        Err(invalid) => &invalid.metadata,
-    };
-    let key = object_key(
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
-    );
-    let delay = ctx.backoff.failed(&key);
-    warn!(identity = %key, error = %error, retry_in_seconds = delay.as_secs(), "reconcile failed");
-    Action::requeue(delay)
+    super::retry_with_backoff(CONTROLLER, &guard, error, &ctx)
 }
 
 fn identities_api(ctx: &Context, namespace: &str) -> Api<WindowsTaskIdentity> {

@@ -128,3 +128,49 @@ pub(crate) async fn report_ready_when_synced<K>(
         }
     }
 }
+
+/// `namespace/name` of a watched object, whether or not it decoded.
+pub(crate) fn guarded_key<K: Resource>(guard: &kube::core::DeserializeGuard<K>) -> String {
+    let meta = match &guard.0 {
+        Ok(object) => object.meta(),
+        Err(invalid) => &invalid.metadata,
+    };
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs one reconciliation, recording its duration and result, and forgets the object's
+/// backoff when it succeeds.
+pub(crate) async fn measured<K: Resource>(
+    controller: &'static str,
+    guard: &kube::core::DeserializeGuard<K>,
+    ctx: &Context,
+    work: impl std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    let timer = ctx.metrics.reconcile_started(controller);
+    let result = work.await;
+    timer.finish(match &result {
+        Ok(_) => "success",
+        Err(e) => e.metric_label(),
+    });
+    if result.is_ok() {
+        ctx.backoff.succeeded(&format!("{controller}:{}", guarded_key(guard)));
+    }
+    result
+}
+
+/// The error policy of every controller: a warning and a per-object, capped, doubling delay.
+pub(crate) fn retry_with_backoff<K: Resource>(
+    controller: &'static str,
+    guard: &kube::core::DeserializeGuard<K>,
+    error: &Error,
+    ctx: &Context,
+) -> kube::runtime::controller::Action {
+    let key = guarded_key(guard);
+    let delay = ctx.backoff.failed(&format!("{controller}:{key}"));
+    tracing::warn!(controller, object = %key, error = %error, retry_in_seconds = delay.as_secs(), "reconcile failed");
+    kube::runtime::controller::Action::requeue(delay)
+}

@@ -88,46 +88,23 @@ pub async fn run(
         .await;
 }
 
-fn key(meta: &kube::api::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-fn meta(guard: &Guarded) -> &kube::api::ObjectMeta {
-    match &guard.0 {
-        Ok(share) => &share.metadata,
-        Err(invalid) => &invalid.metadata,
-    }
-}
-
 async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let result = match &guard.0 {
-        Ok(share) if share.metadata.deletion_timestamp.is_some() => cleanup(share, &ctx).await,
-        Ok(share) => reconcile_share(share, &ctx).await,
-        Err(invalid) => {
-            warn!(share = %key(&invalid.metadata), error = %invalid.error, "undecodable share");
-            Ok(Action::await_change())
+    let work = async {
+        match &guard.0 {
+            Ok(share) if share.metadata.deletion_timestamp.is_some() => cleanup(share, &ctx).await,
+            Ok(share) => reconcile_share(share, &ctx).await,
+            Err(invalid) => {
+                let key = super::guarded_key(&guard);
+                warn!(share = %key, error = %invalid.error, "undecodable share");
+                Ok(Action::await_change())
+            }
         }
     };
-    timer.finish(match &result {
-        Ok(_) => "success",
-        Err(e) => e.metric_label(),
-    });
-    if result.is_ok() {
-        ctx.backoff.succeeded(&format!("share:{}", key(meta(&guard))));
-    }
-    result
+    super::measured(CONTROLLER, &guard, &ctx, work).await
 }
 
 fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = key(meta(&guard));
-    let delay = ctx.backoff.failed(&format!("share:{key}"));
-    warn!(share = %key, error = %error, retry_in_seconds = delay.as_secs(), "reconcile failed");
-    Action::requeue(delay)
+    super::retry_with_backoff(CONTROLLER, &guard, error, &ctx)
 }
 
 fn shares_api(ctx: &Context, namespace: &str) -> Api<WindowsShare> {

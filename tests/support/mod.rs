@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -259,6 +260,62 @@ pub async fn apply_file(env: &TestEnv, path: &str) {
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
     }
+}
+
+/// Resources whose status carries Kubernetes conditions.
+pub trait Conditioned:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Conditioned for winflow::api::WindowsTaskIdentity {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+impl Conditioned for winflow::api::WindowsShare {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+pub fn condition<'a, K: Conditioned>(object: &'a K, type_: &str) -> Option<&'a Condition> {
+    object.conditions().iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until the object's condition `type_` has `status` (and `reason`, when given) for the
+/// object's current generation, and returns the object.
+pub async fn wait_for_condition<K: Conditioned>(
+    env: &TestEnv,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> K {
+    let api = env.api::<K>();
+    let what = format!(
+        "{} {name} {type_}={status} {}",
+        K::kind(&()),
+        reason.unwrap_or_default()
+    );
+    wait_until(&what, Duration::from_secs(90), || async {
+        let object = api.get(name).await.ok()?;
+        let c = condition(&object, type_)?;
+        let matches = c.status == status && reason.is_none_or(|r| c.reason == r);
+        (matches && c.observed_generation == object.meta().generation).then_some(object)
+    })
+    .await
 }
 
 /// Polls `probe` until it returns `Some`, panicking with `what` after `timeout`.
