@@ -141,6 +141,18 @@ impl TestEnv {
         Self { client, namespace }
     }
 
+    /// A client that acts as `user` in `groups` (API server impersonation), to run code under
+    /// exactly the RBAC rules that user has.
+    pub async fn client_as(&self, user: &str, groups: &[String]) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("kubeconfig readable");
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = Some(groups.to_vec());
+        Client::try_from(config).expect("client")
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -150,6 +162,11 @@ impl TestEnv {
 
     /// Starts an operator that watches only this test's namespace.
     pub fn start_operator(&self, resync: Duration) -> Operator {
+        self.start_operator_as(self.client.clone(), resync)
+    }
+
+    /// Starts an operator for this namespace that talks to the API server through `client`.
+    pub fn start_operator_as(&self, client: Client, resync: Duration) -> Operator {
         let config = ControllerConfig {
             namespace: Some(self.namespace.clone()),
             resync_period: resync,
@@ -158,7 +175,7 @@ impl TestEnv {
             instance: format!("test-{}", self.namespace),
         };
         let metrics = Metrics::default();
-        let ctx = Arc::new(Context::new(self.client.clone(), metrics.clone(), config));
+        let ctx = Arc::new(Context::new(client, metrics.clone(), config));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let readiness = winflow::admin::Readiness::default();
         let task = tokio::spawn(winflow::controller::run_all(ctx, readiness.clone(), async move {

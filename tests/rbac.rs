@@ -1,0 +1,179 @@
+//! The operator's own RBAC (deploy/rbac.yaml) is enough for its work and no more: the
+//! operator runs as a service account bound to exactly that ClusterRole (API server
+//! impersonation) and must bring the examples to Ready and clean them up.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use support::{TestEnv, wait_until};
+use winflow::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// deploy/rbac.yaml with the service account in the test's namespace, the cluster-scoped
+/// names made unique per test, and the rules passed through `edit_rules`.
+async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<PolicyRule>)) -> Client {
+    let text = std::fs::read_to_string(format!("{}/deploy/rbac.yaml", support::REPO)).unwrap();
+    let mut documents = serde_yaml_ng::Deserializer::from_str(&text);
+    let mut account: ServiceAccount = serde::Deserialize::deserialize(documents.next().unwrap()).unwrap();
+    let mut role: ClusterRole = serde::Deserialize::deserialize(documents.next().unwrap()).unwrap();
+    let mut binding: ClusterRoleBinding = serde::Deserialize::deserialize(documents.next().unwrap()).unwrap();
+    account.metadata.namespace = Some(env.namespace.clone());
+    let cluster_name = format!("winflow-{}", env.namespace);
+    role.metadata.name = Some(cluster_name.clone());
+    edit_rules(role.rules.as_mut().unwrap());
+    binding.metadata.name = Some(cluster_name.clone());
+    binding.role_ref.name = cluster_name.clone();
+    binding.subjects.as_mut().unwrap()[0].namespace = Some(env.namespace.clone());
+    let apply = PatchParams::apply("winflow-tests").force();
+    env.api::<ServiceAccount>()
+        .patch("winflow", &apply, &Patch::Apply(&account))
+        .await
+        .unwrap();
+    let roles = Api::<ClusterRole>::all(env.client.clone());
+    roles.patch(&cluster_name, &apply, &Patch::Apply(&role)).await.unwrap();
+    let bindings = Api::<ClusterRoleBinding>::all(env.client.clone());
+    bindings
+        .patch(&cluster_name, &apply, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let user = format!("system:serviceaccount:{}:winflow", env.namespace);
+    let groups = [
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{}", env.namespace),
+        "system:authenticated".to_owned(),
+    ];
+    env.client_as(&user, &groups).await
+}
+
+fn is_forbidden(result: Result<impl Sized, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
+
+#[tokio::test]
+async fn the_operator_works_under_its_own_rbac_and_no_more() {
+    let env = TestEnv::new("rbac").await;
+    let operator_client = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
+
+    support::apply_file(&env, "examples/share-reports.yaml").await;
+    support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    for name in ["finance-reports", "payroll-export"] {
+        let identity: WindowsTaskIdentity = support::wait_for_condition(&env, name, "Ready", "True", None).await;
+        assert!(identity.status.unwrap().conditions.iter().all(|c| c.status == "True"));
+    }
+    let _: WindowsShare =
+        support::wait_for_condition(&env, "finance-reports-share", "Ready", "True", Some("Bound")).await;
+
+    // Cleanup needs its delete rights too: credential specs and volumes go, the namespace stays.
+    env.api::<WindowsTaskIdentity>()
+        .delete("finance-reports", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.api::<WindowsShare>()
+        .delete("finance-reports-share", &DeleteParams::default())
+        .await
+        .unwrap();
+    let specs: Api<GMSACredentialSpec> = Api::all(env.client.clone());
+    let volumes: Api<PersistentVolume> = Api::all(env.client.clone());
+    wait_until("finalizers done", TIMEOUT, || async {
+        let spec_gone = specs
+            .get_opt(&format!("{}.finance-reports", env.namespace))
+            .await
+            .unwrap()
+            .is_none();
+        let volume_gone = volumes
+            .get_opt(&format!("{}.finance-reports-share", env.namespace))
+            .await
+            .unwrap()
+            .is_none();
+        let identity_gone = env
+            .api::<WindowsTaskIdentity>()
+            .get_opt("finance-reports")
+            .await
+            .unwrap()
+            .is_none();
+        (spec_gone && volume_gone && identity_gone).then_some(())
+    })
+    .await;
+
+    // Outside its duties, the same identity is refused.
+    let ns = env.namespace.as_str();
+    assert!(is_forbidden(
+        Api::<Namespace>::all(operator_client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await
+    ));
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    assert!(is_forbidden(
+        Api::<Pod>::namespaced(operator_client.clone(), ns)
+            .create(&PostParams::default(), &pod)
+            .await
+    ));
+    assert!(is_forbidden(
+        Api::<ConfigMap>::namespaced(operator_client.clone(), ns)
+            .delete("payroll-export-pod-templates", &DeleteParams::default())
+            .await
+    ));
+    assert!(is_forbidden(
+        Api::<Secret>::namespaced(operator_client.clone(), ns)
+            .patch(
+                "smb-finance",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"data": {}}))
+            )
+            .await
+    ));
+    assert!(is_forbidden(
+        Api::<ClusterRole>::all(operator_client.clone())
+            .list(&ListParams::default())
+            .await
+    ));
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_says_why() {
+    let env = TestEnv::new("rbac-no-use").await;
+    let operator_client = install_operator_rbac(&env, |rules| {
+        for rule in rules.iter_mut() {
+            rule.verbs.retain(|verb| verb != "use");
+        }
+    })
+    .await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
+    let access = support::condition(&identity, "AccessGranted").unwrap();
+    assert!(
+        access.message.contains("Role winflow-payroll-export-gmsa"),
+        "{}",
+        access.message
+    );
+    assert!(
+        access.message.contains("escalat") || access.message.contains("not currently held"),
+        "{}",
+        access.message
+    );
+    // The rest of the identity's objects are still in place.
+    assert_eq!(
+        support::condition(&identity, "CredentialSpecReady").unwrap().status,
+        "True"
+    );
+    assert_eq!(
+        support::condition(&identity, "PodTemplateReady").unwrap().status,
+        "True"
+    );
+    operator.stop().await;
+}
