@@ -109,6 +109,11 @@ async fn install_crds(kubeconfig: &Path) {
     }
 }
 
+/// The admin kubeconfig of the shared control plane, for processes the tests start.
+pub fn kubeconfig_path() -> PathBuf {
+    control_plane().kubeconfig.clone()
+}
+
 /// A namespace of its own, an admin client and (once started) an operator for it.
 pub struct TestEnv {
     pub client: Client,

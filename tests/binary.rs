@@ -1,0 +1,105 @@
+//! `winflow run` as a process: kubeconfig from the environment, the admin server's
+//! endpoints, reconciliation, and a clean exit on SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{TestEnv, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use winflow::api::WindowsTaskIdentity;
+
+/// A minimal HTTP/1.1 GET, enough for the admin endpoints: (status code, body).
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+#[tokio::test]
+async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
+    let env = TestEnv::new("binary").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut process = Command::new(env!("CARGO_BIN_EXE_winflow"))
+        .args([
+            "run",
+            "--namespace",
+            &env.namespace,
+            "--admin-addr",
+            &addr,
+            "--log-format",
+            "json",
+        ])
+        .env("KUBECONFIG", support::kubeconfig_path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("winflow run starts");
+
+    let live = wait_until("/livez", Duration::from_secs(30), || http_get(&addr, "/livez")).await;
+    assert_eq!(live.0, 200);
+    wait_until("/readyz 200", Duration::from_secs(30), || async {
+        let (status, _) = http_get(&addr, "/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
+    let (status, metrics) = http_get(&addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"winflow_reconciles_total{controller="identity",result="success"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"winflow_api_writes_total{kind="GMSACredentialSpec",verb="apply"} 1"#),
+        "{metrics}"
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = process.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "winflow did not exit within 30 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "winflow exited with {exit}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(process.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "shutting down"), "{logs}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "applied" && l["kind"] == "GMSACredentialSpec"),
+        "{logs}"
+    );
+}
