@@ -14,7 +14,6 @@ pub const REASON_RECONCILED: &str = "Reconciled";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 pub const REASON_CONFLICT: &str = "Conflict";
 pub const REASON_NOT_REQUESTED: &str = "NotRequested";
-pub const REASON_NOT_READY: &str = "NotReady";
 pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
 pub const REASON_API_ERROR: &str = "ApiError";
 pub const REASON_NOT_SUPPORTED: &str = "NotSupported";
