@@ -221,6 +221,21 @@ async fn identities_become_ready_with_microsoft_credential_specs() {
     operator.stop().await;
 }
 
+/// A service account that winflow does not manage.
+async fn create_service_account(env: &TestEnv, name: &str) {
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    env.api::<ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+}
+
 async fn may_use(env: &TestEnv, service_account: &str, credential_spec: &str) -> bool {
     let review = LocalSubjectAccessReview {
         metadata: ObjectMeta {
@@ -263,17 +278,7 @@ async fn only_the_identity_service_account_may_use_its_credential_spec() {
     create(&env, &identity("payroll", "svc-payroll")).await.unwrap();
     wait_ready(&env, "reports").await;
     wait_ready(&env, "payroll").await;
-    let bystander = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("bystander".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    env.api::<ServiceAccount>()
-        .create(&PostParams::default(), &bystander)
-        .await
-        .unwrap();
+    create_service_account(&env, "bystander").await;
 
     let reports_spec = format!("{}.reports", env.namespace);
     let payroll_spec = format!("{}.payroll", env.namespace);
@@ -716,17 +721,7 @@ async fn missing_service_account_is_reported_until_it_exists() {
         support::condition(&identity, "AccessGranted").unwrap().reason,
         "ServiceAccountMissing"
     );
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("airflow-worker".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    env.api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
+    create_service_account(&env, "airflow-worker").await;
     wait_ready(&env, "byo").await;
     let sa = env.api::<ServiceAccount>().get("airflow-worker").await.unwrap();
     assert!(
