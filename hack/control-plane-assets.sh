@@ -59,7 +59,7 @@ SRC
 fi
 as_root apt-get update -qq >&2
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-  golang-go etcd-server rsync golang-github-modern-go-reflect2-dev >&2
+  golang-go etcd-server rsync jq make golang-github-modern-go-reflect2-dev >&2
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/winflow-k8s-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
