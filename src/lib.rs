@@ -7,6 +7,7 @@ pub mod api;
 pub mod build;
 pub mod crdgen;
 pub mod names;
+pub mod pods;
 pub mod render;
 pub mod validate;
 

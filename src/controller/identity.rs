@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, ListParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
@@ -19,11 +19,13 @@ use super::apply::{ChildReport, ensure_child};
 use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
 use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
-use crate::api::identity::PodTemplateStatus;
+use crate::api::identity::{PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
 use crate::build::{self, IdentityChildren, is_managed_by_identity};
-use crate::names::{self, EXECUTOR_TEMPLATE_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY};
-use crate::validate;
+use crate::names::{
+    self, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY,
+};
+use crate::{pods, validate};
 
 const CONTROLLER: &str = "identity";
 
@@ -78,6 +80,15 @@ pub async fn run(
                 })
                 .collect::<Vec<_>>()
         })
+        // Task pods are reported back on the identity their label names.
+        .watches(
+            scoped::<Pod>(client.clone(), namespace.as_deref()),
+            watcher::Config::default().labels(IDENTITY_LABEL),
+            |pod| {
+                let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
+                Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
+            },
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -116,24 +127,53 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
+    // Task pods are reported whether or not the spec is valid: they may still be running.
+    let tasks = observe_pods(identity, ctx).await?;
+    let recheck = tasks.recheck;
 
     let children = match build::children_for(identity) {
         Ok(children) => children,
         Err(violations) => {
             let message = validate::describe(&violations);
             warn!(identity = %object_key(&namespace, &name), %message, "invalid spec");
-            update_status(identity, ctx, invalid_spec_conditions(message), None).await?;
-            return Ok(Action::await_change());
+            update_status(identity, ctx, invalid_spec_conditions(message), None, tasks).await?;
+            return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
         }
     };
     let (wanted, summary) = apply_children(identity, &children, ctx).await?;
     let ready = wanted.last().is_some_and(|c| c.status);
-    update_status(identity, ctx, wanted, Some(summary)).await?;
-    Ok(Action::requeue(if ready {
+    update_status(identity, ctx, wanted, Some(summary), tasks).await?;
+    let next = if ready {
         ctx.config.resync_period
     } else {
         ctx.config.retry_period
-    }))
+    };
+    Ok(Action::requeue(recheck.map_or(next, |r| r.min(next))))
+}
+
+/// The identity's task pods, summarised for its status.
+struct TaskPods {
+    status: PodsStatus,
+    healthy: ConditionState,
+    /// When `TasksHealthy` may change without any pod changing.
+    recheck: Option<std::time::Duration>,
+}
+
+async fn observe_pods(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<TaskPods, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
+    let selector = format!("{IDENTITY_LABEL}={}", identity.name_any());
+    let pods = api.list(&ListParams::default().labels(&selector)).await?.items;
+    let denied = identity
+        .status
+        .as_ref()
+        .and_then(|s| s.pods.as_ref())
+        .map_or(0, |p| p.denied);
+    let (status, healthy, recheck) = pods::summarize(&pods, denied, jiff::Timestamp::now());
+    Ok(TaskPods {
+        status,
+        healthy,
+        recheck,
+    })
 }
 
 /// Applies every child that is winflow's to write and reports the conditions.
@@ -285,16 +325,19 @@ async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) -> Result<Ac
 async fn update_status(
     identity: &WindowsTaskIdentity,
     ctx: &Context,
-    wanted: Vec<ConditionState>,
+    mut wanted: Vec<ConditionState>,
     summary: Option<WindowsTaskIdentityStatus>,
+    tasks: TaskPods,
 ) -> Result<(), Error> {
     let previous = identity.status.clone().unwrap_or_default();
     let generation = identity.metadata.generation;
     let mut next = summary.unwrap_or_else(|| previous.clone());
     next.observed_generation = generation;
+    // TasksHealthy is reported beside the configuration conditions, never inside Ready.
+    wanted.push(tasks.healthy);
     next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
     next.token = previous.token.clone();
-    next.pods = previous.pods.clone();
+    next.pods = Some(tasks.status);
     if next == previous {
         return Ok(());
     }
