@@ -12,14 +12,15 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Readiness: the number of parts (controller caches) still filling; ready at zero.
-#[derive(Clone, Default)]
+/// Readiness: the number of parts (controller caches, the webhook's cache) still filling;
+/// ready at zero.
+#[derive(Clone)]
 pub struct Readiness(Arc<AtomicUsize>);
 
 impl Readiness {
-    /// Declares how many parts must report ready.
-    pub fn expect_parts(&self, parts: usize) {
-        self.0.store(parts, Ordering::SeqCst);
+    /// Not ready until `parts` parts have reported ready.
+    pub fn expecting(parts: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(parts)))
     }
     /// One part is ready.
     pub fn set_ready(&self) {

@@ -10,6 +10,7 @@ pub mod names;
 pub mod pods;
 pub mod render;
 pub mod validate;
+pub mod webhook;
 
 pub mod controller;
 #[cfg(test)]

@@ -9,6 +9,8 @@ use winflow::admin::{self, Readiness};
 use winflow::controller::{self, Context, ControllerConfig};
 use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
+use winflow::webhook::registration::{Endpoint, Registration};
+use winflow::webhook::{self, WebhookSettings};
 
 /// winflow: Apache Airflow tasks on Windows nodes as least-privileged Active Directory identities.
 #[derive(Parser)]
@@ -62,6 +64,20 @@ struct RunArgs {
     /// Seconds between looks at a converged resource (reads only).
     #[arg(long, env = "WINFLOW_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Directory with the webhook's tls.crt and tls.key (reloaded when they change); the
+    /// admission webhook is served only when set.
+    #[arg(long, env = "WINFLOW_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Address of the admission webhook (HTTPS).
+    #[arg(long, env = "WINFLOW_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// For local runs: register the webhook configurations with the API server, pointing at
+    /// this URL (for example https://127.0.0.1:9443). In a cluster the chart renders them.
+    #[arg(long, env = "WINFLOW_REGISTER_WEBHOOKS", value_name = "URL", requires = "cert_dir")]
+    register_webhooks: Option<String>,
+    /// failurePolicy of registered webhook configurations.
+    #[arg(long, value_parser = ["Fail", "Ignore"], default_value = "Fail")]
+    webhook_failure_policy: String,
     /// Name of this replica in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "winflow")]
     instance: String,
@@ -152,12 +168,13 @@ fn run(args: RunArgs) -> ExitCode {
 async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
-    let readiness = Readiness::default();
+    let webhook_parts = usize::from(args.cert_dir.is_some());
+    let readiness = Readiness::expecting(controller::READINESS_PARTS + webhook_parts);
     let config = ControllerConfig {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         resync_period: Duration::from_secs(args.resync_seconds),
         concurrency: args.concurrency,
-        instance: args.instance,
+        instance: args.instance.clone(),
         ..ControllerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -165,6 +182,35 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let webhook = match &args.cert_dir {
+        Some(cert_dir) => {
+            let settings = WebhookSettings {
+                addr: args.webhook_addr,
+                cert_dir: cert_dir.clone(),
+                reload_interval: Duration::from_secs(5),
+                namespace: args.namespace.clone(),
+                instance: args.instance.clone(),
+            };
+            let (_, task) =
+                webhook::start(client.clone(), settings, metrics.clone(), readiness.clone(), stopped()).await?;
+            if let Some(url) = &args.register_webhooks {
+                webhook::register(
+                    client.clone(),
+                    &local_registration(url, cert_dir, &args.webhook_failure_policy)?,
+                    &metrics,
+                )
+                .await?;
+                tracing::info!(%url, "registered the webhook configurations");
+            }
+            Some(task)
+        }
+        None => {
+            tracing::warn!(
+                "no --cert-dir: the admission webhook is not served, so pods are not checked against their identities"
+            );
+            None
         }
     };
     let admin = tokio::spawn(admin::serve(
@@ -179,8 +225,24 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     controllers.await?;
+    if let Some(webhook) = webhook {
+        webhook.await?;
+    }
     admin.await??;
     Ok(())
+}
+
+/// Webhook configurations for a local run: the API server calls `url`, trusting the CA in
+/// `ca.crt` of the certificate directory (or the self-signed `tls.crt`).
+fn local_registration(url: &str, cert_dir: &std::path::Path, failure_policy: &str) -> std::io::Result<Registration> {
+    let ca_bundle = std::fs::read(cert_dir.join("ca.crt")).or_else(|_| std::fs::read(cert_dir.join("tls.crt")))?;
+    Ok(Registration {
+        name: "winflow".to_owned(),
+        endpoint: Endpoint::Url(url.to_owned()),
+        ca_bundle,
+        failure_policy: failure_policy.to_owned(),
+        namespace_selector: None,
+    })
 }
 
 async fn shutdown_signal() {

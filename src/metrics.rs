@@ -1,7 +1,7 @@
 //! Prometheus metrics. Labels never carry secrets or tokens.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,13 +26,27 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
-/// The operator's metrics, shared by controllers and the admin server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub webhook: &'static str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+}
+
+/// The operator's metrics, shared by controllers, the webhook and the admin server.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     api_writes: Family<WriteLabels, Counter>,
+    admission_decisions: Family<AdmissionLabels, Counter>,
+    admission_duration: Family<WebhookLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -58,11 +72,27 @@ impl Default for Metrics {
             "Writes to the Kubernetes API by kind and verb",
             api_writes.clone(),
         );
+        let admission_decisions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_decisions",
+            "Admission decisions by webhook, decision and reason",
+            admission_decisions.clone(),
+        );
+        let admission_duration = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 14))
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time to decide an admission review",
+            admission_duration.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
             reconcile_duration,
             api_writes,
+            admission_decisions,
+            admission_duration,
         }
     }
 }
@@ -94,6 +124,21 @@ impl Metrics {
                 verb,
             })
             .get()
+    }
+
+    /// One admission decision and how long it took.
+    pub fn admission_decided(&self, webhook: &'static str, allowed: bool, reason: &'static str, took: Duration) {
+        let decision = if allowed { "allowed" } else { "denied" };
+        self.admission_decisions
+            .get_or_create(&AdmissionLabels {
+                webhook,
+                decision,
+                reason,
+            })
+            .inc();
+        self.admission_duration
+            .get_or_create(&WebhookLabels { webhook })
+            .observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
@@ -135,6 +180,7 @@ mod tests {
         metrics.api_write("ConfigMap", "apply");
         metrics.api_write("ConfigMap", "apply");
         metrics.reconcile_started("identity").finish("success");
+        metrics.admission_decided("validate", false, "DagNotAllowed", Duration::from_millis(1));
         assert_eq!(metrics.api_writes("ConfigMap", "apply"), 2);
         let text = metrics.encode();
         assert!(

@@ -154,18 +154,36 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// When a pod's last container finished (or, lacking that, when the pod was created).
+fn finished_at(pod: &Pod) -> Option<Timestamp> {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    let finished = statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+    finished
+        .map(|t| t.0)
+        .max()
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
 /// The pods part of an identity's status, `TasksHealthy`, and when that condition must be
-/// looked at again (when the most recent authentication failure leaves the window).
+/// looked at again. Authentication failures make tasks unhealthy until a task succeeds
+/// after them, or for at most an hour.
 pub fn summarize(pods: &[Pod], denied: i32, now: Timestamp) -> (PodsStatus, ConditionState, Option<Duration>) {
     let mut status = PodsStatus {
         denied,
         ..PodsStatus::default()
     };
     let mut failures = Vec::new();
+    let mut last_success: Option<Timestamp> = None;
     for pod in pods {
         match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
             Some("Running") => status.running += 1,
-            Some("Succeeded") => status.succeeded += 1,
+            Some("Succeeded") => {
+                status.succeeded += 1;
+                last_success = last_success.max(finished_at(pod));
+            }
             Some("Failed") => {
                 status.failed += 1;
                 failures.push(failure_of(pod));
@@ -175,11 +193,13 @@ pub fn summarize(pods: &[Pod], denied: i32, now: Timestamp) -> (PodsStatus, Cond
     }
     failures.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.pod.cmp(&b.pod)));
     let recent_auth = failures.iter().rev().find(|f| {
-        let recent = f
-            .time
-            .parse::<Timestamp>()
-            .is_ok_and(|t| now.duration_since(t).unsigned_abs() < RECENT_FAILURE_WINDOW);
-        recent && f.category != FailureCategory::Other.as_str()
+        let Ok(failed_at) = f.time.parse::<Timestamp>() else {
+            return false;
+        };
+        let recent = now.duration_since(failed_at).unsigned_abs() < RECENT_FAILURE_WINDOW;
+        // Times have second precision: a success in the same second does not count as after.
+        let not_since_succeeded = last_success.is_none_or(|success| success <= failed_at);
+        recent && not_since_succeeded && f.category != FailureCategory::Other.as_str()
     });
     let (condition, recheck) = match recent_auth {
         Some(failure) => {
@@ -208,7 +228,7 @@ pub fn summarize(pods: &[Pod], denied: i32, now: Timestamp) -> (PodsStatus, Cond
                 TASKS_HEALTHY,
                 true,
                 REASON_NO_RECENT_FAILURES,
-                "no task pod failed to authenticate in the last hour",
+                "no task pod failed to authenticate since the last success or in the last hour",
             ),
             None,
         ),
@@ -325,6 +345,25 @@ mod tests {
         assert!(healthy.status);
         assert_eq!(recheck, None);
         assert_eq!(status.last_failure.unwrap().pod, "bug");
+    }
+
+    #[test]
+    fn a_later_success_heals_tasks() {
+        let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+        let succeeded = |name: &str, finished: &str| {
+            pod(
+                name,
+                "Succeeded",
+                json!({"containerStatuses": [{"name": "base", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "finishedAt": finished}}}]}),
+            )
+        };
+        let failure = failed("f", "Logon failure", "2026-11-28T11:30:00Z");
+        let (_, healthy, _) = summarize(&[succeeded("before", "2026-11-28T11:00:00Z"), failure.clone()], 0, now);
+        assert!(!healthy.status, "a success before the failure does not heal");
+        let (_, healthy, recheck) = summarize(&[failure, succeeded("after", "2026-11-28T11:45:00Z")], 0, now);
+        assert!(healthy.status, "a success after the failure heals");
+        assert_eq!(recheck, None);
     }
 
     #[test]

@@ -129,6 +129,8 @@ async fn task_pods_are_counted_and_failures_explained() {
     );
 
     // A failure of the task's own code is reported but is not an identity problem.
+    // The API server keeps times to the second; "after" must be a later second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     create_task_pod(&env, "export-3", "export_ledger").await;
     set_phase(&env, "export-3", "Failed", Some(("Error", "KeyError: 'ledger_date'"))).await;
     let identity = wait_pods(&env, |i| {
@@ -141,5 +143,29 @@ async fn task_pods_are_counted_and_failures_explained() {
     .await;
     let failure = identity.status.unwrap().pods.unwrap().last_failure.unwrap();
     assert_eq!(failure.category, "Other");
+    let still: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "TasksHealthy", "False", None).await;
+    assert!(
+        support::condition(&still, "TasksHealthy")
+            .unwrap()
+            .message
+            .contains("upload-1"),
+        "a code failure does not heal"
+    );
+
+    // A task that succeeds after the logon failure turns TasksHealthy true again.
+    // The API server keeps times to the second; "after" must be a later second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_task_pod(&env, "upload-2", "upload").await;
+    let finished = jiff::Timestamp::now().to_string();
+    let succeeded = json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "base", "image": "registry.example.com/payroll/export-win:2.0", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": finished, "finishedAt": finished}}}]}});
+    env.api::<Pod>()
+        .patch_status("upload-2", &PatchParams::default(), &Patch::Merge(&succeeded))
+        .await
+        .unwrap();
+    let _: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "TasksHealthy", "True", None).await;
     operator.stop().await;
 }

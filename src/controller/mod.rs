@@ -84,15 +84,17 @@ impl Error {
     }
 }
 
-/// Runs every controller until `shutdown` completes; `readiness` turns ready once all of
-/// them are watching.
+/// The parts of readiness the controllers report.
+pub const READINESS_PARTS: usize = 2;
+
+/// Runs every controller until `shutdown` completes; each reports one part of `readiness`
+/// once it is watching.
 pub async fn run_all(
     ctx: std::sync::Arc<Context>,
     readiness: crate::admin::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    readiness.expect_parts(2);
     tokio::join!(
         identity::run(ctx.clone(), readiness.clone(), shutdown.clone()),
         share::run(ctx, readiness, shutdown),

@@ -19,6 +19,8 @@ use kube::{Api, Client, Config};
 use winflow::controller::{Context, ControllerConfig};
 use winflow::metrics::Metrics;
 
+pub mod webhook;
+
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 struct ControlPlane {
@@ -182,7 +184,7 @@ impl TestEnv {
         let metrics = Metrics::default();
         let ctx = Arc::new(Context::new(client, metrics.clone(), config));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let readiness = winflow::admin::Readiness::default();
+        let readiness = winflow::admin::Readiness::expecting(winflow::controller::READINESS_PARTS);
         let task = tokio::spawn(winflow::controller::run_all(ctx, readiness.clone(), async move {
             let _ = stopped.await;
         }));

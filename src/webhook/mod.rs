@@ -1,0 +1,86 @@
+//! The admission webhook for pods: pure decisions (`decide`) behind a thin HTTPS layer
+//! (`server`, `tls`), the glue that audits them (`handler`), and the webhook configurations
+//! that point the API server at it (`registration`).
+
+pub mod decide;
+pub mod handler;
+pub mod registration;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+
+use crate::admin::Readiness;
+use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+
+/// How the webhook is served.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub addr: SocketAddr,
+    /// Holds `tls.crt` and `tls.key`; reloaded when they change.
+    pub cert_dir: PathBuf,
+    pub reload_interval: Duration,
+    /// Only identities of this namespace are known (all when `None`).
+    pub namespace: Option<String>,
+    /// Name of this replica in Events.
+    pub instance: String,
+}
+
+/// Binds the HTTPS server (failing at once without a usable certificate), starts the identity
+/// cache and returns the bound address and the serving task. Readiness waits for the cache.
+pub async fn start(
+    client: Client,
+    settings: WebhookSettings,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let server = server::WebhookServer::bind(settings.addr, &settings.cert_dir, settings.reload_interval).await?;
+    let addr = server.local_addr();
+    let (identities, _cache) = handler::IdentityCache::start(client.clone(), settings.namespace.as_deref());
+    let cache = identities.clone();
+    tokio::spawn(async move {
+        cache.wait_until_ready().await;
+        readiness.set_ready();
+    });
+    let reporter = Reporter {
+        controller: "winflow-webhook".to_owned(),
+        instance: Some(settings.instance),
+    };
+    let webhook = Arc::new(handler::PodWebhook {
+        identities,
+        metrics,
+        recorder: Recorder::new(client, reporter),
+    });
+    tracing::info!(%addr, "admission webhook listening");
+    Ok((addr, tokio::spawn(server.run(webhook, shutdown))))
+}
+
+/// Applies both webhook configurations (local runs; a chart renders them in a cluster).
+pub async fn register(
+    client: Client,
+    registration: &registration::Registration,
+    metrics: &Metrics,
+) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mutating = registration::mutating_configuration(registration);
+    let validating = registration::validating_configuration(registration);
+    metrics.api_write("MutatingWebhookConfiguration", "apply");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(&registration.name, &params, &Patch::Apply(&mutating))
+        .await?;
+    metrics.api_write("ValidatingWebhookConfiguration", "apply");
+    Api::<ValidatingWebhookConfiguration>::all(client)
+        .patch(&registration.name, &params, &Patch::Apply(&validating))
+        .await?;
+    Ok(())
+}

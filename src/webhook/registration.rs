@@ -1,0 +1,237 @@
+//! The Mutating and Validating webhook configurations that point the API server at winflow.
+//! Only pods labelled `winflow.io/identity` are sent (objectSelector), so unrelated pods never
+//! wait on winflow; enforcement namespaces also send unlabelled pods for validation.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+
+use crate::names::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+/// Label of namespaces where unlabelled pods may not use winflow's credential specs.
+pub const ENFORCE_LABEL: &str = "winflow.io/enforce";
+
+/// Where the API server reaches the webhook.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// `https://host:port` (local runs; the API server must reach it).
+    Url(String),
+    /// A Service in the cluster.
+    Service { namespace: String, name: String, port: i32 },
+}
+
+/// What the configurations need to know.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Name of both configuration objects.
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// PEM of the CA that signed the webhook's certificate.
+    pub ca_bundle: Vec<u8>,
+    /// `Fail` (default: no pod runs without its identity being enforced) or `Ignore`.
+    pub failure_policy: String,
+    /// Further restricts the namespaces whose pods are sent (for example to one namespace).
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+fn client_config(registration: &Registration, path: &str) -> WebhookClientConfig {
+    let mut config = WebhookClientConfig {
+        ca_bundle: Some(ByteString(registration.ca_bundle.clone())),
+        ..WebhookClientConfig::default()
+    };
+    match &registration.endpoint {
+        Endpoint::Url(base) => config.url = Some(format!("{}{path}", base.trim_end_matches('/'))),
+        Endpoint::Service { namespace, name, port } => {
+            config.service = Some(k8s_openapi::api::admissionregistration::v1::ServiceReference {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                path: Some(path.to_owned()),
+                port: Some(*port),
+            })
+        }
+    }
+    config
+}
+
+fn pod_rule(operations: &[&str]) -> Vec<RuleWithOperations> {
+    vec![RuleWithOperations {
+        api_groups: Some(vec![String::new()]),
+        api_versions: Some(vec!["v1".to_owned()]),
+        operations: Some(operations.iter().map(|o| o.to_string()).collect()),
+        resources: Some(vec!["pods".to_owned()]),
+        scope: Some("Namespaced".to_owned()),
+    }]
+}
+
+fn label_exists(exists: bool) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: IDENTITY_LABEL.to_owned(),
+            operator: if exists { "Exists" } else { "DoesNotExist" }.to_owned(),
+            values: None,
+        }]),
+        match_labels: None,
+    }
+}
+
+/// `extra` AND the enforcement label.
+fn enforced_namespaces(extra: Option<&LabelSelector>) -> LabelSelector {
+    let mut selector = extra.cloned().unwrap_or_default();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ENFORCE_LABEL.to_owned(), "true".to_owned());
+    selector
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_owned(),
+            MANAGED_BY_VALUE.to_owned(),
+        )])),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn mutating_configuration(registration: &Registration) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: meta(&registration.name),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "pods.winflow.io".to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            client_config: client_config(registration, "/mutate-pods"),
+            failure_policy: Some(registration.failure_policy.clone()),
+            match_policy: Some("Equivalent".to_owned()),
+            namespace_selector: registration.namespace_selector.clone(),
+            object_selector: Some(label_exists(true)),
+            // Other webhooks may add containers after winflow: run again so they get the env.
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            rules: Some(pod_rule(&["CREATE"])),
+            side_effects: "None".to_owned(),
+            timeout_seconds: Some(10),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+pub fn validating_configuration(registration: &Registration) -> ValidatingWebhookConfiguration {
+    let webhook = |name: &str, namespace_selector, object_selector, operations: &[&str]| ValidatingWebhook {
+        name: name.to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        client_config: client_config(registration, "/validate-pods"),
+        failure_policy: Some(registration.failure_policy.clone()),
+        match_policy: Some("Equivalent".to_owned()),
+        namespace_selector,
+        object_selector: Some(object_selector),
+        rules: Some(pod_rule(operations)),
+        side_effects: "None".to_owned(),
+        timeout_seconds: Some(10),
+        ..ValidatingWebhook::default()
+    };
+    ValidatingWebhookConfiguration {
+        metadata: meta(&registration.name),
+        webhooks: Some(vec![
+            webhook(
+                "pods.winflow.io",
+                registration.namespace_selector.clone(),
+                label_exists(true),
+                &["CREATE", "UPDATE"],
+            ),
+            webhook(
+                "enforce.pods.winflow.io",
+                Some(enforced_namespaces(registration.namespace_selector.as_ref())),
+                label_exists(false),
+                &["CREATE"],
+            ),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(endpoint: Endpoint) -> Registration {
+        Registration {
+            name: "winflow".into(),
+            endpoint,
+            ca_bundle: b"-----BEGIN CERTIFICATE-----".to_vec(),
+            failure_policy: "Fail".into(),
+            namespace_selector: None,
+        }
+    }
+
+    #[test]
+    fn only_labelled_pods_are_mutated() {
+        let config = mutating_configuration(&registration(Endpoint::Url("https://127.0.0.1:8443/".into())));
+        let hook = &config.webhooks.unwrap()[0];
+        assert_eq!(
+            hook.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/mutate-pods")
+        );
+        let selector = hook
+            .object_selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (selector[0].key.as_str(), selector[0].operator.as_str()),
+            ("winflow.io/identity", "Exists")
+        );
+        assert_eq!(hook.side_effects, "None");
+        assert_eq!(
+            hook.rules.as_ref().unwrap()[0].operations.as_deref(),
+            Some(&["CREATE".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn enforcement_namespaces_send_unlabelled_pods_for_validation() {
+        let mut reg = registration(Endpoint::Service {
+            namespace: "winflow-system".into(),
+            name: "winflow-webhook".into(),
+            port: 443,
+        });
+        reg.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("team".to_owned(), "finance".to_owned())].into()),
+            match_expressions: None,
+        });
+        let config = validating_configuration(&reg);
+        let hooks = config.webhooks.unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(
+            hooks[0].client_config.service.as_ref().unwrap().path.as_deref(),
+            Some("/validate-pods")
+        );
+        let enforce = &hooks[1];
+        assert_eq!(
+            enforce
+                .object_selector
+                .as_ref()
+                .unwrap()
+                .match_expressions
+                .as_ref()
+                .unwrap()[0]
+                .operator,
+            "DoesNotExist"
+        );
+        let namespaces = enforce
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(namespaces["winflow.io/enforce"], "true");
+        assert_eq!(namespaces["team"], "finance");
+    }
+}

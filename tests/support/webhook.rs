@@ -1,0 +1,110 @@
+//! The admission webhook served in-process and registered with the API server, for this
+//! test's namespace only (so parallel tests never review each other's pods).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::json;
+use winflow::metrics::Metrics;
+use winflow::webhook::registration::{Endpoint, Registration};
+use winflow::webhook::{self, WebhookSettings};
+
+use super::{TestEnv, wait_until};
+
+/// A CA and a serving certificate for 127.0.0.1 in `dir` (tls.crt, tls.key); returns the CA PEM.
+pub fn write_certificates(dir: &std::path::Path) -> String {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "winflow webhook test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec![IpAddr::V4(Ipv4Addr::LOCALHOST).to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    ca.pem()
+}
+
+pub struct Webhook {
+    pub addr: SocketAddr,
+    /// PEM of the CA the API server trusts for the webhook.
+    pub ca_pem: String,
+    pub metrics: Metrics,
+    _certs: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves the webhook on a free loopback port and registers it for this test's namespace only.
+pub async fn start_webhook(env: &TestEnv) -> Webhook {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = write_certificates(certs.path());
+    let metrics = Metrics::default();
+    let readiness = winflow::admin::Readiness::expecting(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = WebhookSettings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        cert_dir: certs.path().to_owned(),
+        reload_interval: Duration::from_secs(1),
+        namespace: Some(env.namespace.clone()),
+        instance: "test".to_owned(),
+    };
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let (addr, _task) = webhook::start(
+        env.client.clone(),
+        settings,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown,
+    )
+    .await
+    .unwrap();
+    wait_until("webhook cache ready", Duration::from_secs(60), || async {
+        readiness.is_ready().then_some(())
+    })
+    .await;
+
+    // Scope the configurations to this namespace, so parallel tests do not see each other.
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let label = json!({"metadata": {"labels": {"winflow-test": env.namespace}}});
+    namespaces
+        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let registration = Registration {
+        name: format!("winflow-{}", env.namespace),
+        endpoint: Endpoint::Url(format!("https://{addr}")),
+        ca_bundle: ca.clone().into_bytes(),
+        failure_policy: "Fail".to_owned(),
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some([("winflow-test".to_owned(), env.namespace.clone())].into()),
+            match_expressions: None,
+        }),
+    };
+    webhook::register(env.client.clone(), &registration, &metrics)
+        .await
+        .unwrap();
+    Webhook {
+        addr,
+        ca_pem: ca,
+        metrics,
+        _certs: certs,
+        stop: Some(stop),
+    }
+}
