@@ -50,6 +50,7 @@ async fn connect(addr: std::net::SocketAddr, ca_pem: &str) -> BufReader<TlsStrea
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
     BufReader::new(
         tls.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -64,8 +65,9 @@ async fn post(stream: &mut BufReader<TlsStream>, path: &str, body: &[u8]) -> u16
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.get_mut().write_all(head.as_bytes()).await.unwrap();
-    stream.get_mut().write_all(body).await.unwrap();
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.get_mut().write_all(&request).await.unwrap();
     let mut status_line = String::new();
     stream.read_line(&mut status_line).await.unwrap();
     let mut length = 0;

@@ -128,15 +128,36 @@ if command -v setpriv >/dev/null; then
   pdeathsig=(setpriv --pdeathsig TERM)
 fi
 
-step "starting winflow run (log: $state_dir/winflow.log)"
-admin_port=$(python3 -c '
+free_port() {
+  python3 -c '
 import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])
-')
+'
+}
+
+# The admission webhook's certificate: a throwaway CA and a serving certificate for
+# 127.0.0.1, which the API server is told to trust when winflow registers the webhook.
+step "webhook certificate (self-signed CA, for this demo only)"
+cert_dir=$state_dir/webhook-certs
+mkdir -p "$cert_dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj "/CN=winflow demo CA" -keyout "$cert_dir/ca.key" -out "$cert_dir/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=winflow-webhook" \
+  -keyout "$cert_dir/tls.key" -out "$cert_dir/tls.csr" 2>/dev/null
+openssl x509 -req -in "$cert_dir/tls.csr" -CA "$cert_dir/ca.crt" -CAkey "$cert_dir/ca.key" -CAcreateserial \
+  -days 1 -extfile <(printf 'subjectAltName=IP:127.0.0.1') -out "$cert_dir/tls.crt" 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in "$cert_dir/tls.key" -out "$cert_dir/tls.key.pk8" && mv "$cert_dir/tls.key.pk8" "$cert_dir/tls.key"
+echo "CA and serving certificate in $cert_dir"
+
+step "starting winflow run (log: $state_dir/winflow.log)"
+admin_port=$(free_port)
+webhook_port=$(free_port)
 operator_log=$state_dir/winflow.log
 "${pdeathsig[@]}" target/debug/winflow run --admin-addr "127.0.0.1:$admin_port" --log-format text \
+  --cert-dir "$cert_dir" --webhook-addr "127.0.0.1:$webhook_port" \
+  --register-webhooks "https://127.0.0.1:$webhook_port" \
   </dev/null >"$operator_log" 2>&1 &
 operator_pid=$!
 
@@ -194,6 +215,38 @@ kubectl get role,rolebinding,serviceaccount,configmap,persistentvolumeclaim -n a
 step "status of identity finance-reports"
 kubectl get wti finance-reports -n airflow \
   -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+
+# A task pod as the KubernetesPodOperator creates it; the webhook fills in the identity.
+task_pod() {
+  cat <<POD
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  labels: {winflow.io/identity: payroll-export, dag_id: $2, task_id: upload, kubernetes_pod_operator: "True"}
+spec:
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers: [{name: base, image: registry.example.com/payroll/export-win:2.0}]
+POD
+}
+
+step "admission webhook: a pod of DAG payroll_export is admitted with its identity injected"
+task_pod payroll-export-upload payroll_export | kubectl create -n airflow -f -
+kubectl get pod payroll-export-upload -n airflow -o jsonpath='serviceAccountName: {.spec.serviceAccountName}
+nodeSelector: {.spec.nodeSelector}
+hostname: {.spec.hostname}
+gmsaCredentialSpecName: {.spec.securityContext.windowsOptions.gmsaCredentialSpecName}
+runAsUserName: {.spec.securityContext.windowsOptions.runAsUserName}
+gmsaCredentialSpec: {.spec.securityContext.windowsOptions.gmsaCredentialSpec}
+'
+
+step "admission webhook: a pod of DAG payroll_cleanup is denied"
+if task_pod payroll-cleanup-upload payroll_cleanup | kubectl create -n airflow -f - 2>"$state_dir/denied.txt"; then
+  log "the pod of payroll_cleanup was admitted; the webhook should have denied it"
+  exit 1
+fi
+cat "$state_dir/denied.txt"
 
 if ! alive "$operator_pid"; then
   log "winflow is no longer running"

@@ -102,6 +102,9 @@ impl WebhookServer {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // Small request/response exchanges: without this, Nagle's algorithm and
+                        // delayed ACKs can hold a reply for tens of milliseconds.
+                        let _ = tcp.set_nodelay(true);
                         let acceptor = self.acceptor.clone();
                         connections.spawn(serve_connection(tcp, peer, acceptor, app.clone(), stopping.clone()));
                     }
