@@ -467,25 +467,10 @@ async fn spec_changes_update_children_and_deletion_removes_them() {
     );
     // Namespaced children go with their owner (kube-controller-manager's garbage collector).
     wait_until("namespaced children collected", TIMEOUT, || async {
-        let gone = env
-            .api::<ConfigMap>()
-            .get_opt("reports-pod-templates")
-            .await
-            .unwrap()
-            .is_none()
-            && env
-                .api::<Role>()
-                .get_opt("winflow-reports-gmsa")
-                .await
-                .unwrap()
-                .is_none()
-            && env
-                .api::<RoleBinding>()
-                .get_opt("winflow-reports-gmsa")
-                .await
-                .unwrap()
-                .is_none()
-            && env.api::<ServiceAccount>().get_opt("reports").await.unwrap().is_none();
+        let gone = absent(env.api::<ConfigMap>(), "reports-pod-templates").await
+            && absent(env.api::<Role>(), "winflow-reports-gmsa").await
+            && absent(env.api::<RoleBinding>(), "winflow-reports-gmsa").await
+            && absent(env.api::<ServiceAccount>(), "reports").await;
         gone.then_some(())
     })
     .await;
@@ -729,6 +714,13 @@ async fn missing_service_account_is_reported_until_it_exists() {
         "a service account winflow does not create stays as it is"
     );
     operator.stop().await;
+}
+
+async fn absent<K>(api: Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.unwrap().is_none()
 }
 
 async fn version_of<K>(api: Api<K>, name: &str) -> Option<String>
