@@ -17,3 +17,4 @@ pub mod controller;
 mod fixtures;
 pub mod metrics;
 pub mod telemetry;
+pub mod text;

@@ -116,16 +116,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Writes so far of one kind and verb.
-    pub fn api_writes(&self, kind: &str, verb: &'static str) -> u64 {
-        self.api_writes
-            .get_or_create(&WriteLabels {
-                kind: kind.to_owned(),
-                verb,
-            })
-            .get()
-    }
-
     /// One admission decision and how long it took.
     pub fn admission_decided(&self, webhook: &'static str, allowed: bool, reason: &'static str, took: Duration) {
         let decision = if allowed { "allowed" } else { "denied" };
@@ -181,7 +171,6 @@ mod tests {
         metrics.api_write("ConfigMap", "apply");
         metrics.reconcile_started("identity").finish("success");
         metrics.admission_decided("validate", false, "DagNotAllowed", Duration::from_millis(1));
-        assert_eq!(metrics.api_writes("ConfigMap", "apply"), 2);
         let text = metrics.encode();
         assert!(
             text.contains(r#"winflow_api_writes_total{kind="ConfigMap",verb="apply"} 2"#),

@@ -140,17 +140,9 @@ fn failure_of(pod: &Pod) -> TaskFailure {
         dag_id: airflow_id(pod, "dag_id"),
         task_id: airflow_id(pod, "task_id"),
         reason,
-        message: message.map(|m| shorten(&m, 512)),
+        message: message.map(|m| crate::text::truncate(&m, 512)),
         category: category.as_str().to_owned(),
         time,
-    }
-}
-
-/// Termination messages can be long; status keeps the start.
-fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 

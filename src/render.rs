@@ -15,7 +15,7 @@ use crate::validate;
 pub fn render(documents: &str, default_namespace: &str) -> Result<String, String> {
     let mut out = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(documents) {
-        let value = serde_json::Value::deserialize_from(document)?;
+        let value = yaml_document(document)?;
         if value.is_null() {
             continue;
         }
@@ -62,14 +62,8 @@ pub fn render(documents: &str, default_namespace: &str) -> Result<String, String
     Ok(out.join("---\n"))
 }
 
-trait DeserializeFrom: Sized {
-    fn deserialize_from(document: serde_yaml_ng::Deserializer<'_>) -> Result<Self, String>;
-}
-
-impl DeserializeFrom for serde_json::Value {
-    fn deserialize_from(document: serde_yaml_ng::Deserializer<'_>) -> Result<Self, String> {
-        serde::Deserialize::deserialize(document).map_err(|e| format!("invalid YAML: {e}"))
-    }
+fn yaml_document(document: serde_yaml_ng::Deserializer<'_>) -> Result<serde_json::Value, String> {
+    serde::Deserialize::deserialize(document).map_err(|e| format!("invalid YAML: {e}"))
 }
 
 fn children_yaml(children: &IdentityChildren) -> Result<Vec<String>, String> {

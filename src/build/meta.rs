@@ -59,13 +59,6 @@ fn controller_reference(identity: &WindowsTaskIdentity) -> Option<OwnerReference
     })
 }
 
-/// Whether an existing object carries the labels winflow puts on children of this identity.
-pub fn is_managed_by_identity(meta: &ObjectMeta, identity: &str) -> bool {
-    let labels = meta.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-    label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE) && label(IDENTITY_LABEL) == Some(identity)
-}
-
 /// Whether `existing` carries every label of `desired`: winflow's children carry exactly
 /// the labels that say who manages them, so this is the ownership test.
 pub fn carries_labels_of(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
@@ -140,14 +133,9 @@ mod tests {
             .insert(IDENTITY_LABEL.into(), "payroll-export".into());
         assert!(!carries_labels_of(&other, &desired));
         assert!(!carries_labels_of(&ObjectMeta::default(), &desired));
-    }
-
-    #[test]
-    fn ownership_needs_both_labels() {
-        let identity = fixtures::domain_joined();
-        let meta = namespaced_meta(&identity, "x".into());
-        assert!(is_managed_by_identity(&meta, "finance-reports"));
-        assert!(!is_managed_by_identity(&meta, "payroll-export"));
-        assert!(!is_managed_by_identity(&ObjectMeta::default(), "finance-reports"));
+        // Both labels are needed: the identity label alone is not winflow's mark.
+        let mut unmanaged = desired.clone();
+        unmanaged.labels.as_mut().unwrap().remove(MANAGED_BY_LABEL);
+        assert!(!carries_labels_of(&unmanaged, &desired));
     }
 }

@@ -76,6 +76,27 @@ where
     }
 }
 
+/// Deletes a cluster-scoped child (which garbage collection cannot reach) if it is winflow's,
+/// by the same ownership test as `ensure_child`. Returns whether winflow deleted it.
+pub async fn delete_cluster_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let name = desired.name_any();
+    let Some(existing) = api.get_opt(&name).await? else {
+        return Ok(false);
+    };
+    if !carries_labels_of(existing.meta(), desired.meta()) {
+        return Ok(false);
+    }
+    metrics.api_write(&K::kind(&()), "delete");
+    match api.delete(&name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// What a refusal means for the user. A 404 on apply means the kind itself is not served.
 fn refusal_message(kind: &str, name: &str, code: u16, message: &str) -> String {
     if code == 404 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::ListParams;
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
@@ -15,13 +15,13 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, ensure_child};
+use super::apply::{ChildReport, delete_cluster_child, ensure_child};
 use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
 use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::identity::{PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
-use crate::build::{self, IdentityChildren, is_managed_by_identity};
+use crate::build::{self, IdentityChildren};
 use crate::names::{
     self, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY,
 };
@@ -281,17 +281,9 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
     }
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
-    let specs: Api<GMSACredentialSpec> = Api::all(ctx.client.clone());
-    let spec_name = names::credential_spec_name(&namespace, &name);
-    if let Some(existing) = specs.get_opt(&spec_name).await?
-        && is_managed_by_identity(&existing.metadata, &name)
-    {
-        ctx.metrics.api_write("GMSACredentialSpec", "delete");
-        match specs.delete(&spec_name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+    let credential_spec = build::credential_spec_for(identity);
+    if delete_cluster_child(&Api::all(ctx.client.clone()), &credential_spec, &ctx.metrics).await? {
+        let spec_name = credential_spec.metadata.name.unwrap_or_default();
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
     finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;

@@ -112,9 +112,23 @@ where
     }
 }
 
+/// Waits until a reflector store holds its initial list; `false` when its writer is gone.
+/// `Store::wait_until_ready` (kube-runtime 5.0) wakes only the last task that polled it, and a
+/// controller's own runner polls it too: a fresh future per short interval sees the state anyway.
+pub(crate) async fn store_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => {}
+        }
+    }
+}
+
 /// Marks one part of `readiness` ready once the controller's cache holds the initial list.
-/// `Store::wait_until_ready` (kube-runtime 5.0) wakes only the last task that polled it, and the
-/// controller's own runner polls it too; a fresh future per short interval sees the state anyway.
 pub(crate) async fn report_ready_when_synced<K>(
     store: kube::runtime::reflector::Store<K>,
     readiness: crate::admin::Readiness,
@@ -122,12 +136,8 @@ pub(crate) async fn report_ready_when_synced<K>(
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_millis(500), store.wait_until_ready()).await {
-            Ok(Ok(())) => return readiness.set_ready(),
-            Ok(Err(_)) => return,
-            Err(_) => {}
-        }
+    if store_synced(&store).await {
+        readiness.set_ready();
     }
 }
 

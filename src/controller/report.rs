@@ -66,7 +66,10 @@ pub async fn publish_transitions(
                 EventType::Warning
             },
             reason: condition.reason.clone(),
-            note: Some(truncate(&format!("{}: {}", condition.type_, condition.message), 1000)),
+            note: Some(crate::text::truncate(
+                &format!("{}: {}", condition.type_, condition.message),
+                1000,
+            )),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -74,24 +77,5 @@ pub async fn publish_transitions(
         if let Err(e) = recorder.publish(&event, reference).await {
             warn!(error = %e, "could not record event");
         }
-    }
-}
-
-/// Events notes are limited to 1 kB.
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncates_on_character_boundaries() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("äöüß", 2), "äö…");
     }
 }

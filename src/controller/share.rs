@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
-use kube::api::DeleteParams;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -14,12 +13,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, ChildState, ensure_child};
+use super::apply::{ChildReport, ChildState, delete_cluster_child, ensure_child};
 use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::share::{WindowsShare, WindowsShareStatus};
 use crate::build::{self, with_spec_hash};
-use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SHARE_LABEL};
+use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::validate;
 
 const CONTROLLER: &str = "share";
@@ -319,18 +318,9 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     }
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
-    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let volume_name = names::persistent_volume_name(&namespace, &name);
-    if let Some(existing) = volumes.get_opt(&volume_name).await?
-        && existing.labels().get(SHARE_LABEL) == Some(&name)
-        && existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
-    {
-        ctx.metrics.api_write("PersistentVolume", "delete");
-        match volumes.delete(&volume_name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+    let volume = build::persistent_volume_for(share);
+    if delete_cluster_child(&Api::all(ctx.client.clone()), &volume, &ctx.metrics).await? {
+        let volume_name = volume.metadata.name.unwrap_or_default();
         info!(
             share = %format!("{namespace}/{name}"),
             persistent_volume = %volume_name,

@@ -38,12 +38,9 @@ impl IdentityCache {
         (Self(store), task)
     }
 
-    pub async fn wait_until_ready(&self) {
-        // A fresh future per interval: Store::wait_until_ready wakes only its last poller.
-        while tokio::time::timeout(std::time::Duration::from_millis(500), self.0.wait_until_ready())
-            .await
-            .is_err()
-        {}
+    /// Whether the cache holds the initial list (`false` when its watch is gone).
+    pub async fn synced(&self) -> bool {
+        crate::controller::store_synced(&self.0).await
     }
 }
 
@@ -116,12 +113,10 @@ impl PodWebhook {
         let event = Event {
             type_: EventType::Warning,
             reason: audit.reason.to_owned(),
-            note: Some(
-                format!("pod {} denied: {}", audit.pod, audit.message)
-                    .chars()
-                    .take(1000)
-                    .collect(),
-            ),
+            note: Some(crate::text::truncate(
+                &format!("pod {} denied: {}", audit.pod, audit.message),
+                1000,
+            )),
             action: "Admission".to_owned(),
             secondary: None,
         };

@@ -49,8 +49,9 @@ pub async fn start(
     let (identities, _cache) = handler::IdentityCache::start(client.clone(), settings.namespace.as_deref());
     let cache = identities.clone();
     tokio::spawn(async move {
-        cache.wait_until_ready().await;
-        readiness.set_ready();
+        if cache.synced().await {
+            readiness.set_ready();
+        }
     });
     let reporter = Reporter {
         controller: "winflow-webhook".to_owned(),
