@@ -162,7 +162,11 @@ fn finished_at(pod: &Pod) -> Option<Timestamp> {
 /// The pods part of an identity's status, `TasksHealthy`, and when that condition must be
 /// looked at again. Authentication failures make tasks unhealthy until a task succeeds
 /// after them, or for at most an hour.
-pub fn summarize(pods: &[Pod], denied: i32, now: Timestamp) -> (PodsStatus, ConditionState, Option<Duration>) {
+pub fn summarize<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    denied: i32,
+    now: Timestamp,
+) -> (PodsStatus, ConditionState, Option<Duration>) {
     let mut status = PodsStatus {
         denied,
         ..PodsStatus::default()

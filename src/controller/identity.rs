@@ -6,12 +6,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::ListParams;
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -46,6 +45,19 @@ pub async fn run(
     let store = controller.store();
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
+    // Reconciles read task pods from this cache instead of listing them on every pod event.
+    // Only metadata and status are read, so the spec is not kept.
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_watch = watcher(
+        scoped::<Pod>(client.clone(), namespace.as_deref()),
+        watcher::Config::default().labels(IDENTITY_LABEL),
+    )
+    .modify(|pod: &mut Pod| {
+        pod.spec = None;
+        pod.metadata.managed_fields = None;
+    });
+    let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
+    let _ = ctx.task_pods.set(pod_store);
     controller
         .owns(
             scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
@@ -81,14 +93,10 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         // Task pods are reported back on the identity their label names.
-        .watches(
-            scoped::<Pod>(client.clone(), namespace.as_deref()),
-            watcher::Config::default().labels(IDENTITY_LABEL),
-            |pod| {
-                let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
-                Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
-            },
-        )
+        .watches_stream(task_pods, |pod| {
+            let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
+            Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -160,15 +168,25 @@ struct TaskPods {
 }
 
 async fn observe_pods(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<TaskPods, Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
-    let selector = format!("{IDENTITY_LABEL}={}", identity.name_any());
-    let pods = api.list(&ListParams::default().labels(&selector)).await?.items;
+    let namespace = identity.namespace();
+    let name = identity.name_any();
+    let store = ctx
+        .task_pods
+        .get()
+        .expect("the identity controller sets the task pod cache before reconciling");
+    // Until the first list is in, an empty cache would report zero pods.
+    super::store_synced(store).await;
+    let all = store.state();
+    let pods = all.iter().map(|pod| pod.as_ref()).filter(|pod| {
+        pod.metadata.namespace == namespace
+            && pod.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL)) == Some(&name)
+    });
     let denied = identity
         .status
         .as_ref()
         .and_then(|s| s.pods.as_ref())
         .map_or(0, |p| p.denied);
-    let (status, healthy, recheck) = pods::summarize(&pods, denied, jiff::Timestamp::now());
+    let (status, healthy, recheck) = pods::summarize(pods, denied, jiff::Timestamp::now());
     Ok(TaskPods {
         status,
         healthy,

@@ -50,6 +50,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub config: ControllerConfig,
     pub backoff: backoff::Backoff,
+    /// Task pods (label `winflow.io/identity`), as the identity controller's watch keeps them;
+    /// set when that controller starts.
+    pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
 }
 
 impl Context {
@@ -64,6 +67,7 @@ impl Context {
             metrics,
             config,
             backoff: backoff::Backoff::default(),
+            task_pods: std::sync::OnceLock::new(),
         }
     }
 }
