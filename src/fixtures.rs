@@ -33,3 +33,21 @@ pub fn share() -> WindowsShare {
     share.metadata.uid = Some("0f5c8a51-6c0e-4a8e-8d0b-6a3e2c1f9b7d".into());
     share
 }
+
+/// Token settings for an Entra ID app registration authenticated by client secret.
+pub fn token_settings() -> crate::api::identity::TokenSettings {
+    serde_yaml_ng::from_str(
+        "issuerUrl: https://login.microsoftonline.com/6f1c2b1e-0000-4000-8000-000000000001/v2.0\n\
+         clientId: 3c9a7e55-0000-4000-8000-000000000002\n\
+         clientSecretRef: {name: payroll-oidc, key: client-secret}\n\
+         scopes: [api://payroll/.default]\n",
+    )
+    .unwrap()
+}
+
+/// The Key Vault identity of the examples with [`token_settings`].
+pub fn key_vault_with_token() -> WindowsTaskIdentity {
+    let mut identity = key_vault();
+    identity.spec.token = Some(token_settings());
+    identity
+}

@@ -18,3 +18,4 @@ mod fixtures;
 pub mod metrics;
 pub mod telemetry;
 pub mod text;
+pub mod token;

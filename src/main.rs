@@ -9,6 +9,7 @@ use winflow::admin::{self, Readiness};
 use winflow::controller::{self, Context, ControllerConfig};
 use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
+use winflow::token::{OidcSettings, RetryPolicy, TokenConfig};
 use winflow::webhook::registration::{Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
 
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers and the admin server (/metrics, /livez, /readyz).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print winflow's CustomResourceDefinitions as YAML.
     Crds {
         /// Also print the upstream GMSACredentialSpec CRD, for clusters that lack it.
@@ -81,6 +82,26 @@ struct RunArgs {
     /// Name of this replica in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "winflow")]
     instance: String,
+    /// Accept `http://` OIDC issuers on loopback addresses. For local development and tests
+    /// only: tokens and client secrets would cross the network unencrypted otherwise.
+    #[arg(long, env = "WINFLOW_ALLOW_INSECURE_LOOPBACK_ISSUERS")]
+    allow_insecure_loopback_issuers: bool,
+    /// First wait after a failed token refresh; it doubles with each failure in a row.
+    #[arg(long, env = "WINFLOW_TOKEN_RETRY_FIRST", value_parser = duration, default_value = "5s")]
+    token_retry_first: Duration,
+    /// Longest wait between token refresh attempts.
+    #[arg(long, env = "WINFLOW_TOKEN_RETRY_MAX", value_parser = duration, default_value = "2m")]
+    token_retry_max: Duration,
+    /// How long an issuer's discovery document is used before it is fetched again (it is
+    /// also fetched again after the provider could not be reached).
+    #[arg(long, env = "WINFLOW_OIDC_REDISCOVER_AFTER", value_parser = duration, default_value = "1h")]
+    oidc_rediscover_after: Duration,
+}
+
+/// A positive duration such as `30s`, `5m` or `1h`.
+fn duration(text: &str) -> Result<Duration, String> {
+    winflow::validate::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a positive duration (for example 30s, 5m, 1h)"))
 }
 
 fn main() -> ExitCode {
@@ -98,7 +119,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Render { files, namespace } => render(&files, &namespace),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -175,6 +196,17 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         resync_period: Duration::from_secs(args.resync_seconds),
         concurrency: args.concurrency,
         instance: args.instance.clone(),
+        token: TokenConfig {
+            oidc: OidcSettings {
+                allow_insecure_loopback: args.allow_insecure_loopback_issuers,
+                rediscover_after: args.oidc_rediscover_after,
+                ..OidcSettings::default()
+            },
+            retry: RetryPolicy {
+                first: args.token_retry_first,
+                max: args.token_retry_max.max(args.token_retry_first),
+            },
+        },
         ..ControllerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

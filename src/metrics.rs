@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,18 @@ pub struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `success` or the failure reason (`ProviderUnavailable`, `InvalidClient`, ...).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub namespace: String,
+    pub identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     pub webhook: &'static str,
 }
@@ -47,6 +60,8 @@ pub struct Metrics {
     api_writes: Family<WriteLabels, Counter>,
     admission_decisions: Family<AdmissionLabels, Counter>,
     admission_duration: Family<WebhookLabels, Histogram>,
+    token_refreshes: Family<RefreshLabels, Counter>,
+    token_expiry: Family<IdentityLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -86,6 +101,18 @@ impl Default for Metrics {
             "Time to decide an admission review",
             admission_duration.clone(),
         );
+        let token_refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "OIDC token refresh attempts by result",
+            token_refreshes.clone(),
+        );
+        let token_expiry = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When each identity's current OIDC token expires (Unix time)",
+            token_expiry.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -93,6 +120,8 @@ impl Default for Metrics {
             api_writes,
             admission_decisions,
             admission_duration,
+            token_refreshes,
+            token_expiry,
         }
     }
 }
@@ -129,6 +158,31 @@ impl Metrics {
         self.admission_duration
             .get_or_create(&WebhookLabels { webhook })
             .observe(took.as_secs_f64());
+    }
+
+    /// One token refresh attempt: `success` or the failure reason.
+    pub fn token_refreshed(&self, result: &str) {
+        self.token_refreshes
+            .get_or_create(&RefreshLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The expiry of an identity's current token; `None` removes the series.
+    pub fn token_expiry(&self, namespace: &str, identity: &str, expires_at: Option<i64>) {
+        let labels = IdentityLabels {
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+        };
+        match expires_at {
+            Some(at) => {
+                self.token_expiry.get_or_create(&labels).set(at);
+            }
+            None => {
+                self.token_expiry.remove(&labels);
+            }
+        }
     }
 
     /// The Prometheus text exposition.
@@ -184,5 +238,26 @@ mod tests {
             text.contains("winflow_reconcile_duration_seconds_count{controller=\"identity\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn token_refreshes_and_expiries_are_exposed_and_expiries_removed() {
+        let metrics = Metrics::default();
+        metrics.token_refreshed("success");
+        metrics.token_refreshed("ProviderUnavailable");
+        metrics.token_expiry("airflow", "payroll-export", Some(1_800_000_000));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"winflow_token_refreshes_total{result="ProviderUnavailable"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"winflow_token_expiry_timestamp_seconds{namespace="airflow",identity="payroll-export"} 1800000000"#
+            ),
+            "{text}"
+        );
+        metrics.token_expiry("airflow", "payroll-export", None);
+        assert!(!metrics.encode().contains("payroll-export"));
     }
 }

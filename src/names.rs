@@ -14,6 +14,14 @@ pub const ROLE_EXECUTOR: &str = "executor";
 /// re-applied even when only a field was removed (which a subset comparison cannot see).
 pub const SPEC_HASH_ANNOTATION: &str = "winflow.io/spec-hash";
 
+/// The Secret holding an identity's OIDC token: `spec.token.secretName`, or `<identity>-token`.
+pub fn token_secret_name(configured: Option<&str>, identity: &str) -> String {
+    configured.map_or_else(|| format!("{identity}-token"), str::to_owned)
+}
+
+/// Pod annotation: how long the identity's token must stay valid for the pod to be admitted.
+pub const MIN_TOKEN_VALIDITY_ANNOTATION: &str = "winflow.io/min-token-validity";
+
 pub const WINDOWS_TEMPLATE_KEY: &str = "windows-pod-template.yaml";
 pub const EXECUTOR_TEMPLATE_KEY: &str = "executor-pod-template.yaml";
 

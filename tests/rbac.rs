@@ -125,14 +125,12 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
             .delete("payroll-export-pod-templates", &DeleteParams::default())
             .await
     ));
+    // It writes token Secrets one by one; it may not wipe a namespace's Secrets.
     assert!(is_forbidden(
         Api::<Secret>::namespaced(operator_client.clone(), ns)
-            .patch(
-                "smb-finance",
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"data": {}}))
-            )
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await
+            .map(|_| ())
     ));
     assert!(is_forbidden(
         Api::<ClusterRole>::all(operator_client.clone())

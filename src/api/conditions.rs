@@ -16,7 +16,6 @@ pub const REASON_CONFLICT: &str = "Conflict";
 pub const REASON_NOT_REQUESTED: &str = "NotRequested";
 pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
 pub const REASON_API_ERROR: &str = "ApiError";
-pub const REASON_NOT_SUPPORTED: &str = "NotSupported";
 pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
 
 /// A condition's wanted state, before bookkeeping.

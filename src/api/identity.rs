@@ -282,7 +282,8 @@ pub struct ShareMount {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSettings {
-    /// Issuer URL (`https://`), as discovery's `issuer` must match exactly.
+    /// Issuer URL (`https://`), exactly as the provider's discovery document states its
+    /// `issuer`, for example `https://login.microsoftonline.com/<tenant>/v2.0`.
     #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub issuer_url: String,
     /// OAuth client id.
@@ -298,10 +299,12 @@ pub struct TokenSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     /// How long before expiry the token is renewed (a duration such as `20m`). Defaults to
-    /// one third of the lifetime the provider granted.
+    /// one third of the lifetime the provider granted; never less than `minValidity` and never
+    /// more than half the lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<String>,
-    /// No pod is admitted with a token that expires sooner than this.
+    /// No pod is admitted with a token that expires sooner than this (a duration such as
+    /// `5m`); a pod may ask for more with the annotation `winflow.io/min-token-validity`.
     #[serde(default = "default_min_validity")]
     pub min_validity: String,
     /// Name of the Secret holding the token. Defaults to `<name>-token`.

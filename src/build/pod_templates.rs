@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use super::meta::{identity_name, identity_namespace, managed_labels, namespaced_meta};
+use super::token_env::{Os, token_wiring};
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::ShareMount;
 use crate::names::{
@@ -93,7 +94,12 @@ pub fn windows_pod_template(identity: &WindowsTaskIdentity) -> Pod {
     node_selector.insert(OS_LABEL.to_owned(), "windows".to_owned());
     let mut container_env = identity_env(identity);
     container_env.extend(settings.env.iter().cloned());
-    let (volumes, mounts) = share_volumes(&identity.spec.shares);
+    let (mut volumes, mut mounts) = share_volumes(&identity.spec.shares);
+    if let Some(token) = token_wiring(identity, Os::Windows) {
+        container_env.extend(token.env);
+        volumes.push(token.volume);
+        mounts.push(token.mount);
+    }
     Pod {
         metadata: template_meta(identity, "winflow-windows-task", ROLE_WINDOWS_TASK),
         spec: Some(PodSpec {
@@ -134,6 +140,11 @@ pub fn windows_pod_template(identity: &WindowsTaskIdentity) -> Pod {
 
 /// The KubernetesExecutor template: a Linux Airflow worker that knows its identity.
 pub fn executor_pod_template(identity: &WindowsTaskIdentity) -> Pod {
+    let mut env = identity_env(identity);
+    let token = token_wiring(identity, Os::Linux);
+    if let Some(token) = &token {
+        env.extend(token.env.iter().cloned());
+    }
     Pod {
         metadata: template_meta(identity, "winflow-executor", ROLE_EXECUTOR),
         spec: Some(PodSpec {
@@ -143,9 +154,11 @@ pub fn executor_pod_template(identity: &WindowsTaskIdentity) -> Pod {
             containers: vec![Container {
                 name: BASE_CONTAINER.to_owned(),
                 image: identity.spec.airflow.worker_image.clone(),
-                env: Some(identity_env(identity)),
+                env: Some(env),
+                volume_mounts: token.as_ref().map(|t| vec![t.mount.clone()]),
                 ..Container::default()
             }],
+            volumes: token.map(|t| vec![t.volume]),
             ..PodSpec::default()
         }),
         status: None,
@@ -295,5 +308,50 @@ mod tests {
         assert_eq!(env["WINFLOW_IDENTITY"], "payroll-export");
         assert_eq!(env["WINFLOW_GMSA_ACCOUNT"], "svc-payroll");
         assert_eq!(env["WINFLOW_DOMAIN"], "corp.example.com");
+    }
+
+    #[test]
+    fn both_templates_hand_over_the_token_when_the_identity_has_one() {
+        let plain = pod_templates_for(&fixtures::key_vault());
+        let windows = parse(&plain, WINDOWS_TEMPLATE_KEY).spec.unwrap();
+        let env = windows.containers[0].env.as_ref().unwrap();
+        assert!(!env.iter().any(|e| e.name.starts_with("WINFLOW_ACCESS")));
+
+        let templates = pod_templates_for(&fixtures::key_vault_with_token());
+        for (key, dir) in [
+            (WINDOWS_TEMPLATE_KEY, r"C:\var\run\secrets\winflow.io\token"),
+            (EXECUTOR_TEMPLATE_KEY, "/var/run/secrets/winflow.io/token"),
+        ] {
+            let spec = parse(&templates, key).spec.unwrap();
+            let base = &spec.containers[0];
+            let env: Vec<&str> = base.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+            for wanted in [
+                "WINFLOW_IDENTITY",
+                "WINFLOW_ACCESS_TOKEN",
+                "WINFLOW_TOKEN_EXPIRES_AT",
+                "WINFLOW_TOKEN_FILE",
+            ] {
+                assert!(env.contains(&wanted), "{key}: {env:?}");
+            }
+            let mount = base
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.name == "winflow-token")
+                .unwrap();
+            assert_eq!(mount.mount_path, dir, "{key}");
+            let volume = spec
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == "winflow-token")
+                .unwrap();
+            assert_eq!(
+                volume.secret.as_ref().unwrap().secret_name.as_deref(),
+                Some("payroll-export-token")
+            );
+        }
     }
 }

@@ -76,9 +76,10 @@ where
     }
 }
 
-/// Deletes a cluster-scoped child (which garbage collection cannot reach) if it is winflow's,
+/// Deletes a child if it is winflow's (cluster-scoped ones, which garbage collection cannot
+/// reach, and token Secrets an identity no longer uses),
 /// by the same ownership test as `ensure_child`. Returns whether winflow deleted it.
-pub async fn delete_cluster_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<bool, kube::Error>
+pub async fn delete_managed_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, delete_cluster_child, ensure_child};
+use super::apply::{ChildReport, delete_managed_child, ensure_child};
 use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
 use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
@@ -58,6 +58,14 @@ pub async fn run(
     });
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
     let _ = ctx.task_pods.set(pod_store);
+    // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
+    // secret that appears or changes, re-check the identity at once.
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let referrers = store.clone();
     controller
         .owns(
             scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
@@ -92,6 +100,7 @@ pub async fn run(
                 })
                 .collect::<Vec<_>>()
         })
+        .watches_stream(secrets, move |secret| identities_using_secret(&referrers, &secret))
         // Task pods are reported back on the identity their label names.
         .watches_stream(task_pods, |pod| {
             let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
@@ -106,6 +115,39 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The identities a Secret matters to: the one whose token it holds (by winflow's labels) and
+/// those whose `spec.token.clientSecretRef` names it.
+fn identities_using_secret(
+    store: &reflector::Store<Guarded>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Guarded>> {
+    let Some(namespace) = secret.metadata.namespace.clone() else {
+        return Vec::new();
+    };
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    let holder = (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE))
+        .then(|| labels.get(IDENTITY_LABEL).cloned())
+        .flatten();
+    let mut refs: Vec<ObjectRef<Guarded>> = store
+        .state()
+        .into_iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+        .filter(|identity| {
+            identity.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && identity
+                    .spec
+                    .token
+                    .as_ref()
+                    .and_then(|t| t.client_secret_ref.as_ref())
+                    .is_some_and(|r| r.name == name)
+        })
+        .map(|identity| ObjectRef::new(&identity.name_any()).within(&namespace))
+        .collect();
+    refs.extend(holder.map(|identity| ObjectRef::new(&identity).within(&namespace)));
+    refs
 }
 
 fn object_key(ns: &str, name: &str) -> String {
@@ -148,7 +190,7 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
             return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
         }
     };
-    let (wanted, summary) = apply_children(identity, &children, ctx).await?;
+    let (wanted, summary, token_wake) = apply_children(identity, &children, ctx).await?;
     let ready = wanted.last().is_some_and(|c| c.status);
     update_status(identity, ctx, wanted, Some(summary), tasks).await?;
     let next = if ready {
@@ -156,7 +198,13 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
     } else {
         ctx.config.retry_period
     };
-    Ok(Action::requeue(recheck.map_or(next, |r| r.min(next))))
+    // Token renewals, retries and expiries are due at their own times.
+    let next = [Some(next), recheck, token_wake]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next);
+    Ok(Action::requeue(next))
 }
 
 /// The identity's task pods, summarised for its status.
@@ -199,7 +247,14 @@ async fn apply_children(
     identity: &WindowsTaskIdentity,
     children: &IdentityChildren,
     ctx: &Context,
-) -> Result<(Vec<ConditionState>, WindowsTaskIdentityStatus), Error> {
+) -> Result<
+    (
+        Vec<ConditionState>,
+        WindowsTaskIdentityStatus,
+        Option<std::time::Duration>,
+    ),
+    Error,
+> {
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let client = ctx.client.clone();
@@ -221,6 +276,8 @@ async fn apply_children(
         }
     }
     let shares = observe_shares(identity, ctx).await?;
+    // After the service account: a workload-identity token is requested in its name.
+    let token = crate::token::reconcile(identity, &ctx.client, &ctx.tokens, &ctx.metrics).await?;
     let service_account_name = identity.spec.service_account.name.clone();
     let wanted = identity_conditions(&Observed {
         credential_spec: &credential_spec,
@@ -230,7 +287,7 @@ async fn apply_children(
         service_account,
         pod_templates: &pod_templates,
         shares: &shares,
-        token_requested: identity.spec.token.is_some(),
+        token: token.condition,
     });
     let summary = WindowsTaskIdentityStatus {
         credential_spec_name: Some(credential_spec.name.clone()),
@@ -240,9 +297,10 @@ async fn apply_children(
             windows_key: WINDOWS_TEMPLATE_KEY.to_owned(),
             executor_key: EXECUTOR_TEMPLATE_KEY.to_owned(),
         }),
+        token: token.status,
         ..WindowsTaskIdentityStatus::default()
     };
-    Ok((wanted, summary))
+    Ok((wanted, summary, token.wake))
 }
 
 /// The state of every share the identity mounts, from the shares' own `Ready` conditions.
@@ -300,7 +358,7 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let credential_spec = build::credential_spec_for(identity);
-    if delete_cluster_child(&Api::all(ctx.client.clone()), &credential_spec, &ctx.metrics).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &credential_spec, &ctx.metrics).await? {
         let spec_name = credential_spec.metadata.name.unwrap_or_default();
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
@@ -346,7 +404,6 @@ async fn update_status(
     // TasksHealthy is reported beside the configuration conditions, never inside Ready.
     wanted.push(tasks.healthy);
     next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
-    next.token = previous.token.clone();
     next.pods = Some(tasks.status);
     if next == previous {
         return Ok(());

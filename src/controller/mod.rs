@@ -29,6 +29,8 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// Name written as the reporting controller of Events.
     pub instance: String,
+    /// OIDC provider access and token refresh retries.
+    pub token: crate::token::TokenConfig,
 }
 
 impl Default for ControllerConfig {
@@ -39,6 +41,7 @@ impl Default for ControllerConfig {
             retry_period: Duration::from_secs(30),
             concurrency: 4,
             instance: "winflow".to_owned(),
+            token: crate::token::TokenConfig::default(),
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Context {
     /// Task pods (label `winflow.io/identity`), as the identity controller's watch keeps them;
     /// set when that controller starts.
     pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
+    /// The OIDC client and each identity's token refresh failures.
+    pub tokens: crate::token::Tokens,
 }
 
 impl Context {
@@ -61,6 +66,7 @@ impl Context {
             controller: "winflow".to_owned(),
             instance: Some(config.instance.clone()),
         };
+        let tokens = crate::token::Tokens::new(config.token.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -68,6 +74,7 @@ impl Context {
             config,
             backoff: backoff::Backoff::default(),
             task_pods: std::sync::OnceLock::new(),
+            tokens,
         }
     }
 }

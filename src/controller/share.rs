@@ -13,7 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, ChildState, delete_cluster_child, ensure_child};
+use super::apply::{ChildReport, ChildState, delete_managed_child, ensure_child};
 use super::{Context, Error, finalizer, report, scoped};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::share::{WindowsShare, WindowsShareStatus};
@@ -319,7 +319,7 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
     let volume = build::persistent_volume_for(share);
-    if delete_cluster_child(&Api::all(ctx.client.clone()), &volume, &ctx.metrics).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &volume, &ctx.metrics).await? {
         let volume_name = volume.metadata.name.unwrap_or_default();
         info!(
             share = %format!("{namespace}/{name}"),

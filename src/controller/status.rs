@@ -23,7 +23,8 @@ pub struct Observed<'a> {
     pub service_account: ServiceAccountState,
     pub pod_templates: &'a ChildReport,
     pub shares: &'a [(String, ShareState)],
-    pub token_requested: bool,
+    /// `TokenReady`, as the token reconcile reported it.
+    pub token: ConditionState,
 }
 
 /// A share an identity names, as found.
@@ -97,13 +98,7 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
         ),
     );
     let shares = shares_condition(observed.shares);
-    let token = not_yet_supported(
-        TOKEN_READY,
-        observed.token_requested,
-        "spec.token",
-        "issuing OIDC tokens",
-    );
-    let mut conditions = vec![credential_spec, access, templates, shares, token];
+    let mut conditions = vec![credential_spec, access, templates, shares, observed.token.clone()];
     conditions.push(ready_summary(&conditions));
     conditions
 }
@@ -139,23 +134,6 @@ fn access_message(observed: &Observed<'_>, note: &str) -> String {
         "service account {}{note} may use GMSACredentialSpec {} through Role and RoleBinding {}",
         observed.service_account_name, observed.credential_spec.name, observed.role.name
     )
-}
-
-/// Tokens are reconciled by their own controller; until this build has it, an identity that
-/// asks for one is not Ready rather than silently running without it.
-fn not_yet_supported(type_: &'static str, requested: bool, field: &str, what: &str) -> ConditionState {
-    if requested {
-        ConditionState::new(
-            type_,
-            false,
-            REASON_NOT_SUPPORTED,
-            format!(
-                "{field} is set, but this winflow version does not support {what} yet; remove {field} or upgrade winflow"
-            ),
-        )
-    } else {
-        ConditionState::new(type_, true, REASON_NOT_REQUESTED, format!("{field} is not set"))
-    }
 }
 
 /// `Ready` is true when every configuration condition is; otherwise it carries the first
@@ -210,7 +188,7 @@ mod tests {
             service_account: sa,
             pod_templates: cm,
             shares: &[],
-            token_requested: false,
+            token: ConditionState::new(TOKEN_READY, true, REASON_NOT_REQUESTED, "spec.token is not set"),
         }
     }
 

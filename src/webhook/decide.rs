@@ -7,16 +7,18 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobSetBuilder};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodOS, PodSecurityContext, PodSpec, SecurityContext, WindowsSecurityContextOptions,
+    Container, EnvVar, Pod, PodOS, PodSecurityContext, PodSpec, SecurityContext, Volume, VolumeMount,
+    WindowsSecurityContextOptions,
 };
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use sha2::{Digest, Sha256};
 
+use super::token_check::check_token;
 use crate::api::WindowsTaskIdentity;
 use crate::api::conditions;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
-use crate::build::{credential_spec_document, share_volumes};
+use crate::build::{Os, credential_spec_document, share_volumes, token_wiring};
 use crate::names::{self, IDENTITY_LABEL, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK};
 
 /// Read-only access to the identities, as the webhook's cache holds them.
@@ -148,11 +150,22 @@ fn finish(
     }
 }
 
-/// The identity a labelled pod names, if it exists and is Ready.
-fn ready_identity(view: &dyn IdentityLookup, namespace: &str, name: &str) -> Checked<Arc<WindowsTaskIdentity>> {
+/// The identity a labelled pod names, if it exists and is Ready. A new pod (`creating`) of an
+/// identity with a token is also checked for a token that lasts long enough; this comes
+/// first, so that an expired token is named as such rather than as "not Ready".
+fn ready_identity(
+    view: &dyn IdentityLookup,
+    namespace: &str,
+    name: &str,
+    creating: Option<&Pod>,
+) -> Checked<Arc<WindowsTaskIdentity>> {
     let identity = view.identity(namespace, name).ok_or_else(|| {
         Denial("UnknownIdentity", format!("identity \"{name}\" does not exist in namespace \"{namespace}\" (label {IDENTITY_LABEL} must name a WindowsTaskIdentity there)"))
     })?;
+    if let Some(pod) = creating {
+        check_token(&identity, pod.metadata.annotations.as_ref(), jiff::Timestamp::now())
+            .map_err(|(reason, message)| Denial(reason, message))?;
+    }
     let conditions = identity
         .status
         .as_ref()
@@ -181,7 +194,7 @@ pub fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn IdentityLook
         Err(message) => return invalid(request, message),
     };
     let outcome = match (&subject.identity_name, &request.operation) {
-        (Some(name), Operation::Create) => ready_identity(view, &subject.namespace, name)
+        (Some(name), Operation::Create) => ready_identity(view, &subject.namespace, name, Some(&subject.pod))
             .and_then(|identity| mutated(&subject.pod, &identity, &request.uid))
             .map(Some),
         _ => Ok(None),
@@ -194,13 +207,25 @@ fn mutated(pod: &Pod, identity: &WindowsTaskIdentity, request_uid: &str) -> Chec
     let spec = changed.spec.get_or_insert_with(PodSpec::default);
     let who = identity_label(identity);
     set_service_account(spec, identity, &who)?;
-    match role(pod) {
-        ROLE_WINDOWS_TASK => inject_windows(spec, identity, &who, request_uid)?,
-        ROLE_EXECUTOR => {}
+    let os = match role(pod) {
+        ROLE_WINDOWS_TASK => {
+            inject_windows(spec, identity, &who, request_uid)?;
+            Os::Windows
+        }
+        ROLE_EXECUTOR => Os::Linux,
         other => return Err(unknown_role(&who, other)),
+    };
+    let token = token_wiring(identity, os);
+    if let Some(token) = &token {
+        add_volume(spec, token.volume.clone(), &who, "the token Secret")?;
     }
     if let Some(base) = spec.containers.first_mut() {
-        inject_env(base, identity, &who)?;
+        let mut wanted = identity_env(identity);
+        if let Some(token) = token {
+            wanted.extend(token.env);
+            add_mounts(base, vec![token.mount]);
+        }
+        inject_env(base, wanted, &who)?;
     }
     let before = serde_json::to_value(pod).expect("pods serialize");
     let after = serde_json::to_value(&changed).expect("pods serialize");
@@ -360,63 +385,89 @@ fn inject_windows(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: &str,
     }
 
     let (volumes, mounts) = share_volumes(&identity.spec.shares);
-    let pod_volumes = spec.volumes.get_or_insert_with(Vec::new);
     for volume in volumes {
-        match pod_volumes.iter().find(|v| v.name == volume.name) {
-            Some(existing) if *existing != volume => {
-                return Err(Denial(
-                    "FieldConflict",
-                    format!(
-                        "pod has a volume named {:?} that differs from identity {who}'s share of that name; rename the pod's volume",
-                        volume.name
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => pod_volumes.push(volume),
-        }
-    }
-    if pod_volumes.is_empty() {
-        spec.volumes = None;
+        add_volume(spec, volume, who, "the share of that name")?;
     }
     if let Some(base) = spec.containers.first_mut() {
-        let container_mounts = base.volume_mounts.get_or_insert_with(Vec::new);
-        for mount in mounts {
-            if !container_mounts.iter().any(|m| m.name == mount.name) {
-                container_mounts.push(mount);
-            }
-        }
-        if container_mounts.is_empty() {
-            base.volume_mounts = None;
-        }
+        add_mounts(base, mounts);
     }
     Ok(())
 }
 
-fn inject_env(container: &mut Container, identity: &WindowsTaskIdentity, who: &str) -> Checked<()> {
-    let wanted = [
+/// Adds a volume the identity needs; a different pod volume of the same name is a conflict.
+fn add_volume(spec: &mut PodSpec, volume: Volume, who: &str, what: &str) -> Checked<()> {
+    let pod_volumes = spec.volumes.get_or_insert_with(Vec::new);
+    match pod_volumes.iter().find(|v| v.name == volume.name) {
+        Some(existing) if *existing != volume => Err(Denial(
+            "FieldConflict",
+            format!(
+                "pod has a volume named {:?} that differs from identity {who}'s volume for {what}; rename the pod's volume",
+                volume.name
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            pod_volumes.push(volume);
+            Ok(())
+        }
+    }
+}
+
+/// Mounts the identity's volumes in the task container, keeping mounts the pod already has.
+fn add_mounts(container: &mut Container, mounts: Vec<VolumeMount>) {
+    let container_mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+    for mount in mounts {
+        if !container_mounts.iter().any(|m| m.name == mount.name) {
+            container_mounts.push(mount);
+        }
+    }
+    if container_mounts.is_empty() {
+        container.volume_mounts = None;
+    }
+}
+
+fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
+    [
         ("WINFLOW_IDENTITY", identity.metadata.name.clone().unwrap_or_default()),
         ("WINFLOW_GMSA_ACCOUNT", identity.spec.gmsa.account.clone()),
         ("WINFLOW_DOMAIN", identity.spec.domain.dns_name.clone()),
-    ];
+    ]
+    .into_iter()
+    .map(|(name, value)| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    })
+    .collect()
+}
+
+/// How an env var gets its value, for conflict messages.
+fn env_source(var: &EnvVar) -> String {
+    match (
+        &var.value,
+        var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()),
+    ) {
+        (_, Some(key)) => format!("Secret {} key {}", key.name, key.key),
+        (Some(value), None) => value.clone(),
+        (None, None) if var.value_from.is_some() => "another source".to_owned(),
+        (None, None) => String::new(),
+    }
+}
+
+fn inject_env(container: &mut Container, wanted: Vec<EnvVar>, who: &str) -> Checked<()> {
     let env = container.env.get_or_insert_with(Vec::new);
-    for (name, value) in wanted {
-        match env.iter().find(|e| e.name == name) {
-            Some(existing) if existing.value.as_deref() != Some(value.as_str()) => {
-                let found = existing.value.clone().unwrap_or_default();
+    for var in wanted {
+        match env.iter().find(|e| e.name == var.name) {
+            Some(existing) if *existing != var => {
                 return Err(conflict(
                     who,
-                    &format!("env {name} of container {:?}", container.name),
-                    &found,
-                    &value,
+                    &format!("env {} of container {:?}", var.name, container.name),
+                    &env_source(existing),
+                    &env_source(&var),
                 ));
             }
             Some(_) => {}
-            None => env.push(EnvVar {
-                name: name.to_owned(),
-                value: Some(value),
-                value_from: None,
-            }),
+            None => env.push(var),
         }
     }
     Ok(())
@@ -449,7 +500,7 @@ fn validate_labelled(subject: &Subject, name: &str, old: Option<&Pod>, view: &dy
     if let Some(old) = old {
         check_unchanged_identity(old, pod, name)?;
     }
-    let identity = ready_identity(view, &subject.namespace, name)?;
+    let identity = ready_identity(view, &subject.namespace, name, old.is_none().then_some(pod))?;
     let who = identity_label(&identity);
     let airflow = &identity.spec.airflow;
     check_airflow_id(pod, "dag_id", "dag", &airflow.dag_ids, &who)?;
@@ -983,5 +1034,91 @@ mod tests {
         assert!(looks_shortened("manual__2026-11-28T0000000000-1d0036463"));
         assert!(!looks_shortened("finance_daily"));
         assert!(!looks_shortened("-1d0036463"));
+    }
+
+    /// The domain-joined identity with a token that expires `expires_in` seconds from now.
+    fn view_with_token(expires_in: i64) -> View {
+        let mut identity = ready(fixtures::domain_joined(), true);
+        identity.spec.token = Some(fixtures::token_settings());
+        let now = jiff::Timestamp::now();
+        identity.status.as_mut().unwrap().token = Some(crate::api::identity::TokenStatus {
+            secret_name: Some("finance-reports-token".into()),
+            expires_at: Some(
+                now.checked_add(jiff::SignedDuration::from_secs(expires_in))
+                    .unwrap()
+                    .to_string(),
+            ),
+            renewal_time: Some(
+                now.checked_add(jiff::SignedDuration::from_secs(90))
+                    .unwrap()
+                    .to_string(),
+            ),
+            ..Default::default()
+        });
+        let key = ("airflow".to_owned(), "finance-reports".to_owned());
+        View(HashMap::from([(key, Arc::new(identity))]))
+    }
+
+    #[test]
+    fn pods_of_an_identity_with_a_token_get_it_as_env_and_file_and_stay_idempotent() {
+        let view = view_with_token(3600);
+        let first = mutate(&request("CREATE", pod(), None), &view);
+        assert!(first.response.allowed, "{}", first.response.result.message);
+        let mutated = apply(&pod(), &first);
+        let base = &mutated["spec"]["containers"][0];
+        let token = base["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "WINFLOW_ACCESS_TOKEN")
+            .unwrap();
+        assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "finance-reports-token");
+        assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], "access_token");
+        let volumes = mutated["spec"]["volumes"].as_array().unwrap();
+        let volume = volumes.iter().find(|v| v["name"] == "winflow-token").unwrap();
+        assert_eq!(volume["secret"]["secretName"], "finance-reports-token");
+        let mounts = base["volumeMounts"].as_array().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == "C:\\var\\run\\secrets\\winflow.io\\token")
+        );
+        let second = mutate(&request("CREATE", mutated.clone(), None), &view);
+        assert_eq!(apply(&mutated, &second), mutated, "a second pass changes nothing");
+        assert!(validate(&request("CREATE", mutated, None), &view).response.allowed);
+
+        // A pod that maps the variable to something else is denied, not rewritten.
+        let mut own = pod();
+        own["spec"]["containers"][0]["env"] = json!([{"name": "WINFLOW_ACCESS_TOKEN", "value": "mine"}]);
+        let decision = mutate(&request("CREATE", own, None), &view);
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "FieldConflict");
+        assert!(
+            message.contains("Secret finance-reports-token key access_token"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn pods_are_denied_when_the_token_would_not_last_and_updates_are_not_checked() {
+        let expiring = view_with_token(120);
+        let decision = mutate(&request("CREATE", pod(), None), &expiring);
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "TokenExpiring");
+        assert!(message.contains("a fresh token is due at"), "{message}");
+        let mut patient = pod();
+        patient["metadata"]["annotations"] = json!({"winflow.io/min-token-validity": "1m"});
+        let (reason, _) = denial(&mutate(&request("CREATE", patient, None), &expiring));
+        assert_eq!(reason, "TokenExpiring", "the identity's 5m floor still applies");
+
+        let expired = view_with_token(-1);
+        let decision = validate(&request("CREATE", pod(), None), &expired);
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "TokenExpired");
+        assert!(message.contains("retry the task then"), "{message}");
+        // A running pod's update is not refused because the token has since expired.
+        let running = apply(&pod(), &mutate(&request("CREATE", pod(), None), &view_with_token(3600)));
+        let update = validate(&request("UPDATE", running.clone(), Some(running)), &expired);
+        assert!(update.response.allowed, "{}", update.response.result.message);
     }
 }

@@ -7,6 +7,7 @@ pub mod handler;
 pub mod registration;
 pub mod server;
 pub mod tls;
+mod token_check;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -18,6 +18,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use winflow::controller::{Context, ControllerConfig};
 use winflow::metrics::Metrics;
+use winflow::token::TokenConfig;
 
 pub mod webhook;
 
@@ -174,12 +175,18 @@ impl TestEnv {
 
     /// Starts an operator for this namespace that talks to the API server through `client`.
     pub fn start_operator_as(&self, client: Client, resync: Duration) -> Operator {
+        self.start_operator_with(client, resync, test_token_config())
+    }
+
+    /// Starts an operator for this namespace with the given token settings.
+    pub fn start_operator_with(&self, client: Client, resync: Duration, token: TokenConfig) -> Operator {
         let config = ControllerConfig {
             namespace: Some(self.namespace.clone()),
             resync_period: resync,
             retry_period: Duration::from_secs(2),
             concurrency: 4,
             instance: format!("test-{}", self.namespace),
+            token,
         };
         let metrics = Metrics::default();
         let ctx = Arc::new(Context::new(client, metrics.clone(), config));
@@ -194,6 +201,21 @@ impl TestEnv {
             stop: Some(stop),
             task,
         }
+    }
+}
+
+/// Token settings for tests: the OIDC provider runs on loopback over plain http, and failed
+/// refreshes are retried after 1 s, doubling up to 8 s, so backoff shows within seconds.
+pub fn test_token_config() -> TokenConfig {
+    TokenConfig {
+        oidc: winflow::token::OidcSettings {
+            allow_insecure_loopback: true,
+            ..Default::default()
+        },
+        retry: winflow::token::RetryPolicy {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        },
     }
 }
 
