@@ -19,6 +19,7 @@ if [ -f hack/airflow-venv.sh ]; then
   airflow_python=$(bash hack/airflow-venv.sh)
   export WINFLOW_AIRFLOW_PYTHON=$airflow_python
 fi
+step "oidc-provider node modules"; WINFLOW_OIDC_NODE_MODULES=$(bash hack/oidc-provider.sh); export WINFLOW_OIDC_NODE_MODULES
 
 step "cargo fmt --check"
 cargo fmt --check

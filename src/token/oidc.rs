@@ -114,7 +114,11 @@ impl Oidc {
         })?;
         Ok(Granted {
             access_token: response.access_token().clone(),
-            token_type: response.token_type().as_ref().to_owned(),
+            // RFC 6750 spells it `Bearer`; the token type is case-insensitive.
+            token_type: match response.token_type().as_ref() {
+                bearer if bearer.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
+                other => other.to_owned(),
+            },
             lifetime,
         })
     }
@@ -189,8 +193,18 @@ type HttpError = openidconnect::HttpClientError<reqwest::Error>;
 
 fn discovery_failure(issuer: &str, error: &openidconnect::DiscoveryError<HttpError>) -> Failure {
     use openidconnect::DiscoveryError as D;
+    if let D::Request(e) = error {
+        // Unreachable is not a discovery problem: nothing to fix in the settings.
+        return Failure::new(
+            super::REASON_PROVIDER_UNAVAILABLE,
+            format!(
+                "issuer {issuer:?} did not answer its discovery request: {}",
+                root_cause(e)
+            ),
+        );
+    }
     let detail = match error {
-        D::Request(e) => format!("the provider did not answer: {}", root_cause(e)),
+        D::Request(_) => unreachable!("handled above"),
         D::Response(status, _, _) => format!("the discovery document answered HTTP {status}"),
         D::Parse(e) => format!("the discovery document is not valid: {}", e.path()),
         D::Validation(why) => why.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::schedule::{Failures, Held};
-use super::secret::rfc3339;
+use super::secret::{rfc3339, rfc3339_up};
 use crate::api::conditions::{ConditionState, REASON_CONFLICT, REASON_NOT_REQUESTED, TOKEN_READY};
 use crate::api::identity::TokenStatus;
 
@@ -75,7 +75,7 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
     let valid = facts.held.filter(|h| h.is_valid_at(facts.now));
     let next_attempt = facts.retry.or(facts.renewal);
     let next = next_attempt
-        .map(rfc3339)
+        .map(rfc3339_up)
         .unwrap_or_else(|| "the next reconcile".to_owned());
     let condition = match (valid, facts.failures) {
         (Some(held), Some(failures)) => ConditionState::new(
@@ -153,7 +153,7 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
     let status = TokenStatus {
         secret_name: Some(facts.secret_name.to_owned()),
         expires_at: facts.held.map(|h| rfc3339(h.expires_at)),
-        renewal_time: next_attempt.map(rfc3339),
+        renewal_time: next_attempt.map(rfc3339_up),
         last_refresh_time: facts.held.map(|h| rfc3339(h.issued_at)),
         failed_attempts: facts.failures.map_or(0, |f| f.count.try_into().unwrap_or(i32::MAX)),
         last_failure_reason: facts.failures.map(|f| f.reason.clone()),

@@ -27,9 +27,15 @@ pub fn secret_name(settings: &TokenSettings, identity: &str) -> String {
     crate::names::token_secret_name(settings.secret_name.as_deref(), identity)
 }
 
-/// RFC 3339 in whole seconds, as stored and shown.
+/// RFC 3339 in whole seconds, rounded down: an expiry is never shown later than it is.
 pub fn rfc3339(at: Timestamp) -> String {
     Timestamp::from_second(at.as_second()).unwrap_or(at).to_string()
+}
+
+/// RFC 3339 in whole seconds, rounded up: a due time is never shown before it is.
+pub fn rfc3339_up(at: Timestamp) -> String {
+    let second = at.as_second() + i64::from(at.subsec_nanosecond() > 0);
+    Timestamp::from_second(second).unwrap_or(at).to_string()
 }
 
 /// Digest of the token settings and the version of the credentials they point at: a changed
@@ -146,6 +152,11 @@ mod tests {
         assert_eq!(held.inputs, "abc");
         assert_eq!(held.expires_at.as_second(), expires_at.as_second());
         assert_eq!(token_type(&secret), "Bearer");
+        assert_eq!(rfc3339_up(issued_at), "2026-11-29T10:00:01Z");
+        assert_eq!(
+            rfc3339_up(expires_at.round(jiff::Unit::Second).unwrap()),
+            "2026-11-29T11:00:01Z"
+        );
 
         let blanked = token_secret(
             &identity,

@@ -20,6 +20,7 @@ use winflow::controller::{Context, ControllerConfig};
 use winflow::metrics::Metrics;
 use winflow::token::TokenConfig;
 
+pub mod oidc;
 pub mod webhook;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");

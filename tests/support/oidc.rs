@@ -1,0 +1,339 @@
+//! A real OpenID Connect provider for tests: the npm package `oidc-provider` run by node
+//! (`tests/oidc/provider.mjs`) on loopback, plain HTTP, with client-credentials clients and
+//! Entra-style federated credentials (a JWT such as a service-account token instead of a
+//! secret). Its node modules come from `hack/oidc-provider.sh` (cached outside the checkout).
+//!
+//! Self-contained (no `super::` items), so a test can also include it on its own with
+//! `#[path = "support/oidc.rs"] mod oidc;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// Lifetime of client-credentials access tokens (`expires_in`).
+    pub access_token_ttl_seconds: u64,
+    pub clients: Vec<ClientConfig>,
+    pub federated: Vec<FederatedCredential>,
+    /// Defaults to `http://127.0.0.1:<port>`. Another value (e.g. to test an issuer mismatch)
+    /// is announced in discovery while the endpoints stay on 127.0.0.1; a path in it
+    /// (`http://127.0.0.1:<port>/tenant/v2.0`, Entra's shape) moves the endpoints under it.
+    pub issuer: Option<String>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_seconds: 30,
+            clients: Vec::new(),
+            federated: Vec::new(),
+            issuer: None,
+        }
+    }
+}
+
+/// A client that authenticates with a secret (client_secret_basic or client_secret_post).
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Space-separated scopes it may request; empty allows any.
+    pub scope: String,
+}
+
+/// Entra ID's federated identity credential: requests with a `client_assertion` JWT from
+/// `issuer` for `subject` and `audience`, signed by a key of `jwks`, authenticate as
+/// `client_id`.
+#[derive(Clone, Debug)]
+pub struct FederatedCredential {
+    pub client_id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    pub jwks: Value,
+}
+
+/// One request to the token endpoint, as the provider recorded it (never secrets or tokens).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequestRecord {
+    /// Arrival, Unix milliseconds.
+    pub time: u64,
+    pub client_id: Option<String>,
+    pub grant_type: Option<String>,
+    /// `client_secret_basic`, `client_secret_post`, `federated` or `none`.
+    pub auth_method: String,
+    pub scope: Option<String>,
+    pub status: u16,
+    /// The verified claims of a federated assertion (iss, sub, aud, iat, exp, nbf, jti).
+    pub assertion: Option<Value>,
+    /// Why the request failed, e.g. `invalid_client: invalid secret provided`.
+    pub error: Option<String>,
+}
+
+/// The running provider; the node process is killed when this is dropped.
+pub struct OidcProvider {
+    config: ProviderConfig,
+    port: u16,
+    issuer: String,
+    child: Option<Child>,
+    // config.json, requests.jsonl (the records, kept across restarts) and provider.log (stderr).
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl OidcProvider {
+    /// Starts the provider on a free port and waits until it serves.
+    pub async fn start(config: ProviderConfig) -> OidcProvider {
+        let dir = tempfile::tempdir().unwrap();
+        // With the default issuer the provider picks the port and the issuer tells it; a
+        // custom issuer may not contain it, so then a free port is chosen here.
+        let port = match config.issuer {
+            None => 0,
+            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+        };
+        let mut provider = OidcProvider {
+            config,
+            port,
+            issuer: String::new(),
+            child: None,
+            dir,
+            http: reqwest::Client::new(),
+        };
+        provider.spawn().await;
+        provider
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where the endpoints are served (`http://127.0.0.1:<port>`), whatever the issuer says.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Simulates an outage: SIGKILL, and wait until the process is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tokio::task::spawn_blocking(move || {
+                let _ = child.kill();
+                let _ = child.wait();
+            })
+            .await
+            .unwrap();
+        }
+    }
+
+    /// Starts it again after `stop()`: same config, port and issuer. Tokens issued before are
+    /// forgotten (oidc-provider keeps them in memory), the request records are not.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again() needs stop() first");
+        self.spawn().await;
+    }
+
+    /// RFC 7662 introspection of `token`, authenticated as a secret client.
+    pub async fn introspect(&self, client_id: &str, client_secret: &str, token: &str) -> Value {
+        let response = self
+            .http
+            .post(self.endpoint("/token/introspection"))
+            .basic_auth(client_id, Some(client_secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection request");
+        let status = response.status();
+        let body: Value = response.json().await.expect("introspection answers JSON");
+        assert!(status.is_success(), "introspection failed: {status} {body}");
+        body
+    }
+
+    /// Every token-endpoint request so far, across restarts; works while stopped. A request's
+    /// record is written before its response is sent.
+    pub async fn token_requests(&self) -> Vec<TokenRequestRecord> {
+        let text = std::fs::read_to_string(self.state_file()).unwrap_or_default();
+        // Only complete lines: the last one may be still being written.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("record {line:?}: {e}")))
+            .collect()
+    }
+
+    /// What the provider wrote on stderr so far (warnings, error details).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default()
+    }
+
+    /// The URL of `path` as served for the issuer (endpoints move under an issuer's path).
+    fn endpoint(&self, path: &str) -> String {
+        let issuer_path = self.issuer.split_once("://").map_or("", |(_, rest)| {
+            rest.find('/').map_or("", |i| rest[i..].trim_end_matches('/'))
+        });
+        format!("{}{issuer_path}{path}", self.url())
+    }
+
+    /// The records as JSON lines (appended by every process started for this provider).
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("requests.jsonl")
+    }
+
+    async fn spawn(&mut self) {
+        let node_modules = tokio::task::spawn_blocking(node_modules).await.unwrap();
+        let config_file = self.dir.path().join("config.json");
+        let c = &self.config;
+        let config = json!({
+            "port": self.port,
+            // After the first start, the issuer that was announced, so a restart keeps it.
+            "issuer": if self.issuer.is_empty() { c.issuer.clone() } else { Some(self.issuer.clone()) },
+            "accessTokenTtlSeconds": c.access_token_ttl_seconds,
+            "clients": c.clients.iter().map(|c| json!({
+                "clientId": c.client_id, "clientSecret": c.client_secret, "scope": c.scope,
+            })).collect::<Vec<_>>(),
+            "federated": c.federated.iter().map(|f| json!({
+                "clientId": f.client_id, "issuer": f.issuer, "subject": f.subject,
+                "audience": f.audience, "jwks": f.jwks,
+            })).collect::<Vec<_>>(),
+            "state": self.state_file(),
+        });
+        std::fs::write(&config_file, config.to_string()).unwrap();
+
+        // stderr goes to a file: an unread pipe could fill up and stall node.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("provider.log"))
+            .unwrap();
+        let mut child = Command::new("node")
+            .arg(Path::new(REPO).join("tests/oidc/provider.mjs"))
+            .arg("--config")
+            .arg(&config_file)
+            // Exits when this process does, even without Drop (the pipe closes with it).
+            .arg("--exit-with-stdin")
+            .env("WINFLOW_OIDC_NODE_MODULES", &node_modules)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("node starts (is Node.js installed? see hack/oidc-provider.sh)");
+
+        // A plain thread reads stdout (blocking) until `ready <issuer>`, then drains it.
+        let stdout = child.stdout.take().unwrap();
+        let (ready, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(issuer) = line.strip_prefix("ready ")
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send(issuer.to_owned());
+                }
+            }
+        });
+        self.child = Some(child);
+
+        let issuer = match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+            Ok(Ok(issuer)) => issuer,
+            outcome => {
+                self.stop().await;
+                let why = if outcome.is_err() { "timed out" } else { "exited" };
+                panic!("oidc provider {why} before it was ready; its stderr:\n{}", self.log());
+            }
+        };
+        if self.issuer.is_empty() {
+            if self.port == 0 {
+                self.port = issuer
+                    .strip_prefix("http://127.0.0.1:")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("port in issuer {issuer:?}"));
+            }
+            self.issuer = issuer;
+        } else {
+            assert_eq!(issuer, self.issuer, "issuer after restart");
+        }
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The provider's node_modules: `$WINFLOW_OIDC_NODE_MODULES` (set by hack/test.sh), else what
+/// `hack/oidc-provider.sh` installs (once per test binary; the script locks against others).
+fn node_modules() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("WINFLOW_OIDC_NODE_MODULES").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let output = Command::new("bash")
+            .arg(Path::new(REPO).join("hack/oidc-provider.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs hack/oidc-provider.sh");
+        assert!(
+            output.status.success(),
+            "hack/oidc-provider.sh failed (see its output above)"
+        );
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// JWTs standing in for service-account tokens, signed by a fresh RSA key.
+pub struct SignedAssertions {
+    /// The public key, for `FederatedCredential::jwks`.
+    pub jwks: Value,
+    /// One RS256 JWT per claim set, in order.
+    pub assertions: Vec<String>,
+}
+
+/// Signs each claim set (`iat` defaults to now, `exp` to an hour later) with one new key,
+/// using `tests/oidc/sign-assertion.mjs`.
+pub async fn sign_assertions(claim_sets: &[Value]) -> SignedAssertions {
+    let claims = Value::from(claim_sets.to_vec()).to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(Path::new(REPO).join("tests/oidc/sign-assertion.mjs"))
+            .arg(claims)
+            .env("WINFLOW_OIDC_NODE_MODULES", node_modules())
+            .output()
+            .expect("node runs sign-assertion.mjs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "sign-assertion.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut signed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    SignedAssertions {
+        jwks: signed["jwks"].take(),
+        assertions: serde_json::from_value(signed["assertions"].take()).unwrap(),
+    }
+}
