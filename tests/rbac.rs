@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Se
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
 use winflow::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity};
 
@@ -173,5 +174,102 @@ async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_sa
         support::condition(&identity, "PodTemplateReady").unwrap().status,
         "True"
     );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_issued_and_removed_under_the_operators_rbac() {
+    let env = TestEnv::new("rbac-token").await;
+    let (issuer, jwks) = support::service_account_issuer(&env.client).await;
+    let provider = OidcProvider::start(ProviderConfig {
+        access_token_ttl_seconds: 600,
+        clients: vec![ClientConfig {
+            client_id: "reports".to_owned(),
+            client_secret: "rbac-test-secret".to_owned(),
+            scope: String::new(),
+        }],
+        federated: vec![FederatedCredential {
+            client_id: "payroll".to_owned(),
+            issuer,
+            subject: format!("system:serviceaccount:{}:payroll-export", env.namespace),
+            audience: "api://AzureADTokenExchange".to_owned(),
+            jwks,
+        }],
+        ..Default::default()
+    })
+    .await;
+    let secret: Secret = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "reports-oidc"}, "stringData": {"key": "rbac-test-secret"}}),
+    )
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let operator_client = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+
+    // Workload identity needs serviceaccounts/token; both kinds need to write Secrets.
+    for (file, token) in [
+        (
+            "examples/identity-azure-key-vault.yaml",
+            serde_json::json!({"issuerUrl": provider.issuer(), "clientId": "payroll", "workloadIdentity": {}}),
+        ),
+        (
+            "examples/identity-domain-joined.yaml",
+            serde_json::json!({"issuerUrl": provider.issuer(), "clientId": "reports",
+                "clientSecretRef": {"name": "reports-oidc", "key": "key"}}),
+        ),
+    ] {
+        let text = std::fs::read_to_string(format!("{}/{file}", support::REPO)).unwrap();
+        let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&text).unwrap();
+        identity.spec.token = Some(serde_json::from_value(token).unwrap());
+        env.api::<WindowsTaskIdentity>()
+            .create(&PostParams::default(), &identity)
+            .await
+            .unwrap();
+    }
+    for name in ["payroll-export", "finance-reports"] {
+        let _: WindowsTaskIdentity =
+            support::wait_for_condition(&env, name, "TokenReady", "True", Some("TokenIssued")).await;
+        assert!(
+            env.api::<Secret>()
+                .get_opt(&format!("{name}-token"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    // Turning the token off removes winflow's Secret (and only that one).
+    env.api::<WindowsTaskIdentity>()
+        .patch(
+            "payroll-export",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"token": null}})),
+        )
+        .await
+        .unwrap();
+    let _: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "TokenReady", "True", Some("NotRequested")).await;
+    wait_until("the unused token Secret is deleted", TIMEOUT, || async {
+        env.api::<Secret>()
+            .get_opt("payroll-export-token")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(env.api::<Secret>().get_opt("reports-oidc").await.unwrap().is_some());
+    assert!(
+        env.api::<Secret>()
+            .get_opt("finance-reports-token")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let identity = env.api::<WindowsTaskIdentity>().get("payroll-export").await.unwrap();
+    assert!(identity.status.unwrap().token.is_none());
     operator.stop().await;
 }

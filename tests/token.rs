@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
@@ -406,6 +406,53 @@ async fn bad_settings_get_their_reason_and_other_identities_carry_on() {
         assert_eq!(ready_reason(&identity, "CredentialSpecReady").0, "True", "{name}");
     }
 
+    // A token spec change gets a new token at once (the current one is good for 10 minutes).
+    let successes =
+        |requests: Vec<support::oidc::TokenRequestRecord>| requests.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        successes(provider.token_requests().await),
+        1,
+        "only `good` has a token so far"
+    );
+    let patch = json!({"spec": {"token": {"minValidity": "3s"}}});
+    env.api::<WindowsTaskIdentity>()
+        .patch("good", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_until("a new token after the spec change", Duration::from_secs(30), || async {
+        (successes(provider.token_requests().await) == 2).then_some(())
+    })
+    .await;
+
+    // A fixed client secret is tried at once, not at the next backoff retry.
+    let due = wait_until("the fourth failure", Duration::from_secs(60), || async {
+        let identity = env.api::<WindowsTaskIdentity>().get("wrong").await.ok()?;
+        let status = token_status(&identity);
+        (status.failed_attempts >= 4).then(|| status.renewal_time.unwrap().parse::<Timestamp>().unwrap())
+    })
+    .await;
+    let fixed: Secret = serde_json::from_value(json!({"stringData": {"client-secret": CLIENT_SECRET}})).unwrap();
+    env.api::<Secret>()
+        .patch("wrong-oidc", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
+    let _: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "wrong", "TokenReady", "True", Some("TokenIssued")).await;
+    let first_success = provider
+        .token_requests()
+        .await
+        .into_iter()
+        .find(|r| r.status == 200 && r.client_id.as_deref() == Some("wrong"))
+        .unwrap();
+    println!(
+        "fixed secret: token at {} ms, next retry was due at {due}",
+        first_success.time
+    );
+    assert!(
+        (first_success.time as i128) < due.as_millisecond() as i128,
+        "the new secret was used before the backoff retry was due"
+    );
+
     // Creating the missing Secret issues the token at once, without touching the identity.
     let generation = missing.metadata.generation;
     create_client_secret(&env, "later-oidc", CLIENT_SECRET).await;
@@ -413,16 +460,11 @@ async fn bad_settings_get_their_reason_and_other_identities_carry_on() {
         support::wait_for_condition(&env, "nosecret", "TokenReady", "True", Some("TokenIssued")).await;
     assert_eq!(fixed.metadata.generation, generation);
 
-    // The good identity was never disturbed: one token request for it, still valid.
-    let good_requests = provider
-        .token_requests()
-        .await
-        .iter()
-        .filter(|r| r.status == 200)
-        .count();
+    // No identity's token was requested more often than its changes asked for.
     assert_eq!(
-        good_requests, 2,
-        "one token each for `good` and, once fixed, `nosecret`"
+        successes(provider.token_requests().await),
+        4,
+        "`good` twice (spec change), `wrong` and `nosecret` once fixed"
     );
     operator.stop().await;
 }
@@ -430,17 +472,7 @@ async fn bad_settings_get_their_reason_and_other_identities_carry_on() {
 #[tokio::test]
 async fn workload_identity_sends_a_fresh_service_account_token_the_provider_trusts() {
     let env = TestEnv::new("token-wi").await;
-    // The API server's own service-account issuer and signing keys.
-    let discovery: Value = serde_json::from_str(
-        &env.client
-            .request_text(http_get("/.well-known/openid-configuration"))
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let jwks: Value =
-        serde_json::from_str(&env.client.request_text(http_get("/openid/v1/jwks")).await.unwrap()).unwrap();
-    let cluster_issuer = discovery["issuer"].as_str().unwrap().to_owned();
+    let (cluster_issuer, jwks) = support::service_account_issuer(&env.client).await;
     let audience = "api://AzureADTokenExchange";
     let trusted_subject = format!("system:serviceaccount:{}:federated", env.namespace);
     let provider = OidcProvider::start(ProviderConfig {
@@ -498,8 +530,4 @@ async fn workload_identity_sends_a_fresh_service_account_token_the_provider_trus
         "{rejected:?}"
     );
     operator.stop().await;
-}
-
-fn http_get(path: &str) -> http::Request<Vec<u8>> {
-    http::Request::get(path).body(Vec::new()).unwrap()
 }

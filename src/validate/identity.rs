@@ -259,6 +259,20 @@ fn check_token(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
             format!("{:?} is not a positive duration (for example 5m)", token.min_validity),
         );
     }
+    if let Some(name) = &token.secret_name {
+        if !is_dns_subdomain(name) {
+            c.fail(
+                "spec.token.secretName",
+                format!("{name:?} is not a valid Secret name (lowercase letters, digits, '-' and '.')"),
+            );
+        }
+        if token.client_secret_ref.as_ref().is_some_and(|r| &r.name == name) {
+            c.fail(
+                "spec.token.secretName",
+                format!("{name:?} is the client secret's Secret; winflow writes the token to a Secret of its own"),
+            );
+        }
+    }
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -395,5 +409,21 @@ mod tests {
         assert!(!is_domain_sid("S-1-5-21-1-2-99999999999"));
         assert!(is_guid("244818ae-87ca-4fcd-92ec-e79e5252348a"));
         assert!(!is_guid("244818ae87ca4fcd92ece79e5252348a"));
+    }
+
+    #[test]
+    fn token_secret_names_must_be_valid_and_not_the_client_secret() {
+        let mut spec = fixtures::key_vault_spec();
+        let mut token = fixtures::token_settings();
+        token.secret_name = Some("Payroll_Token".into());
+        spec.token = Some(token.clone());
+        assert_eq!(fields(&spec), ["spec.token.secretName"]);
+        token.secret_name = Some("payroll-oidc".into());
+        spec.token = Some(token.clone());
+        let message = crate::validate::describe(&violations(&spec));
+        assert!(message.contains("client secret's Secret"), "{message}");
+        token.secret_name = Some("payroll-access-token".into());
+        spec.token = Some(token);
+        assert_eq!(violations(&spec), []);
     }
 }

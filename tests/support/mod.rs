@@ -205,6 +205,20 @@ impl TestEnv {
     }
 }
 
+/// The API server's service-account token issuer and its signing keys (JWKS): what an OpenID
+/// provider is configured to trust for workload identity federation.
+pub async fn service_account_issuer(client: &Client) -> (String, serde_json::Value) {
+    let get = |path: &str| http::Request::get(path).body(Vec::new()).unwrap();
+    let discovery = client
+        .request_text(get("/.well-known/openid-configuration"))
+        .await
+        .unwrap();
+    let discovery: serde_json::Value = serde_json::from_str(&discovery).unwrap();
+    let jwks = client.request_text(get("/openid/v1/jwks")).await.unwrap();
+    let issuer = discovery["issuer"].as_str().unwrap().to_owned();
+    (issuer, serde_json::from_str(&jwks).unwrap())
+}
+
 /// Token settings for tests: the OIDC provider runs on loopback over plain http, and failed
 /// refreshes are retried after 1 s, doubling up to 8 s, so backoff shows within seconds.
 pub fn test_token_config() -> TokenConfig {
