@@ -43,6 +43,7 @@ cp_in=""
 operator_pid=""
 operator_log=""
 waiting_pid=""
+provider_pid=""
 
 # True while the process runs; a zombie (exited, not yet reaped) counts as dead.
 alive() {
@@ -59,6 +60,10 @@ cleanup() {
   if [ -n "$waiting_pid" ]; then
     kill "$waiting_pid" 2>/dev/null
     wait "$waiting_pid" 2>/dev/null
+  fi
+  if [ -n "$provider_pid" ]; then
+    kill "$provider_pid" 2>/dev/null
+    wait "$provider_pid" 2>/dev/null
   fi
   if [ -n "$operator_pid" ]; then
     # Its log helps when something failed (not after Ctrl-C or SIGTERM).
@@ -151,6 +156,33 @@ openssl x509 -req -in "$cert_dir/tls.csr" -CA "$cert_dir/ca.crt" -CAkey "$cert_d
 openssl pkcs8 -topk8 -nocrypt -in "$cert_dir/tls.key" -out "$cert_dir/tls.key.pk8" && mv "$cert_dir/tls.key.pk8" "$cert_dir/tls.key"
 echo "CA and serving certificate in $cert_dir"
 
+# A local OpenID provider (the npm package oidc-provider, as the tests use) stands in for
+# Entra ID or Okta, so the demo can show a token being issued. Plain http on loopback is
+# why winflow runs with --allow-insecure-loopback-issuers below; never use that flag with a
+# real provider.
+step "starting a local OpenID provider (oidc-provider, for this demo only)"
+node_modules=$(bash hack/oidc-provider.sh)
+client_secret=$(openssl rand -hex 24)
+provider_port=$(free_port)
+cat >"$state_dir/oidc-provider.json" <<JSON
+{"port": $provider_port, "accessTokenTtlSeconds": 3600,
+ "clients": [{"clientId": "payroll-export", "clientSecret": "$client_secret", "scope": "payroll.read"}]}
+JSON
+WINFLOW_OIDC_NODE_MODULES=$node_modules "${pdeathsig[@]}" node tests/oidc/provider.mjs \
+  --config "$state_dir/oidc-provider.json" </dev/null >"$state_dir/oidc-provider.out" 2>"$state_dir/oidc-provider.log" &
+provider_pid=$!
+deadline=$((SECONDS + 30))
+until grep -q '^ready ' "$state_dir/oidc-provider.out" 2>/dev/null; do
+  if ! alive "$provider_pid" || [ "$SECONDS" -ge "$deadline" ]; then
+    log "the OpenID provider did not start; its log:"
+    cat "$state_dir/oidc-provider.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+issuer=$(sed -n 's/^ready //p' "$state_dir/oidc-provider.out")
+echo "issuer $issuer"
+
 step "starting winflow run (log: $state_dir/winflow.log)"
 admin_port=$(free_port)
 webhook_port=$(free_port)
@@ -158,6 +190,7 @@ operator_log=$state_dir/winflow.log
 "${pdeathsig[@]}" target/debug/winflow run --admin-addr "127.0.0.1:$admin_port" --log-format text \
   --cert-dir "$cert_dir" --webhook-addr "127.0.0.1:$webhook_port" \
   --register-webhooks "https://127.0.0.1:$webhook_port" \
+  --allow-insecure-loopback-issuers \
   </dev/null >"$operator_log" 2>&1 &
 operator_pid=$!
 
@@ -247,6 +280,26 @@ if task_pod payroll-cleanup-upload payroll_cleanup | kubectl create -n airflow -
   exit 1
 fi
 cat "$state_dir/denied.txt"
+
+step "OIDC token: payroll-export gets spec.token (client secret in Secret payroll-oidc)"
+kubectl create secret generic payroll-oidc -n airflow --from-literal=client-secret="$client_secret"
+kubectl patch wti payroll-export -n airflow --type merge -p "{\"spec\": {\"token\": {
+  \"issuerUrl\": \"$issuer\", \"clientId\": \"payroll-export\", \"scopes\": [\"payroll.read\"],
+  \"clientSecretRef\": {\"name\": \"payroll-oidc\", \"key\": \"client-secret\"}}}}"
+while_operator_runs kubectl wait -n airflow --for=condition=TokenReady wti/payroll-export --timeout=60s
+kubectl get wti -n airflow
+echo
+kubectl get wti payroll-export -n airflow -o jsonpath='TokenReady: {.status.conditions[?(@.type=="TokenReady")].reason}: {.status.conditions[?(@.type=="TokenReady")].message}
+status.token: {.status.token}
+'
+# The Secret's keys and annotation, not its values.
+kubectl get secret payroll-export-token -n airflow \
+  -o go-template='Secret {{.metadata.name}} ({{.type}}): keys{{range $k, $v := .data}} {{$k}}{{end}}; winflow.io/expires-at {{index .metadata.annotations "winflow.io/expires-at"}}{{"\n"}}'
+
+step "admission webhook: a new pod of payroll-export gets the token as env and as a file"
+task_pod payroll-export-token-upload payroll_export | kubectl create -n airflow -f -
+kubectl get pod payroll-export-token-upload -n airflow \
+  -o jsonpath='{range .spec.containers[0].env[*]}{.name}{" "}{.valueFrom.secretKeyRef.name}{.value}{"\n"}{end}{range .spec.containers[0].volumeMounts[*]}mount {.name} at {.mountPath}{"\n"}{end}'
 
 if ! alive "$operator_pid"; then
   log "winflow is no longer running"

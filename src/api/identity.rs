@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
-    printcolumn(name = "Token-Expires", type_ = "date", json_path = ".status.token.expiresAt"),
+    // A "date" column would show a future time as <invalid> in kubectl; the time itself is clearer.
+    printcolumn(name = "Token-Expires", type_ = "string", json_path = ".status.token.expiresAt"),
     printcolumn(name = "Running", type_ = "integer", json_path = ".status.pods.running"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.pods.failed"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
