@@ -15,6 +15,7 @@ pub mod webhook;
 pub mod controller;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod text;

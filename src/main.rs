@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use winflow::admin::{self, Readiness};
 use winflow::controller::{self, Context, ControllerConfig};
+use winflow::leader::{self, LeaseSettings};
 use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
 use winflow::token::{OidcSettings, RetryPolicy, TokenConfig};
@@ -96,6 +97,19 @@ struct RunArgs {
     /// also fetched again after the provider could not be reached).
     #[arg(long, env = "WINFLOW_OIDC_REDISCOVER_AFTER", value_parser = duration, default_value = "1h")]
     oidc_rediscover_after: Duration,
+    /// Reconcile only while holding the leader Lease (for several replicas; every replica
+    /// serves the webhook).
+    #[arg(long, env = "WINFLOW_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "WINFLOW_LEASE_NAME", default_value = "winflow")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own; from the downward API in a pod).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a leader's lease lasts without renewal; a new leader takes over within it.
+    #[arg(long, env = "WINFLOW_LEASE_DURATION", value_parser = duration, default_value = "15s")]
+    lease_duration: Duration,
 }
 
 /// A positive duration such as `30s`, `5m` or `1h`.
@@ -190,7 +204,27 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
     let webhook_parts = usize::from(args.cert_dir.is_some());
-    let readiness = Readiness::expecting(controller::READINESS_PARTS + webhook_parts);
+    let election = match (args.leader_elect, &args.lease_namespace) {
+        (false, _) => None,
+        (true, Some(namespace)) => Some(LeaseSettings {
+            namespace: namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: args.instance.clone(),
+            duration: args.lease_duration,
+        }),
+        (true, None) => {
+            return Err("--leader-elect needs the Lease's namespace: set --lease-namespace or POD_NAMESPACE".into());
+        }
+    };
+    // With leader election, readiness means "serving": the webhook (on every replica) and
+    // having joined the election. Followers must be ready to take webhook traffic, so the
+    // leader's controller caches are not part of it (the winflow_leader metric tells).
+    let controller_parts = if election.is_some() {
+        1
+    } else {
+        controller::READINESS_PARTS
+    };
+    let readiness = Readiness::expecting(controller_parts + webhook_parts);
     let config = ControllerConfig {
         namespace: args.namespace.clone(),
         resync_period: Duration::from_secs(args.resync_seconds),
@@ -251,8 +285,26 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         readiness.clone(),
         stopped(),
     ));
-    let ctx = Arc::new(Context::new(client, metrics, config));
-    let controllers = tokio::spawn(controller::run_all(ctx, readiness, stopped()));
+    let controllers = match election {
+        None => {
+            let ctx = Arc::new(Context::new(client, metrics, config));
+            tokio::spawn(controller::run_all(ctx, readiness, stopped()))
+        }
+        Some(settings) => {
+            let lead = {
+                let (client, metrics) = (client.clone(), metrics.clone());
+                move |stop: tokio::sync::oneshot::Receiver<()>| {
+                    // A fresh context per term: nothing is carried over from a lost term.
+                    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), config.clone()));
+                    let caches = Readiness::expecting(controller::READINESS_PARTS);
+                    controller::run_all(ctx, caches, async move {
+                        let _ = stop.await;
+                    })
+                }
+            };
+            tokio::spawn(leader::run(client, settings, metrics, readiness, stopped(), lead))
+        }
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -62,6 +62,7 @@ pub struct Metrics {
     admission_duration: Family<WebhookLabels, Histogram>,
     token_refreshes: Family<RefreshLabels, Counter>,
     token_expiry: Family<IdentityLabels, Gauge>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,12 @@ impl Default for Metrics {
             "When each identity's current OIDC token expires (Unix time)",
             token_expiry.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and reconciles, 0 otherwise",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -122,6 +129,7 @@ impl Default for Metrics {
             admission_duration,
             token_refreshes,
             token_expiry,
+            leader,
         }
     }
 }
@@ -183,6 +191,11 @@ impl Metrics {
                 self.token_expiry.remove(&labels);
             }
         }
+    }
+
+    /// Whether this replica leads (and reconciles).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The Prometheus text exposition.
