@@ -11,6 +11,7 @@ use winflow::leader::{self, LeaseSettings};
 use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
 use winflow::token::{OidcSettings, RetryPolicy, TokenConfig};
+use winflow::webhook::managed_certs::{CertKeeper, ManagedCerts};
 use winflow::webhook::registration::{Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
 
@@ -104,12 +105,27 @@ struct RunArgs {
     /// Name of the leader Lease.
     #[arg(long, env = "WINFLOW_LEASE_NAME", default_value = "winflow")]
     lease_name: String,
-    /// Namespace of the leader Lease (the operator's own; from the downward API in a pod).
-    #[arg(long, env = "POD_NAMESPACE")]
-    lease_namespace: Option<String>,
+    /// The operator's own namespace, where the leader Lease and the managed webhook
+    /// certificate Secret are (from the downward API in a pod).
+    #[arg(long, env = "POD_NAMESPACE", alias = "lease-namespace")]
+    operator_namespace: Option<String>,
     /// How long a leader's lease lasts without renewal; a new leader takes over within it.
     #[arg(long, env = "WINFLOW_LEASE_DURATION", value_parser = duration, default_value = "15s")]
     lease_duration: Duration,
+    /// Keep the webhook's TLS certificate without cert-manager: a self-signed CA and serving
+    /// certificate in a Secret, written to --cert-dir, the CA patched into the webhook
+    /// configurations, renewed before expiry.
+    #[arg(long, env = "WINFLOW_MANAGE_WEBHOOK_CERTS", requires = "cert_dir")]
+    manage_webhook_certs: bool,
+    /// Secret (in the operator's namespace) holding the managed CA and certificate.
+    #[arg(long, env = "WINFLOW_WEBHOOK_CERT_SECRET", default_value = "winflow-webhook-certs")]
+    webhook_cert_secret: String,
+    /// Service the API server calls the webhook through (the certificate is for its DNS names).
+    #[arg(long, env = "WINFLOW_WEBHOOK_SERVICE", default_value = "winflow-webhook")]
+    webhook_service: String,
+    /// Name of the mutating and the validating webhook configuration whose caBundle is kept.
+    #[arg(long, env = "WINFLOW_WEBHOOK_CONFIGURATION", default_value = "winflow")]
+    webhook_configuration: String,
 }
 
 /// A positive duration such as `30s`, `5m` or `1h`.
@@ -204,7 +220,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
     let webhook_parts = usize::from(args.cert_dir.is_some());
-    let election = match (args.leader_elect, &args.lease_namespace) {
+    let election = match (args.leader_elect, &args.operator_namespace) {
         (false, _) => None,
         (true, Some(namespace)) => Some(LeaseSettings {
             namespace: namespace.clone(),
@@ -213,7 +229,9 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             duration: args.lease_duration,
         }),
         (true, None) => {
-            return Err("--leader-elect needs the Lease's namespace: set --lease-namespace or POD_NAMESPACE".into());
+            return Err(
+                "--leader-elect needs the operator's namespace: set --operator-namespace or POD_NAMESPACE".into(),
+            );
         }
     };
     // With leader election, readiness means "serving": the webhook (on every replica) and
@@ -252,6 +270,26 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let webhook = match &args.cert_dir {
         Some(cert_dir) => {
+            if args.manage_webhook_certs {
+                let Some(namespace) = args.operator_namespace.clone() else {
+                    return Err(
+                        "--manage-webhook-certs needs the operator's namespace: set --operator-namespace or POD_NAMESPACE"
+                            .into(),
+                    );
+                };
+                let settings = ManagedCerts {
+                    namespace,
+                    secret_name: args.webhook_cert_secret.clone(),
+                    service: args.webhook_service.clone(),
+                    configuration: args.webhook_configuration.clone(),
+                    cert_dir: cert_dir.clone(),
+                    check_every: Duration::from_secs(300),
+                };
+                // Before serving: the HTTPS server starts only with a certificate.
+                let mut keeper = CertKeeper::new(client.clone(), settings, metrics.clone());
+                keeper.ensure().await?;
+                tokio::spawn(keeper.keep(stopped()));
+            }
             let settings = WebhookSettings {
                 addr: args.webhook_addr,
                 cert_dir: cert_dir.clone(),

@@ -4,6 +4,7 @@
 
 pub mod decide;
 pub mod handler;
+pub mod managed_certs;
 pub mod registration;
 pub mod server;
 pub mod tls;
