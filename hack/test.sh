@@ -20,6 +20,8 @@ if [ -f hack/airflow-venv.sh ]; then
   export WINFLOW_AIRFLOW_PYTHON=$airflow_python
 fi
 step "oidc-provider node modules"; WINFLOW_OIDC_NODE_MODULES=$(bash hack/oidc-provider.sh); export WINFLOW_OIDC_NODE_MODULES
+step "helm (tests/chart.rs)"; WINFLOW_HELM=$(bash hack/helm.sh); export WINFLOW_HELM
+step "hadolint (tests/image.rs)"; WINFLOW_HADOLINT=$(bash hack/hadolint.sh); export WINFLOW_HADOLINT
 
 step "cargo fmt --check"
 cargo fmt --check
@@ -29,3 +31,9 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --locked "$@"
+
+# Figures the tests measured (printed here, since cargo test hides passing tests' output).
+if [ -f target/release-binary-size.txt ]; then
+  step "figures"
+  cat target/release-binary-size.txt
+fi
