@@ -8,6 +8,7 @@ pub mod build;
 pub mod crdgen;
 pub mod names;
 pub mod pods;
+pub mod process_metrics;
 pub mod render;
 pub mod validate;
 pub mod webhook;

@@ -67,7 +67,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("winflow");
+        let mut root = Registry::default();
+        // process_* are standard names, without winflow's prefix.
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("winflow");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
@@ -121,7 +124,7 @@ impl Default for Metrics {
             leader.clone(),
         );
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             reconciles,
             reconcile_duration,
             api_writes,
@@ -270,6 +273,8 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
         metrics.token_expiry("airflow", "payroll-export", None);
         assert!(!metrics.encode().contains("payroll-export"));
     }

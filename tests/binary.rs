@@ -61,8 +61,13 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
 
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
-    let (status, metrics) = http_get(&addr, "/metrics").await.unwrap();
-    assert_eq!(status, 200);
+    // The reconcile is counted as it returns, just after its status write.
+    let metrics = wait_until("the reconcile is counted", Duration::from_secs(10), || async {
+        let (status, metrics) = http_get(&addr, "/metrics").await?;
+        (status == 200 && metrics.contains(r#"winflow_reconciles_total{controller="identity",result="success"}"#))
+            .then_some(metrics)
+    })
+    .await;
     assert!(
         metrics.contains(r#"winflow_reconciles_total{controller="identity",result="success"}"#),
         "{metrics}"
@@ -71,6 +76,17 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
         metrics.contains(r#"winflow_api_writes_total{kind="GMSACredentialSpec",verb="apply"} 1"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"winflow_reconcile_duration_seconds_count{controller="identity"}"#),
+        "{metrics}"
+    );
+    for process_metric in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(process_metric), "{process_metric}missing: {metrics}");
+    }
 
     let term = Command::new("kill")
         .args(["-TERM", &process.id().to_string()])
@@ -102,4 +118,47 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
             .any(|l| l["message"] == "applied" && l["kind"] == "GMSACredentialSpec"),
         "{logs}"
     );
+}
+
+/// Until the caches have their first list, /readyz says so: here the API server never answers.
+#[tokio::test]
+async fn readyz_fails_until_the_caches_are_synced() {
+    // A listener that accepts connections and never answers, standing in for an API server.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: silent\n\
+             clusters: [{{name: silent, cluster: {{server: 'https://{}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: silent, user: {{token: not-a-real-token}}}}]\n\
+             contexts: [{{name: silent, context: {{cluster: silent, user: silent}}}}]\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut process = Command::new(env!("CARGO_BIN_EXE_winflow"))
+        .args(["run", "--admin-addr", &addr])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("winflow run starts");
+    let live = wait_until("/livez", Duration::from_secs(30), || http_get(&addr, "/livez")).await;
+    assert_eq!(live.0, 200, "alive");
+    // Several looks over three seconds: never ready.
+    for _ in 0..6 {
+        let (status, body) = http_get(&addr, "/readyz").await.unwrap();
+        assert_eq!((status, body.as_str()), (503, "caches not synced"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    process.kill().unwrap();
+    process.wait().unwrap();
 }
