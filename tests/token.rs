@@ -209,6 +209,16 @@ async fn a_client_secret_token_is_issued_accepted_and_rotated_once_per_renewal()
         "{metrics}"
     );
     assert!(metrics.contains("winflow_token_expiry_timestamp_seconds{"), "{metrics}");
+
+    // A deleted identity's expiry series goes with it (the Secret goes by garbage collection).
+    env.api::<WindowsTaskIdentity>()
+        .delete("reports", &Default::default())
+        .await
+        .unwrap();
+    wait_until("the expiry series is removed", Duration::from_secs(30), || async {
+        (!operator.metrics.encode().contains("identity=\"reports\"")).then_some(())
+    })
+    .await;
     operator.stop().await;
 }
 

@@ -363,6 +363,7 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
     finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
+    ctx.tokens.identity_deleted(&namespace, &name, &ctx.metrics);
     Ok(Action::await_change())
 }
 

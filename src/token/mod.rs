@@ -111,6 +111,12 @@ impl Tokens {
     fn forget(&self, key: &str) {
         self.failures.lock().expect("token failures lock").remove(key);
     }
+
+    /// Drops what is kept in memory for a deleted identity (its token Secret goes with it).
+    pub fn identity_deleted(&self, namespace: &str, name: &str, metrics: &Metrics) {
+        self.forget(&format!("{namespace}/{name}"));
+        metrics.token_expiry(namespace, name, None);
+    }
 }
 
 /// The client credentials a token is requested with, and a version that changes with them.
