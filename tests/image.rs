@@ -194,7 +194,10 @@ fn release_binary(target_dir: &Path) -> (PathBuf, String) {
         "cargo build --release failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    (binary, format!("cargo build --release: {:.0} s", start.elapsed().as_secs_f64()))
+    (
+        binary,
+        format!("cargo build --release: {:.0} s", start.elapsed().as_secs_f64()),
+    )
 }
 
 #[test]

@@ -120,7 +120,11 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
     let secret = env.api::<Secret>().get("winflow-webhook-certs").await.unwrap();
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     let ca = read(dir_a.path(), "ca.crt");
-    assert_eq!(bundles(&env, &name).await, std::slice::from_ref(&ca), "every webhook trusts the CA");
+    assert_eq!(
+        bundles(&env, &name).await,
+        std::slice::from_ref(&ca),
+        "every webhook trusts the CA"
+    );
 
     // The server serves it, and a client trusting only the bundle accepts it by Service name.
     let (addr, _server) = winflow::webhook::start(
