@@ -145,6 +145,34 @@ async fn share_binds_with_exact_csi_fields_and_deletion_keeps_data() {
     // On a claim "" is kept, and means "no class": no default StorageClass may provision it.
     assert_eq!(pvc_spec.storage_class_name.as_deref(), Some(""));
     assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    let requested = pvc_spec.resources.unwrap().requests.unwrap()["storage"].clone();
+
+    // A new capacity reaches the volume; the bound claim of a static volume cannot be resized
+    // (the API server refuses), so it keeps its request and the share stays Ready.
+    let patch = serde_json::json!({"spec": {"capacity": "200Gi"}});
+    env.api::<WindowsShare>()
+        .patch("finance-reports-share", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_until("the volume's new capacity", Duration::from_secs(60), || async {
+        let pv = Api::<PersistentVolume>::all(env.client.clone())
+            .get(&pv_name)
+            .await
+            .ok()?;
+        (pv.spec?.capacity?.get("storage")?.0 == "200Gi").then_some(())
+    })
+    .await;
+    let share: WindowsShare = support::wait_for_condition(&env, "finance-reports-share", "Ready", "True", None).await;
+    assert_eq!(share.metadata.generation, Some(2));
+    let pvc = env
+        .api::<PersistentVolumeClaim>()
+        .get("finance-reports-share")
+        .await
+        .unwrap();
+    assert_eq!(
+        pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"],
+        requested
+    );
 
     env.api::<WindowsShare>()
         .delete("finance-reports-share", &DeleteParams::default())

@@ -129,12 +129,8 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
     )
     .await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let claim = ensure_child(
-        &claims,
-        &with_spec_hash(build::persistent_volume_claim_for(share)),
-        &ctx.metrics,
-    )
-    .await?;
+    let desired = keeping_requested_size(&claims, build::persistent_volume_claim_for(share)).await?;
+    let claim = ensure_child(&claims, &with_spec_hash(desired), &ctx.metrics).await?;
     for report in [&volume, &claim] {
         if report.state == ChildState::Applied {
             info!(share = %format!("{namespace}/{name}"), kind = %report.kind, child = %report.name, "applied");
@@ -166,6 +162,26 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
     } else {
         ctx.config.retry_period
     }))
+}
+
+/// The API server refuses to resize a claim of a static volume ("only dynamically provisioned
+/// pvc can be resized"), so an existing claim keeps the size it asked for; a new `capacity`
+/// reaches the PersistentVolume, where it is nominal anyway for SMB.
+async fn keeping_requested_size(
+    claims: &Api<PersistentVolumeClaim>,
+    mut desired: PersistentVolumeClaim,
+) -> Result<PersistentVolumeClaim, Error> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    let existing = claims
+        .get_opt(&name)
+        .await?
+        .and_then(|claim| claim.spec?.resources?.requests?.get("storage").cloned());
+    if let (Some(size), Some(spec)) = (existing, desired.spec.as_mut())
+        && let Some(requests) = spec.resources.as_mut().and_then(|r| r.requests.as_mut())
+    {
+        requests.insert("storage".to_owned(), size);
+    }
+    Ok(desired)
 }
 
 /// What the credentials Secret holds, by key presence only.
