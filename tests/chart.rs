@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -100,28 +100,7 @@ const FEATURES: &[(&str, &[&str])] = &[
 
 fn helm_binary() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("WINFLOW_HELM") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "WINFLOW_HELM={} is not a file; point it at a helm 3 or 4 binary, or unset it to use hack/helm.sh",
-                path.display()
-            );
-            return path;
-        }
-        let output = Command::new("bash")
-            .arg(Path::new(REPO).join("hack/helm.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs hack/helm.sh");
-        assert!(
-            output.status.success(),
-            "the chart tests need helm and hack/helm.sh could not provide it (its messages are above); \
-             set WINFLOW_HELM to a helm 3 or 4 binary"
-        );
-        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-    })
+    HELM.get_or_init(|| support::tools::tool("WINFLOW_HELM", "helm.sh"))
 }
 
 /// Runs helm in the repository with its caches and configuration in the build's temporary

@@ -315,15 +315,9 @@ fn template(config_map: &ConfigMap, key: &str) -> Pod {
 
 /// Python of a virtualenv with Airflow's cncf.kubernetes provider (see hack/airflow-venv.sh).
 fn airflow_python() -> String {
-    if let Ok(python) = std::env::var("WINFLOW_AIRFLOW_PYTHON") {
-        return python;
-    }
-    let out = std::process::Command::new(format!("{}/hack/airflow-venv.sh", support::REPO))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("hack/airflow-venv.sh runs");
-    assert!(out.status.success(), "hack/airflow-venv.sh failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    support::tools::tool("WINFLOW_AIRFLOW_PYTHON", "airflow-venv.sh")
+        .display()
+        .to_string()
 }
 
 #[tokio::test]

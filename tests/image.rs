@@ -2,8 +2,11 @@
 //! and describes the image we mean to ship, and the size of the release binary it would hold
 //! is printed (and written to `target/release-binary-size.txt`).
 
+#[path = "support/tools.rs"]
+mod tools;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -11,19 +14,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// hadolint from `WINFLOW_HADOLINT` (hack/test.sh exports it), else from hack/hadolint.sh.
 fn hadolint() -> PathBuf {
-    if let Some(path) = std::env::var_os("WINFLOW_HADOLINT").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let output = Command::new("bash")
-        .arg(Path::new(REPO).join("hack/hadolint.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("bash runs hack/hadolint.sh");
-    assert!(
-        output.status.success(),
-        "hack/hadolint.sh failed (see its output above)"
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    tools::tool("WINFLOW_HADOLINT", "hadolint.sh")
 }
 
 /// One Dockerfile instruction: its stage (0 for the first FROM), keyword in upper case and

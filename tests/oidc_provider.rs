@@ -2,11 +2,10 @@
 //! discovery, client-credentials tokens with a short lifetime, introspection, the request
 //! records, an outage and a restart on the same port, and Entra-style federated credentials.
 
-#[path = "support/oidc.rs"]
-mod oidc;
+mod support;
 
-use oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig, sign_assertions};
 use serde_json::{Value, json};
+use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig, sign_assertions};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const K8S_ISSUER: &str = "https://kubernetes.default.svc";

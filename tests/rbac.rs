@@ -43,13 +43,7 @@ async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<P
         .patch(&cluster_name, &apply, &Patch::Apply(&binding))
         .await
         .unwrap();
-    let user = format!("system:serviceaccount:{}:winflow", env.namespace);
-    let groups = [
-        "system:serviceaccounts".to_owned(),
-        format!("system:serviceaccounts:{}", env.namespace),
-        "system:authenticated".to_owned(),
-    ];
-    env.client_as(&user, &groups).await
+    env.client_as_service_account("winflow").await
 }
 
 fn is_forbidden(result: Result<impl Sized, kube::Error>) -> bool {

@@ -109,7 +109,7 @@ async fn pods_get_their_identity_injected_and_the_credential_spec_inlined() {
                        "kubernetes_executor": "True", "airflow-worker": "1"},
             "annotations": {"dag_id": "payroll_export", "task_id": "upload", "run_id": "scheduled__2026-11-28T00:00:00+00:00", "try_number": "1"}},
         "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
-                 "containers": [{"name": "base", "image": "registry.example.com/airflow/worker:2.10.5"}]}
+                 "containers": [{"name": "base", "image": "registry.example.com/airflow/worker:3.3.2"}]}
     });
     let worker = create_pod(&env.client, &env.namespace, executor).await.unwrap();
     let worker_spec = worker.spec.unwrap();

@@ -294,10 +294,7 @@ mod tests {
         assert_eq!(spec.node_selector.unwrap()["kubernetes.io/os"], "linux");
         let base = &spec.containers[0];
         assert_eq!(base.name, "base");
-        assert_eq!(
-            base.image.as_deref(),
-            Some("registry.example.com/airflow/worker:2.10.5")
-        );
+        assert_eq!(base.image.as_deref(), Some("registry.example.com/airflow/worker:3.3.2"));
         let env: BTreeMap<_, _> = base
             .env
             .as_ref()

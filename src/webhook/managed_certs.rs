@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -334,28 +336,16 @@ impl CertKeeper {
         let name = &self.settings.configuration;
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
         let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let mutating_bundles = mutating
+        let current = mutating
             .get_opt(name)
             .await?
-            .map(|c| {
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|w| w.client_config.ca_bundle)
-            })
-            .map(Iterator::collect::<Vec<_>>);
-        self.patch_one(&mutating, mutating_bundles, bundle).await?;
-        let validating_bundles = validating
+            .map(|c| bundles(c.webhooks, |w| w.client_config));
+        self.patch_one(&mutating, current, bundle).await?;
+        let current = validating
             .get_opt(name)
             .await?
-            .map(|c| {
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|w| w.client_config.ca_bundle)
-            })
-            .map(Iterator::collect::<Vec<_>>);
-        self.patch_one(&validating, validating_bundles, bundle).await
+            .map(|c| bundles(c.webhooks, |w| w.client_config));
+        self.patch_one(&validating, current, bundle).await
     }
 
     /// Sets `caBundle` on every webhook of one configuration that does not have it yet.
@@ -397,6 +387,11 @@ impl CertKeeper {
         info!(%kind, name = %self.settings.configuration, "patched the webhook CA bundle");
         Ok(())
     }
+}
+
+/// The `caBundle` of each webhook of a configuration, in order.
+fn bundles<W>(webhooks: Option<Vec<W>>, config: impl Fn(W) -> WebhookClientConfig) -> Vec<Option<ByteString>> {
+    webhooks.into_iter().flatten().map(|w| config(w).ca_bundle).collect()
 }
 
 /// Writes tls.crt, tls.key and ca.crt; each file is replaced by a rename, so the server never

@@ -21,6 +21,7 @@ use winflow::metrics::Metrics;
 use winflow::token::TokenConfig;
 
 pub mod oidc;
+pub mod tools;
 pub mod webhook;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -160,6 +161,19 @@ impl TestEnv {
         config.auth_info.impersonate = Some(user.to_owned());
         config.auth_info.impersonate_groups = Some(groups.to_vec());
         Client::try_from(config).expect("client")
+    }
+
+    /// A client that acts as service account `name` of this namespace, with the groups the
+    /// API server gives service accounts.
+    pub async fn client_as_service_account(&self, name: &str) -> Client {
+        let ns = &self.namespace;
+        let groups = [
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_owned(),
+        ];
+        self.client_as(&format!("system:serviceaccount:{ns}:{name}"), &groups)
+            .await
     }
 
     pub fn api<K>(&self) -> Api<K>

@@ -3,8 +3,6 @@
 //! Entra-style federated credentials (a JWT such as a service-account token instead of a
 //! secret). Its node modules come from `hack/oidc-provider.sh` (cached outside the checkout).
 //!
-//! Self-contained (no `super::` items), so a test can also include it on its own with
-//! `#[path = "support/oidc.rs"] mod oidc;`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -286,22 +284,8 @@ impl Drop for OidcProvider {
 /// `hack/oidc-provider.sh` installs (once per test binary; the script locks against others).
 fn node_modules() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("WINFLOW_OIDC_NODE_MODULES").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir);
-        }
-        let output = Command::new("bash")
-            .arg(Path::new(REPO).join("hack/oidc-provider.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs hack/oidc-provider.sh");
-        assert!(
-            output.status.success(),
-            "hack/oidc-provider.sh failed (see its output above)"
-        );
-        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-    })
-    .clone()
+    DIR.get_or_init(|| super::tools::tool("WINFLOW_OIDC_NODE_MODULES", "oidc-provider.sh"))
+        .clone()
 }
 
 /// JWTs standing in for service-account tokens, signed by a fresh RSA key.
