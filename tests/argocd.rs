@@ -15,7 +15,7 @@ const SHARE_SCRIPT: &str = "deploy/argocd/health-windowsshare.lua";
 const RUNNER: &str = "tests/argocd/run-health.lua";
 const RECORDED: &str = "tests/argocd/recorded";
 const CM_PATCH: &str = "deploy/argocd/argocd-cm-patch.yaml";
-const APPLICATION: &str = "deploy/argocd/application.yaml";
+const APPLICATION: &str = "examples/argocd/application.yaml";
 const INSTALL_HINT: &str = "run `apt-get install lua5.1 lua-cjson` (Argo CD's health checks are Lua 5.1)";
 
 /// File in `tests/argocd/recorded/`, expected health, a substring of the expected message.
