@@ -259,9 +259,10 @@ async fn create_pod(env: &TestEnv, pod: &Pod) -> Result<Pod, String> {
 
 #[tokio::test]
 async fn an_outage_backs_off_keeps_the_token_until_expiry_and_recovers_and_admission_follows() {
+    support::capture_logs();
     let env = TestEnv::new("token-outage").await;
     let mut provider = OidcProvider::start(ProviderConfig {
-        access_token_ttl_seconds: 15,
+        access_token_ttl_seconds: 30,
         clients: vec![client("payroll")],
         ..Default::default()
     })
@@ -328,14 +329,23 @@ async fn an_outage_backs_off_keeps_the_token_until_expiry_and_recovers_and_admis
     }
     let (token, _, _) = read_token(&env, &secret_name).await;
     assert_eq!(token, "", "the expired token was taken out of the Secret");
-    let gaps: Vec<u128> = failures_seen
-        .windows(2)
-        .map(|w| w[1].1.duration_since(w[0].1).as_millis())
+    // The failed attempts, timed by the operator's own log lines.
+    let key = format!("{}/payroll", env.namespace);
+    let attempts: Vec<Timestamp> = support::captured_logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["identity"] == key.as_str() && l["fields"]["reason"] == "ProviderUnavailable")
+        .filter_map(|l| l["timestamp"].as_str()?.parse().ok())
         .collect();
-    println!("failed attempts and gaps: {failures_seen:?} {gaps:?}");
+    let gaps: Vec<i64> = attempts
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as i64)
+        .collect();
+    println!("failed attempts seen in status: {failures_seen:?}; gaps between attempts in the log (ms): {gaps:?}");
     assert!(failures_seen.len() >= 3, "{failures_seen:?}");
+    // Doubling from 1 s at first; later attempts come closer again as the token runs out.
     assert!(
-        gaps.windows(2).any(|g| g[1] > g[0]) && gaps.last() > gaps.first(),
+        gaps.len() >= 3 && gaps[0] < gaps[1] && gaps[1] < gaps[2],
         "intervals grow: {gaps:?}"
     );
 
@@ -539,5 +549,76 @@ async fn workload_identity_sends_a_fresh_service_account_token_the_provider_trus
         rejected.error.as_deref().unwrap_or_default().contains("sub"),
         "{rejected:?}"
     );
+    operator.stop().await;
+}
+
+/// A flapping provider (up 2 s, down 4 s, for a minute): the Secret never holds
+/// an expired token, because attempts come closer as the token runs out and one of them lands
+/// while the provider is up; the failures show in status as Backoff.
+#[tokio::test]
+async fn a_flapping_provider_never_leaves_an_expired_token_in_the_secret() {
+    let env = TestEnv::new("token-flap").await;
+    let mut provider = OidcProvider::start(ProviderConfig {
+        access_token_ttl_seconds: 18,
+        clients: vec![client("flap")],
+        ..Default::default()
+    })
+    .await;
+    create_client_secret(&env, "flap-oidc", CLIENT_SECRET).await;
+    let operator = env.start_operator(Duration::from_secs(300));
+    create_identity(
+        &env,
+        &identity("flap", secret_token(provider.issuer(), "flap", "flap-oidc")),
+    )
+    .await;
+    let _: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "flap", "TokenReady", "True", Some("TokenIssued")).await;
+
+    let (observations, expired, missing, backoffs) = {
+        let watch = async {
+            let (mut observations, mut expired, mut missing, mut backoffs) = (0, 0, 0, 0);
+            loop {
+                let (token, expires, _) = read_token(&env, "flap-token").await;
+                let now = Timestamp::now();
+                if !token.is_empty() && expires.is_some_and(|at| now >= at) {
+                    expired += 1;
+                }
+                if token.is_empty() {
+                    missing += 1;
+                }
+                let identity = env.api::<WindowsTaskIdentity>().get("flap").await.unwrap();
+                if ready_reason(&identity, "TokenReady").1 == "Backoff" {
+                    backoffs += 1;
+                }
+                observations += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if observations >= 300 {
+                    return (observations, expired, missing, backoffs);
+                }
+            }
+        };
+        let flap = async {
+            loop {
+                // Up 2 s, down 4 s: every 6 s renew window (a third of 18 s) has the provider up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                provider.stop().await;
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                provider.start_again().await;
+            }
+        };
+        tokio::select! {
+            seen = watch => seen,
+            () = flap => unreachable!("the flapping never ends"),
+        }
+    };
+    let requests = provider.token_requests().await;
+    let issued = requests.iter().filter(|r| r.status == 200).count();
+    println!(
+        "flapping: {observations} looks, {expired} with an expired token, {missing} without a token, {backoffs} in Backoff, {issued} tokens issued"
+    );
+    assert_eq!(expired, 0, "the Secret held an expired token");
+    assert_eq!(missing, 0, "the token expired and was removed");
+    assert!(backoffs > 0, "failed refreshes show as Backoff");
+    assert!(issued >= 4, "a new token about every 12 s: {issued}");
     operator.stop().await;
 }

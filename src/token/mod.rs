@@ -277,7 +277,10 @@ impl Job<'_> {
             secret_name: &self.secret_name,
             held: held.as_ref(),
             renewal: held.as_ref().map(renewal_of),
-            retry: failures.as_ref().map(|f| schedule::retry_at(f, tokens.retry, &seed)),
+            retry: failures.as_ref().map(|f| {
+                let valid_until = held.as_ref().filter(|h| h.has_token).map(|h| h.expires_at);
+                schedule::retry_at(f, tokens.retry, &seed, valid_until)
+            }),
             failures: failures.as_ref(),
             min_validity,
             now,

@@ -141,9 +141,26 @@ pub struct Situation<'a> {
     pub jitter_seed: &'a str,
 }
 
-/// When the next attempt after `failures` is due.
-pub fn retry_at(failures: &Failures, policy: RetryPolicy, jitter_seed: &str) -> Timestamp {
+/// Attempts are never spaced wider than this while a valid token runs out.
+const MIN_SPACING: Duration = Duration::from_millis(500);
+
+/// When the next attempt after `failures` is due: the backoff delay, but while the current
+/// token is still valid, at most a third of the time it has left (and not under half a
+/// second), so that a provider reachable only now and then is still reached before expiry.
+pub fn retry_at(
+    failures: &Failures,
+    policy: RetryPolicy,
+    jitter_seed: &str,
+    valid_until: Option<Timestamp>,
+) -> Timestamp {
     let delay = retry_delay(failures.count, policy, jitter_seed);
+    let delay = match valid_until.filter(|until| *until > failures.last_at) {
+        Some(until) => {
+            let left = Duration::try_from(until.duration_since(failures.last_at)).unwrap_or_default();
+            delay.min((left / 3).max(MIN_SPACING))
+        }
+        None => delay,
+    };
     failures.last_at.checked_add(signed(delay)).unwrap_or(Timestamp::MAX)
 }
 
@@ -152,7 +169,8 @@ pub fn retry_at(failures: &Failures, policy: RetryPolicy, jitter_seed: &str) -> 
 /// on schedule.
 pub fn next_step(s: &Situation<'_>) -> Step {
     if let Some(failures) = s.failures.filter(|f| f.count > 0 && f.inputs == s.inputs) {
-        let at = retry_at(failures, s.policy, s.jitter_seed);
+        let valid_until = s.held.filter(|h| h.has_token).map(|h| h.expires_at);
+        let at = retry_at(failures, s.policy, s.jitter_seed, valid_until);
         return if s.now >= at {
             Step::Refresh(Why::Retry)
         } else {
@@ -289,8 +307,13 @@ mod tests {
             reason: "ProviderUnavailable".to_owned(),
             message: "connection refused".to_owned(),
         };
-        // The third failure waits up to 8 s (at least 6.4 s with jitter).
+        // The third failure would wait 6.4 to 8 s, but the token has 9 s left: a third of that.
         let Step::WaitUntil(retry) = next_step(&situation(Some(&token), Some(&failures), at(22))) else {
+            panic!("expected a wait");
+        };
+        assert_eq!(retry, at(24));
+        // Without a valid token, the backoff alone.
+        let Step::WaitUntil(retry) = next_step(&situation(None, Some(&failures), at(22))) else {
             panic!("expected a wait");
         };
         let wait = retry.duration_since(at(21)).as_secs_f64();
@@ -312,6 +335,33 @@ mod tests {
         assert_eq!(
             next_step(&situation(Some(&replaced), Some(&stale), at(5))),
             Step::Refresh(Why::SettingsChanged)
+        );
+    }
+
+    #[test]
+    fn retries_get_denser_as_a_valid_token_runs_out() {
+        let policy = RetryPolicy {
+            first: secs(5),
+            max: secs(60),
+        };
+        let failures = Failures {
+            count: 4,
+            last_at: at(100),
+            inputs: "v1".to_owned(),
+            reason: "ProviderUnavailable".to_owned(),
+            message: String::new(),
+        };
+        // Backoff alone would wait 32 s or more (with jitter); 6 s are left, so 2 s.
+        assert_eq!(retry_at(&failures, policy, "a", Some(at(106))), at(102));
+        // Never closer than half a second.
+        let soon = retry_at(&failures, policy, "a", Some(at(101)));
+        assert_eq!(soon.duration_since(at(100)).as_millis(), 500);
+        // Without a valid token, plain backoff.
+        let plain = retry_at(&failures, policy, "a", None).duration_since(at(100)).as_secs();
+        assert!((25..=40).contains(&plain), "{plain}");
+        assert_eq!(
+            retry_at(&failures, policy, "a", Some(at(90))),
+            retry_at(&failures, policy, "a", None)
         );
     }
 }
