@@ -49,6 +49,7 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Running)
         .expect("winflow run starts");
 
     let live = wait_until("/livez", Duration::from_secs(30), || http_get(&addr, "/livez")).await;
@@ -89,13 +90,13 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
     }
 
     let term = Command::new("kill")
-        .args(["-TERM", &process.id().to_string()])
+        .args(["-TERM", &process.0.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let exit = loop {
-        if let Some(exit) = process.try_wait().unwrap() {
+        if let Some(exit) = process.0.try_wait().unwrap() {
             break exit;
         }
         assert!(
@@ -106,7 +107,7 @@ async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "winflow exited with {exit}");
     let mut logs = String::new();
-    std::io::Read::read_to_string(process.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    std::io::Read::read_to_string(process.0.stderr.as_mut().unwrap(), &mut logs).unwrap();
     let lines: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
@@ -144,12 +145,13 @@ async fn readyz_fails_until_the_caches_are_synced() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut process = Command::new(env!("CARGO_BIN_EXE_winflow"))
+    let process = Command::new(env!("CARGO_BIN_EXE_winflow"))
         .args(["run", "--admin-addr", &addr])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Running)
         .expect("winflow run starts");
     let live = wait_until("/livez", Duration::from_secs(30), || http_get(&addr, "/livez")).await;
     assert_eq!(live.0, 200, "alive");
@@ -159,6 +161,18 @@ async fn readyz_fails_until_the_caches_are_synced() {
         assert_eq!((status, body.as_str()), (503, "caches not synced"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    process.kill().unwrap();
-    process.wait().unwrap();
+    drop(process);
+}
+
+/// The operator process, killed if the test ends early, so that a failed assertion never
+/// leaves it running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
