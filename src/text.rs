@@ -8,9 +8,22 @@ pub fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// A duration as people write it: `5m`, `1h 30m`, `12s`.
+pub fn human_duration(duration: std::time::Duration) -> String {
+    jiff::SignedDuration::try_from(duration)
+        .map(|d| format!("{d:#}"))
+        .unwrap_or_else(|_| format!("{}s", duration.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human_duration(std::time::Duration::from_secs(300)), "5m");
+        assert_eq!(human_duration(std::time::Duration::from_secs(5400)), "1h 30m");
+    }
 
     #[test]
     fn truncates_on_character_boundaries() {

@@ -13,7 +13,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 pub use credential_spec::{credential_spec_document, credential_spec_for};
 pub use meta::{carries_labels_of, namespaced_meta, with_spec_hash};
-pub use pod_templates::{executor_pod_template, pod_templates_for, share_volumes, windows_pod_template};
+pub use pod_templates::{executor_pod_template, identity_env, pod_templates_for, share_volumes, windows_pod_template};
 pub use rbac::{gmsa_role_binding_for, gmsa_role_for, service_account_for};
 pub use share::{persistent_volume_claim_for, persistent_volume_for, share_source, volume_handle};
 pub use token_env::{Os, TokenWiring, token_wiring};

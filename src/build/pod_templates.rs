@@ -42,7 +42,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 }
 
 /// Variables that tell the task which identity it runs as.
-fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
+pub fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
     vec![
         env("WINFLOW_IDENTITY", identity_name(identity)),
         env("WINFLOW_GMSA_ACCOUNT", &identity.spec.gmsa.account),

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::text::human_duration;
+
 use super::schedule::{Failures, Held};
 use super::secret::{rfc3339, rfc3339_up};
 use crate::api::conditions::{ConditionState, REASON_CONFLICT, REASON_NOT_REQUESTED, TOKEN_READY};
@@ -65,12 +67,6 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or_default()
 }
 
-fn human(duration: Duration) -> String {
-    jiff::SignedDuration::try_from(duration)
-        .map(|d| format!("{d:#}"))
-        .unwrap_or_else(|_| format!("{}s", duration.as_secs()))
-}
-
 pub fn describe(facts: &Facts<'_>) -> TokenReport {
     let valid = facts.held.filter(|h| h.is_valid_at(facts.now));
     let next_attempt = facts.retry.or(facts.renewal);
@@ -99,8 +95,8 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
                     super::REASON_LIFETIME_TOO_SHORT,
                     format!(
                         "the provider grants tokens for {}, not longer than spec.token.minValidity ({}), so no pod could be admitted; lower minValidity or have the provider grant longer tokens",
-                        human(lifetime),
-                        human(facts.min_validity)
+                        human_duration(lifetime),
+                        human_duration(facts.min_validity)
                     ),
                 )
             } else {

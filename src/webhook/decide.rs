@@ -18,7 +18,7 @@ use super::token_check::check_token;
 use crate::api::WindowsTaskIdentity;
 use crate::api::conditions;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
-use crate::build::{Os, credential_spec_document, share_volumes, token_wiring};
+use crate::build::{Os, credential_spec_document, identity_env, share_volumes, token_wiring};
 use crate::names::{self, IDENTITY_LABEL, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK};
 
 /// Read-only access to the identities, as the webhook's cache holds them.
@@ -424,21 +424,6 @@ fn add_mounts(container: &mut Container, mounts: Vec<VolumeMount>) {
     if container_mounts.is_empty() {
         container.volume_mounts = None;
     }
-}
-
-fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
-    [
-        ("WINFLOW_IDENTITY", identity.metadata.name.clone().unwrap_or_default()),
-        ("WINFLOW_GMSA_ACCOUNT", identity.spec.gmsa.account.clone()),
-        ("WINFLOW_DOMAIN", identity.spec.domain.dns_name.clone()),
-    ]
-    .into_iter()
-    .map(|(name, value)| EnvVar {
-        name: name.to_owned(),
-        value: Some(value),
-        value_from: None,
-    })
-    .collect()
 }
 
 /// How an env var gets its value, for conflict messages.

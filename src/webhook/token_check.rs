@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::text::human_duration;
+
 use crate::api::WindowsTaskIdentity;
 use crate::api::conditions::{self, TOKEN_READY};
 use crate::names::MIN_TOKEN_VALIDITY_ANNOTATION;
 use crate::validate::parse_duration;
-
-fn human(duration: Duration) -> String {
-    jiff::SignedDuration::try_from(duration)
-        .map(|d| format!("{d:#}"))
-        .unwrap_or_else(|_| format!("{}s", duration.as_secs()))
-}
 
 /// `Ok` when the identity has no token or its token lasts long enough; otherwise the reason
 /// and the message for the denial.
@@ -83,8 +79,8 @@ pub fn check_token(
             "TokenExpiring",
             format!(
                 "the OIDC token of identity \"{name}\" expires at {expires_at}, in {}, sooner than the {} this pod needs ({source}); {due}, retry the task then",
-                human(left),
-                human(needed)
+                human_duration(left),
+                human_duration(needed)
             ),
         ));
     }
