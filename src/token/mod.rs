@@ -93,7 +93,7 @@ impl Tokens {
             count: 0,
             last_at: now,
             inputs: inputs.to_owned(),
-            reason: String::new(),
+            reason: "",
             message: String::new(),
         });
         // A failure with new inputs starts a new run of backoff.
@@ -103,7 +103,7 @@ impl Tokens {
         }
         entry.count += 1;
         entry.last_at = now;
-        entry.reason = failure.reason.to_owned();
+        entry.reason = failure.reason;
         entry.message = failure.message.clone();
         entry.clone()
     }
@@ -121,10 +121,8 @@ impl Tokens {
 
 /// The client credentials a token is requested with, and a version that changes with them.
 enum Credentials {
-    Secret {
-        value: ClientSecret,
-        version: String,
-    },
+    /// The Secret and key of the client secret; its value is read only to request a token.
+    Secret { name: String, key: String, version: String },
     ServiceAccount {
         name: String,
         audience: String,
@@ -287,8 +285,9 @@ impl Job<'_> {
         }))
     }
 
-    /// Reads the client secret, or names the service account whose token is the assertion.
-    /// A missing Secret or key is a failure to report, not an error to retry.
+    /// Names the client secret (by its Secret's metadata: the value stays unread until a
+    /// token is requested) or the service account whose token is the assertion. A missing
+    /// Secret is a failure to report, not an error to retry.
     async fn credentials(&self) -> Result<Result<Credentials, Failure>, kube::Error> {
         if let Some(workload) = &self.settings.workload_identity {
             return Ok(Ok(Credentials::ServiceAccount {
@@ -303,41 +302,50 @@ impl Job<'_> {
                 "spec.token sets neither clientSecretRef nor workloadIdentity".to_owned(),
             )));
         };
-        let Some(found) = self.secrets.get_opt(&reference.name).await? else {
-            return Ok(Err(Failure::new(
-                REASON_SECRET_MISSING,
-                format!(
-                    "Secret {} (spec.token.clientSecretRef) does not exist in namespace {}",
-                    reference.name,
-                    self.identity.namespace().unwrap_or_default()
-                ),
-            )));
+        let Some(found) = self.secrets.get_metadata_opt(&reference.name).await? else {
+            return Ok(Err(self.secret_missing(&reference.name)));
+        };
+        Ok(Ok(Credentials::Secret {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+            version: found.resource_version().unwrap_or_default(),
+        }))
+    }
+
+    fn secret_missing(&self, name: &str) -> Failure {
+        Failure::new(
+            REASON_SECRET_MISSING,
+            format!(
+                "Secret {name} (spec.token.clientSecretRef) does not exist in namespace {}",
+                self.identity.namespace().unwrap_or_default()
+            ),
+        )
+    }
+
+    /// The client secret's value, or why there is none.
+    async fn client_secret(&self, name: &str, key: &str) -> Result<Result<ClientSecret, Failure>, kube::Error> {
+        let Some(found) = self.secrets.get_opt(name).await? else {
+            return Ok(Err(self.secret_missing(name)));
         };
         let value = found
             .data
             .as_ref()
-            .and_then(|d| d.get(&reference.key))
+            .and_then(|d| d.get(key))
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
             .filter(|v| !v.is_empty());
-        let Some(value) = value else {
+        Ok(value.map(ClientSecret::new).ok_or_else(|| {
             let keys: Vec<String> = found.data.iter().flat_map(|d| d.keys().cloned()).collect();
-            return Ok(Err(Failure::new(
+            let keys = if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            };
+            Failure::new(
                 REASON_SECRET_MISSING,
                 format!(
-                    "Secret {} has no non-empty key {:?} (spec.token.clientSecretRef.key); its keys are: {}",
-                    reference.name,
-                    reference.key,
-                    if keys.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        keys.join(", ")
-                    }
+                    "Secret {name} has no non-empty key {key:?} (spec.token.clientSecretRef.key); its keys are: {keys}"
                 ),
-            )));
-        };
-        Ok(Ok(Credentials::Secret {
-            value: ClientSecret::new(value),
-            version: found.resource_version().unwrap_or_default(),
+            )
         }))
     }
 
@@ -351,7 +359,10 @@ impl Job<'_> {
     ) -> Result<Result<(Held, String), Failure>, kube::Error> {
         let auth = match credentials {
             Err(failure) => return Ok(Err(failure)),
-            Ok(Credentials::Secret { value, .. }) => ClientAuth::Secret(value),
+            Ok(Credentials::Secret { name, key, .. }) => match self.client_secret(&name, &key).await? {
+                Ok(value) => ClientAuth::Secret(value),
+                Err(failure) => return Ok(Err(failure)),
+            },
             Ok(Credentials::ServiceAccount {
                 name,
                 audience,
@@ -427,17 +438,11 @@ async fn remove_secret(
     name: &str,
     metrics: &Metrics,
 ) -> Result<(), kube::Error> {
-    let probe = secret::token_secret(
-        identity,
-        name,
-        &TokenContent {
-            access_token: None,
-            token_type: "",
-            issued_at: Timestamp::UNIX_EPOCH,
-            expires_at: Timestamp::UNIX_EPOCH,
-            inputs: "",
-        },
-    );
+    // Only the name and labels matter: the ownership test is the label test of every child.
+    let probe = Secret {
+        metadata: crate::build::namespaced_meta(identity, name.to_owned()),
+        ..Secret::default()
+    };
     if crate::controller::apply::delete_managed_child(secrets, &probe, metrics).await? {
         info!(identity = %format!("{}/{}", identity.namespace().unwrap_or_default(), identity.name_any()), secret = %name, "deleted the token Secret it no longer uses");
     }

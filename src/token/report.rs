@@ -129,7 +129,7 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
                 (None, Some(failure)) => ConditionState::new(
                     TOKEN_READY,
                     false,
-                    reason_of(&failure.reason),
+                    failure.reason,
                     format!("{}; next attempt at {next}", failure.message),
                 ),
                 (None, None) => ConditionState::new(
@@ -152,31 +152,13 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
         renewal_time: next_attempt.map(rfc3339_up),
         last_refresh_time: facts.held.map(|h| rfc3339(h.issued_at)),
         failed_attempts: facts.failures.map_or(0, |f| f.count.try_into().unwrap_or(i32::MAX)),
-        last_failure_reason: facts.failures.map(|f| f.reason.clone()),
+        last_failure_reason: facts.failures.map(|f| f.reason.to_owned()),
     };
     TokenReport {
         condition,
         status: Some(status),
         wake,
     }
-}
-
-/// Condition reasons are `&'static str`; failures carry one of the known reasons.
-fn reason_of(reason: &str) -> &'static str {
-    use super::*;
-    [
-        REASON_DISCOVERY_FAILED,
-        REASON_INVALID_CLIENT,
-        REASON_INVALID_SCOPE,
-        REASON_INVALID_ISSUER,
-        REASON_SECRET_MISSING,
-        REASON_PROVIDER_UNAVAILABLE,
-        REASON_TOKEN_REQUEST_FAILED,
-        REASON_ASSERTION_FAILED,
-    ]
-    .into_iter()
-    .find(|known| *known == reason)
-    .unwrap_or(REASON_TOKEN_REQUEST_FAILED)
 }
 
 #[cfg(test)]
@@ -196,12 +178,12 @@ mod tests {
         }
     }
 
-    fn failures(count: u32, reason: &str) -> Failures {
+    fn failures(count: u32, reason: &'static str) -> Failures {
         Failures {
             count,
             last_at: at(2500),
             inputs: "v1".into(),
-            reason: reason.into(),
+            reason,
             message: "the token endpoint did not answer: Connection refused (os error 111)".into(),
         }
     }

@@ -96,7 +96,7 @@ pub struct Failures {
     /// The inputs the failing attempts used: new inputs are tried at once.
     pub inputs: String,
     /// `CamelCase` reason of the last failure.
-    pub reason: String,
+    pub reason: &'static str,
     /// What went wrong, for status and Events (never a secret).
     pub message: String,
 }
@@ -304,7 +304,7 @@ mod tests {
             count: 3,
             last_at: at(21),
             inputs: "v1".to_owned(),
-            reason: "ProviderUnavailable".to_owned(),
+            reason: "ProviderUnavailable",
             message: "connection refused".to_owned(),
         };
         // The third failure would wait 6.4 to 8 s, but the token has 9 s left: a third of that.
@@ -348,7 +348,7 @@ mod tests {
             count: 4,
             last_at: at(100),
             inputs: "v1".to_owned(),
-            reason: "ProviderUnavailable".to_owned(),
+            reason: "ProviderUnavailable",
             message: String::new(),
         };
         // Backoff alone would wait 32 s or more (with jitter); 6 s are left, so 2 s.
