@@ -249,7 +249,13 @@ pub async fn run<F, Fut>(
         match end {
             End::Shutdown => {
                 let _ = stop.send(());
-                let _ = leading.await;
+                // In-flight reconciles may finish, but the lease is released within one lease
+                // duration whatever they do: the next leader must not wait on this one.
+                if tokio::time::timeout(settings.duration, &mut leading).await.is_err() {
+                    warn!(lease = %settings.name, "reconciles still running at shutdown; stopped them");
+                    leading.abort();
+                    let _ = leading.await;
+                }
                 elector.release().await;
                 return;
             }
