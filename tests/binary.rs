@@ -28,12 +28,7 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 #[tokio::test]
 async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
     let env = TestEnv::new("binary").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_address();
     let mut process = Command::new(env!("CARGO_BIN_EXE_winflow"))
         .args([
             "run",
@@ -139,12 +134,7 @@ async fn readyz_fails_until_the_caches_are_synced() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_address();
     let process = Command::new(env!("CARGO_BIN_EXE_winflow"))
         .args(["run", "--admin-addr", &addr])
         .env("KUBECONFIG", &kubeconfig)
@@ -162,6 +152,12 @@ async fn readyz_fails_until_the_caches_are_synced() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(process);
+}
+
+/// A loopback address no one listens on yet, for the admin server.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 /// The operator process, killed if the test ends early, so that a failed assertion never

@@ -827,13 +827,7 @@ where
 }
 
 fn reconciles(operator: &support::Operator) -> u64 {
-    operator
-        .metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with("winflow_reconciles_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    support::metric_sum(&operator.metrics, "winflow_reconciles_total{")
 }
 
 #[tokio::test]

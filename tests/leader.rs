@@ -69,12 +69,7 @@ impl Replica {
     }
 
     fn metric(&self, prefix: &str) -> u64 {
-        self.metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        support::metric_sum(&self.metrics, prefix)
     }
 
     fn leads(&self) -> bool {
@@ -190,6 +185,9 @@ async fn only_the_leader_reconciles_and_leadership_moves_on_crash_theft_and_shut
     assert!(!c.leads());
     let released = Instant::now();
     b.shut_down().await;
+    // Released, not left to expire: no holder, or already the next replica.
+    let after = holder(&env).await;
+    assert!(after.is_none() || after.as_deref() == Some("replica-c"), "{after:?}");
     wait_until("replica-c leads", Duration::from_secs(30), || async {
         c.leads().then_some(())
     })

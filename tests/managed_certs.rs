@@ -65,15 +65,6 @@ async fn handshake(addr: std::net::SocketAddr, dns_name: &str, bundle: &str) -> 
         .map_err(|e| format!("{e:?}"))
 }
 
-fn metric(metrics: &Metrics, prefix: &str) -> u64 {
-    metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 async fn set_annotation(env: &TestEnv, key: &str, value: &str) {
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
     env.api::<Secret>()
@@ -111,7 +102,7 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
     let mut b = CertKeeper::new(env.client.clone(), settings(&env, dir_b.path()), metrics_b.clone());
     b.ensure().await.unwrap();
     assert_eq!(
-        metric(&metrics_b, "winflow_api_writes_total{kind=\"Secret\""),
+        support::metric_sum(&metrics_b, "winflow_api_writes_total{kind=\"Secret\""),
         0,
         "replica b wrote no Secret"
     );

@@ -230,13 +230,10 @@ fn unix_millis() -> u64 {
 }
 
 fn secret_writes(operator: &support::Operator) -> u64 {
-    operator
-        .metrics
-        .encode()
-        .lines()
-        .find(|l| l.starts_with("winflow_api_writes_total{kind=\"Secret\",verb=\"apply\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    support::metric_sum(
+        &operator.metrics,
+        "winflow_api_writes_total{kind=\"Secret\",verb=\"apply\"}",
+    )
 }
 
 /// A task pod of the identity as the KubernetesPodOperator builds it.

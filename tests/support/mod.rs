@@ -276,13 +276,18 @@ impl Operator {
 
     /// Writes counted by the operator's own metrics, for all kinds and verbs.
     pub fn total_writes(&self) -> u64 {
-        self.metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("winflow_api_writes_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
+        metric_sum(&self.metrics, "winflow_api_writes_total{")
     }
+}
+
+/// The sum of the samples whose line starts with `prefix` (a name, or a name and labels).
+pub fn metric_sum(metrics: &Metrics, prefix: &str) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 static LOGS: OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();
