@@ -17,6 +17,10 @@ Starts etcd, kube-apiserver and kube-controller-manager on free loopback ports, 
 `kubeconfig=<path>` on stdout once the API server is ready, and runs until end of file on
 stdin or SIGINT/SIGTERM. Then it stops the processes and removes the state directory.
 
+The API server writes an audit log of every write request (create, update, patch, delete;
+metadata only, never bodies) to DIR/audit.log. SIGUSR1 kills the API server and SIGUSR2
+starts it again on the same port (for fault tests: etcd and the controller-manager stay up).
+
   --dir DIR   state directory (created; must be empty or absent), default: mktemp -d
   -h, --help  this text
 
@@ -121,7 +125,7 @@ fi
 start() {
   local name=$1
   shift
-  "${pdeathsig[@]}" "$@" </dev/null >"$dir/$name.log" 2>&1 &
+  "${pdeathsig[@]}" "$@" </dev/null >>"$dir/$name.log" 2>&1 &
   names+=("$name")
   pids+=("$!")
 }
@@ -169,19 +173,66 @@ start etcd "$bin/etcd" \
 # With --cert-dir and no --tls-cert-file, the API server writes a self-signed CA and a
 # serving certificate for 127.0.0.1 to certs/apiserver.crt (serving certificate followed by
 # its CA); that file is the CA bundle for every client (kubectl, rustls, curl).
-start kube-apiserver "$bin/kube-apiserver" \
-  --etcd-servers="http://127.0.0.1:$etcd_port" \
-  --secure-port="$api_port" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
-  --cert-dir="$dir/certs" \
-  --token-auth-file="$dir/tokens.csv" \
-  --authorization-mode=RBAC \
-  --service-account-issuer=https://kubernetes.default.svc \
-  --service-account-key-file="$dir/sa.pub" \
-  --service-account-signing-key-file="$dir/sa.key" \
-  --service-cluster-ip-range=10.0.0.0/24 \
+# Writes only, at Metadata level: who wrote what and when, for tests that check which
+# replica wrote; reads would make the log large for nothing.
+cat >"$dir/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+
+apiserver_args=(
+  --etcd-servers="http://127.0.0.1:$etcd_port"
+  --secure-port="$api_port"
+  --bind-address=127.0.0.1
+  --advertise-address=127.0.0.1
+  --cert-dir="$dir/certs"
+  --token-auth-file="$dir/tokens.csv"
+  --authorization-mode=RBAC
+  --service-account-issuer=https://kubernetes.default.svc
+  --service-account-key-file="$dir/sa.pub"
+  --service-account-signing-key-file="$dir/sa.key"
+  --service-cluster-ip-range=10.0.0.0/24
   --allow-privileged=true
+  --audit-policy-file="$dir/audit-policy.yaml"
+  --audit-log-path="$dir/audit.log"
+)
+start kube-apiserver "$bin/kube-apiserver" "${apiserver_args[@]}"
+
+# SIGUSR1 kills the API server (as a crash would: at once, so the outage a test asks for
+# starts when it asks), SIGUSR2 starts it again (fault tests). It leaves the list of watched
+# processes first, so the watch loop below does not take the stop for a crash.
+stop_api_server() {
+  local i pid
+  for ((i = 0; i < ${#names[@]}; i++)); do
+    if [ "${names[i]}" = kube-apiserver ]; then
+      pid=${pids[i]}
+      names=("${names[@]:0:i}" "${names[@]:i+1}")
+      pids=("${pids[@]:0:i}" "${pids[@]:i+1}")
+      log "SIGUSR1: killing kube-apiserver"
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      break
+    fi
+  done
+  # A trap's status must be 0 explicitly: under set -e anything else ends the script.
+  return 0
+}
+start_api_server() {
+  local name
+  for name in "${names[@]}"; do
+    [ "$name" != kube-apiserver ] || return 0
+  done
+  log "SIGUSR2: starting kube-apiserver again"
+  start kube-apiserver "$bin/kube-apiserver" "${apiserver_args[@]}"
+  return 0
+}
+trap stop_api_server USR1
+trap start_api_server USR2
 
 server="https://127.0.0.1:$api_port"
 api() {

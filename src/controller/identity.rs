@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::apply::{ChildReport, delete_managed_child, ensure_child};
 use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
-use super::{Context, Error, finalizer, report, scoped};
+use super::{Context, Error, finalizer, report, scoped, watches};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::identity::{PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
@@ -41,14 +41,18 @@ pub async fn run(
     let identities: Api<Guarded> = scoped(client.clone(), namespace.as_deref());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let credential_specs: Api<GMSACredentialSpec> = Api::all(client.clone());
-    let controller = Controller::new(identities, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (store, store_writer) = reflector::store();
+    let identity_events = reflector::reflector(
+        store_writer,
+        watches::events(identities, watcher::Config::default().any_semantic()),
+    );
+    let controller = Controller::for_stream(identity_events.applied_objects(), store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
     // Reconciles read task pods from this cache instead of listing them on every pod event.
     // Only metadata and status are read, so the spec is not kept.
     let (pod_store, pod_writer) = reflector::store();
-    let pod_watch = watcher(
+    let pod_watch = watches::events(
         scoped::<Pod>(client.clone(), namespace.as_deref()),
         watcher::Config::default().labels(IDENTITY_LABEL),
     )
@@ -60,46 +64,61 @@ pub async fn run(
     let _ = ctx.task_pods.set(pod_store);
     // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
     // secret that appears or changes, re-check the identity at once.
-    let secrets = watcher(
+    let secrets = watches::events(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
         watcher::Config::default(),
     )
     .touched_objects();
     let referrers = store.clone();
     controller
-        .owns(
-            scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
-            managed.clone(),
+        .owns_stream(
+            watches::events(
+                scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
+                managed.clone(),
+            )
+            .touched_objects(),
         )
-        .owns(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone())
-        .owns(
-            scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
-            managed.clone(),
+        .owns_stream(
+            watches::events(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone()).touched_objects(),
         )
-        .owns(
-            scoped::<ServiceAccount>(client.clone(), namespace.as_deref()),
-            managed.clone(),
+        .owns_stream(
+            watches::events(
+                scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
+                managed.clone(),
+            )
+            .touched_objects(),
         )
-        .watches(credential_specs, managed, |spec| {
+        .owns_stream(
+            watches::events(
+                scoped::<ServiceAccount>(client.clone(), namespace.as_deref()),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
+        .watches_stream(watches::events(credential_specs, managed).touched_objects(), |spec| {
             let (namespace, name) = names::identity_of_credential_spec(spec.metadata.name.as_deref()?)?;
             Some(ObjectRef::<Guarded>::new(name).within(namespace))
         })
         // A share that appears, binds or breaks re-checks the identities that mount it.
-        .watches(shares, watcher::Config::default(), move |share| {
-            let namespace = share.meta().namespace.clone();
-            let name = share.meta().name.clone().unwrap_or_default();
-            store
-                .state()
-                .into_iter()
-                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
-                .filter(|identity| {
-                    identity.metadata.namespace == namespace && identity.spec.shares.iter().any(|s| s.name == name)
-                })
-                .map(|identity| {
-                    ObjectRef::<Guarded>::new(&identity.name_any()).within(&identity.namespace().unwrap_or_default())
-                })
-                .collect::<Vec<_>>()
-        })
+        .watches_stream(
+            watches::events(shares, watcher::Config::default()).touched_objects(),
+            move |share| {
+                let namespace = share.meta().namespace.clone();
+                let name = share.meta().name.clone().unwrap_or_default();
+                store
+                    .state()
+                    .into_iter()
+                    .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+                    .filter(|identity| {
+                        identity.metadata.namespace == namespace && identity.spec.shares.iter().any(|s| s.name == name)
+                    })
+                    .map(|identity| {
+                        ObjectRef::<Guarded>::new(&identity.name_any())
+                            .within(&identity.namespace().unwrap_or_default())
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
         .watches_stream(secrets, move |secret| identities_using_secret(&referrers, &secret))
         // Task pods are reported back on the identity their label names.
         .watches_stream(task_pods, |pod| {

@@ -8,13 +8,13 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::{ChildReport, ChildState, delete_managed_child, ensure_child};
-use super::{Context, Error, finalizer, report, scoped};
+use super::{Context, Error, finalizer, report, scoped, watches};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::share::{WindowsShare, WindowsShareStatus};
 use crate::build::{self, with_spec_hash};
@@ -38,25 +38,33 @@ pub async fn run(
     let client = ctx.client.clone();
     let namespace = ctx.config.namespace.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let controller = Controller::new(
-        scoped::<Guarded>(client.clone(), namespace.as_deref()),
-        watcher::Config::default().any_semantic(),
+    let (store, store_writer) = reflector::store();
+    let share_events = reflector::reflector(
+        store_writer,
+        watches::events(
+            scoped::<Guarded>(client.clone(), namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+        ),
     );
-    let store = controller.store();
+    let controller = Controller::for_stream(share_events.applied_objects(), store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     // Secrets are watched as metadata only: their data never enters the operator's memory
     // through the watch. A Secret that appears or changes re-checks the shares naming it.
-    let secrets = watcher(
+    let secrets = watches::events(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
         watcher::Config::default(),
     )
     .touched_objects();
+    let volumes = watches::events(Api::<PersistentVolume>::all(client.clone()), managed.clone());
     controller
-        .owns(
-            scoped::<PersistentVolumeClaim>(client.clone(), namespace.as_deref()),
-            managed.clone(),
+        .owns_stream(
+            watches::events(
+                scoped::<PersistentVolumeClaim>(client.clone(), namespace.as_deref()),
+                managed,
+            )
+            .touched_objects(),
         )
-        .watches(Api::<PersistentVolume>::all(client), managed, |volume| {
+        .watches_stream(volumes.touched_objects(), |volume| {
             let (namespace, name) = names::share_of_persistent_volume(volume.metadata.name.as_deref()?)?;
             Some(ObjectRef::<Guarded>::new(name).within(namespace))
         })

@@ -20,7 +20,10 @@ use winflow::controller::{Context, ControllerConfig};
 use winflow::metrics::Metrics;
 use winflow::token::TokenConfig;
 
+pub mod audit;
+pub mod fleet;
 pub mod oidc;
+pub mod process;
 pub mod tools;
 pub mod webhook;
 
@@ -117,6 +120,40 @@ async fn install_crds(kubeconfig: &Path) {
 /// The admin kubeconfig of the shared control plane, for processes the tests start.
 pub fn kubeconfig_path() -> PathBuf {
     control_plane().kubeconfig.clone()
+}
+
+/// The API server's audit log of write requests (see `hack/control-plane.sh`).
+pub fn audit_log_path() -> PathBuf {
+    control_plane().kubeconfig.with_file_name("audit.log")
+}
+
+/// Kills the shared control plane's API server (etcd and the controller-manager stay up) and
+/// waits until it refuses connections. Every test of the binary sees the outage, so only a
+/// test binary of its own may call this.
+pub async fn stop_api_server(client: &Client) {
+    signal_control_plane("USR1");
+    wait_until("the API server to stop", Duration::from_secs(30), || async {
+        client.apiserver_version().await.is_err().then_some(())
+    })
+    .await;
+}
+
+/// Starts the API server again after `stop_api_server` and waits until it answers.
+pub async fn start_api_server(client: &Client) {
+    signal_control_plane("USR2");
+    wait_until("the API server to answer again", Duration::from_secs(90), || async {
+        client.apiserver_version().await.ok().map(|_| ())
+    })
+    .await;
+}
+
+fn signal_control_plane(signal: &str) {
+    let pid = control_plane()._process.id().to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
 }
 
 /// A namespace of its own, an admin client and (once started) an operator for it.
@@ -282,12 +319,7 @@ impl Operator {
 
 /// The sum of the samples whose line starts with `prefix` (a name, or a name and labels).
 pub fn metric_sum(metrics: &Metrics, prefix: &str) -> u64 {
-    metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    process::sum_samples(&metrics.encode(), prefix)
 }
 
 static LOGS: OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();

@@ -1,0 +1,178 @@
+//! Many identities at once, for fault tests and benchmarks: create them, count the Ready
+//! ones, and check that each has exactly its own children.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
+
+use super::{TestEnv, wait_until};
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=winflow";
+
+/// The Azure Key Vault example (no share, no token) as `name`, with a service account of the
+/// same name.
+pub fn example_identity(name: &str) -> WindowsTaskIdentity {
+    let path = format!("{}/examples/identity-azure-key-vault.yaml", super::REPO);
+    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    identity.metadata.name = Some(name.to_owned());
+    identity.spec.service_account.name = name.to_owned();
+    identity
+}
+
+/// `prefix-0000` … : names that sort in creation order.
+pub fn names(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}-{i:04}")).collect()
+}
+
+/// Creates the example identity under every name, `in_flight` requests at a time.
+pub async fn create_identities(env: &TestEnv, names: &[String], in_flight: usize) {
+    let api = env.api::<WindowsTaskIdentity>();
+    futures::stream::iter(names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &example_identity(name))
+                .await
+                .map(|_| ())
+        }
+    }))
+    .buffer_unordered(in_flight)
+    .try_collect::<()>()
+    .await
+    .expect("identities created");
+}
+
+/// Identities whose `Ready` condition is True for their current generation.
+pub async fn ready_count(env: &TestEnv) -> usize {
+    let Ok(list) = env.api::<WindowsTaskIdentity>().list(&ListParams::default()).await else {
+        return 0;
+    };
+    list.items.iter().filter(|i| is_ready(i)).count()
+}
+
+pub fn is_ready(identity: &WindowsTaskIdentity) -> bool {
+    identity.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == identity.metadata.generation)
+    })
+}
+
+/// Waits until `count` identities are Ready.
+pub async fn wait_all_ready(env: &TestEnv, count: usize, timeout: Duration) {
+    wait_until(&format!("{count} identities Ready"), timeout, || async {
+        (ready_count(env).await >= count).then_some(())
+    })
+    .await;
+}
+
+/// What is wrong with the children winflow manages in the test's namespace: every kind must
+/// hold exactly one object per identity, named as winflow names it and owned by that
+/// identity (its current uid). Empty when all is well.
+pub async fn child_problems(env: &TestEnv) -> Vec<String> {
+    let identities: BTreeMap<String, String> = env
+        .api::<WindowsTaskIdentity>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| (i.name_any(), i.uid().unwrap_or_default()))
+        .collect();
+    let mut problems = Vec::new();
+    problems.extend(check_kind::<ConfigMap>(env, &identities, |n| format!("{n}-pod-templates")).await);
+    problems.extend(check_kind::<Role>(env, &identities, |n| format!("winflow-{n}-gmsa")).await);
+    problems.extend(check_kind::<RoleBinding>(env, &identities, |n| format!("winflow-{n}-gmsa")).await);
+    problems.extend(check_kind::<ServiceAccount>(env, &identities, str::to_owned).await);
+    let prefix = format!("{}.", env.namespace);
+    let specs: Vec<GMSACredentialSpec> = credential_specs(env).await;
+    let mut seen = BTreeMap::<String, usize>::new();
+    for spec in &specs {
+        let identity = spec.name_any().strip_prefix(&prefix).unwrap_or_default().to_owned();
+        *seen.entry(identity.clone()).or_default() += 1;
+        if !identities.contains_key(&identity) {
+            problems.push(format!("orphaned GMSACredentialSpec {}", spec.name_any()));
+        }
+    }
+    for name in identities.keys() {
+        if seen.get(name).copied().unwrap_or(0) != 1 {
+            problems.push(format!(
+                "identity {name} has {} credential specs",
+                seen.get(name).copied().unwrap_or(0)
+            ));
+        }
+    }
+    problems
+}
+
+/// winflow's credential specs for identities of the test's namespace.
+pub async fn credential_specs(env: &TestEnv) -> Vec<GMSACredentialSpec> {
+    let prefix = format!("{}.", env.namespace);
+    Api::<GMSACredentialSpec>::all(env.client.clone())
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.name_any().starts_with(&prefix))
+        .collect()
+}
+
+async fn check_kind<K>(
+    env: &TestEnv,
+    identities: &BTreeMap<String, String>,
+    name_of: impl Fn(&str) -> String,
+) -> Vec<String>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let objects = env
+        .api::<K>()
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+        .items;
+    let mut problems = Vec::new();
+    let mut by_identity = BTreeMap::<String, usize>::new();
+    for object in &objects {
+        let owner = object
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "WindowsTaskIdentity" && o.controller == Some(true));
+        let Some(owner) = owner else {
+            problems.push(format!("{kind} {} has no owning identity", object.name_any()));
+            continue;
+        };
+        match identities.get(&owner.name) {
+            Some(uid) if *uid == owner.uid && object.name_any() == name_of(&owner.name) => {
+                *by_identity.entry(owner.name.clone()).or_default() += 1;
+            }
+            Some(_) => problems.push(format!(
+                "{kind} {} is owned by a stale or misnamed {}",
+                object.name_any(),
+                owner.name
+            )),
+            None => problems.push(format!(
+                "orphaned {kind} {} (identity {} is gone)",
+                object.name_any(),
+                owner.name
+            )),
+        }
+    }
+    for name in identities.keys() {
+        let count = by_identity.get(name).copied().unwrap_or(0);
+        if count != 1 {
+            problems.push(format!("identity {name} has {count} {kind}s"));
+        }
+    }
+    problems
+}
