@@ -283,3 +283,97 @@ async fn every_replica_serves_the_webhook() {
     a.shut_down().await;
     b.shut_down().await;
 }
+
+/// `kill -9` of the leader process, again and again while identities converge: each time the
+/// other replica takes over and a fresh one joins. In the end every identity is Ready with
+/// exactly its children, and the API server's audit log shows that the replicas' writes never
+/// overlapped in time: one writer at a time.
+#[tokio::test]
+async fn leaders_killed_repeatedly_hand_over_and_never_write_at_the_same_time() {
+    use support::audit::{self, AuditedWrite};
+    use support::fleet;
+    use support::process::{OperatorProcess, kubeconfig_acting_as};
+
+    const KILLS: usize = 5;
+    const IDENTITIES: usize = 150;
+    let env = TestEnv::new("leader-kills").await;
+    let dir = tempfile::tempdir().unwrap();
+    let lease = "winflow-kills";
+    let start = |n: usize| {
+        let user = format!("{}-replica-{n}", env.namespace);
+        let kubeconfig = kubeconfig_acting_as(&support::kubeconfig_path(), dir.path(), &user);
+        let args = [
+            "--namespace",
+            env.namespace.as_str(),
+            "--leader-elect",
+            "--operator-namespace",
+            env.namespace.as_str(),
+            "--lease-name",
+            lease,
+            "--lease-duration",
+            "3s",
+            "--instance",
+            user.as_str(),
+        ];
+        (user.clone(), OperatorProcess::start(&kubeconfig, &args, None))
+    };
+    let mut replicas = vec![start(0), start(1)];
+    fleet::create_identities(&env, &fleet::names("kills", IDENTITIES), 16).await;
+    let leases = env.api::<Lease>();
+    let mut killed = Vec::new();
+    for n in 0..KILLS {
+        // Wait for a leader that is not one already killed, let it work, then kill it.
+        let leader = wait_until("a live leader", Duration::from_secs(30), || async {
+            let holder = leases.get(lease).await.ok()?.spec?.holder_identity?;
+            replicas.iter().any(|(user, _)| *user == holder).then_some(holder)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let index = replicas.iter().position(|(user, _)| *user == leader).unwrap();
+        let (user, process) = replicas.remove(index);
+        process.kill_9();
+        println!("kill {n}: {user} with {} Ready", fleet::ready_count(&env).await);
+        killed.push(user);
+        replicas.push(start(KILLS + n + 2));
+    }
+    fleet::wait_all_ready(&env, IDENTITIES, Duration::from_secs(300)).await;
+    let problems = fleet::child_problems(&env).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Writes per replica, leases aside (every replica tries to take the lease).
+    let mut by_replica: std::collections::BTreeMap<String, Vec<AuditedWrite>> = Default::default();
+    for write in audit::writes(&support::audit_log_path()) {
+        if write.user.starts_with(&format!("{}-replica-", env.namespace)) && write.resource != "leases" {
+            by_replica.entry(write.user.clone()).or_default().push(write);
+        }
+    }
+    let mut spans: Vec<(jiff::Timestamp, jiff::Timestamp, String, usize)> = by_replica
+        .iter()
+        .map(|(user, writes)| {
+            let first = writes.iter().map(|w| w.received).min().unwrap();
+            let last = writes.iter().map(|w| w.completed).max().unwrap();
+            (first, last, user.clone(), writes.len())
+        })
+        .collect();
+    spans.sort();
+    for (first, last, user, count) in &spans {
+        println!("{user}: {count} writes from {first} to {last}");
+    }
+    assert!(
+        spans.len() > KILLS,
+        "each killed leader and its successor wrote: {spans:?}"
+    );
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "{} wrote until {} but {} began at {}",
+            pair[0].2,
+            pair[0].1,
+            pair[1].2,
+            pair[1].0
+        );
+    }
+    for (_, process) in replicas {
+        assert!(process.terminate().await, "a replica stops cleanly");
+    }
+}
