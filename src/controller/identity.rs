@@ -49,17 +49,14 @@ pub async fn run(
     let controller = Controller::for_stream(identity_events.applied_objects(), store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
-    // Reconciles read task pods from this cache instead of listing them on every pod event.
-    // Only metadata and status are read, so the spec is not kept.
+    // Reconciles read task pods from this cache instead of listing them on every pod event;
+    // it keeps only the fields the status is made of.
     let (pod_store, pod_writer) = reflector::store();
     let pod_watch = watches::events(
         scoped::<Pod>(client.clone(), namespace.as_deref()),
         watcher::Config::default().labels(IDENTITY_LABEL),
     )
-    .modify(|pod: &mut Pod| {
-        pod.spec = None;
-        pod.metadata.managed_fields = None;
-    });
+    .modify(pods::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
     let _ = ctx.task_pods.set(pod_store);
     // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
@@ -120,8 +117,9 @@ pub async fn run(
             },
         )
         .watches_stream(secrets, move |secret| identities_using_secret(&referrers, &secret))
-        // Task pods are reported back on the identity their label names.
-        .watches_stream(task_pods, |pod| {
+        // Task pods are reported back on the identity their label names, at most once per
+        // POD_TRIGGER_PERIOD for each identity: a burst of pod changes is one status write.
+        .watches_stream(throttled(task_pods), |pod| {
             let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
             Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
         })
@@ -134,6 +132,21 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// How often, at most, task pod changes re-check their identity.
+const POD_TRIGGER_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Task pod changes throttled per identity (namespace and label).
+fn throttled(
+    pods: impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    let identity_of = |pod: &Pod| {
+        let label = pod.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL));
+        (pod.metadata.namespace.clone(), label.cloned())
+    };
+    let pods = pods.filter_map(|pod| std::future::ready(pod.ok()));
+    super::throttle::per_key(pods, POD_TRIGGER_PERIOD, identity_of).map(Ok)
 }
 
 /// The identities a Secret matters to: the one whose token it holds (by winflow's labels) and

@@ -7,6 +7,7 @@ pub mod identity;
 mod report;
 pub mod share;
 pub mod status;
+mod throttle;
 mod watches;
 
 use std::time::Duration;
