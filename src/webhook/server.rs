@@ -39,6 +39,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (for instance out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Sent with every answer given before the whole body was read: hyper closes such a connection
+/// (the next request would start behind the unread body), so say it, or a keep-alive client
+/// sends its next request into a closed connection.
+const CLOSE: (header::HeaderName, &str) = (header::CONNECTION, "close");
 
 /// Which endpoint a review came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +198,7 @@ fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
+        [CLOSE],
         "not found: admission reviews go to POST /mutate-pods or POST /validate-pods\n",
     )
         .into_response()
@@ -204,7 +209,7 @@ async fn review(State(handler): State<Arc<dyn AdmissionHandler>>, kind: ReviewKi
     if request.method() != Method::POST {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST")],
+            [(header::ALLOW, "POST"), CLOSE],
             "method not allowed: admission reviews are sent with POST\n",
         )
             .into_response();
@@ -212,6 +217,7 @@ async fn review(State(handler): State<Arc<dyn AdmissionHandler>>, kind: ReviewKi
     if !is_json(request.headers()) {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [CLOSE],
             "unsupported content type: an AdmissionReview is sent as application/json\n",
         )
             .into_response();
@@ -252,6 +258,7 @@ async fn review(State(handler): State<Arc<dyn AdmissionHandler>>, kind: ReviewKi
 fn too_large() -> Response {
     (
         StatusCode::PAYLOAD_TOO_LARGE,
+        [CLOSE],
         format!("request body too large: an AdmissionReview may be at most {MAX_BODY} bytes\n"),
     )
         .into_response()
