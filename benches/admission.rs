@@ -68,6 +68,8 @@ async fn post(stream: &mut BufReader<TlsStream>, path: &str, body: &[u8]) -> u16
     let mut request = head.into_bytes();
     request.extend_from_slice(body);
     stream.get_mut().write_all(&request).await.unwrap();
+    // rustls may hold encrypted bytes until flushed.
+    stream.get_mut().flush().await.unwrap();
     let mut status_line = String::new();
     stream.read_line(&mut status_line).await.unwrap();
     let mut length = 0;
@@ -130,18 +132,31 @@ async fn admission_at(rate: u32, addr: std::net::SocketAddr, ca_pem: &str) -> (V
     (latencies, failures)
 }
 
-fn pod(name: &str, labelled: bool) -> Pod {
-    let labels = if labelled {
-        json!({"winflow.io/identity": "payroll-export", "dag_id": "payroll_export", "task_id": "upload"})
-    } else {
-        json!({"app": "bench"})
-    };
+/// A task pod of the identity's DAG, as Airflow would create it.
+fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": {"winflow.io/identity": "payroll-export", "dag_id": "payroll_export", "task_id": "upload"}},
         "spec": {"automountServiceAccountToken": false, "serviceAccountName": "payroll-export",
                  "containers": [{"name": "base", "image": "registry.example.com/payroll/export-win:2.0"}]}
     }))
     .unwrap()
+}
+
+/// The pod the webhook admitted, under another name and without winflow's label, so that
+/// no webhook reviews it.
+fn unreviewed_copy(admitted: &Pod, name: &str) -> Pod {
+    let mut labels = admitted.metadata.labels.clone().unwrap_or_default();
+    labels.remove("winflow.io/identity");
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            annotations: admitted.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: admitted.spec.clone(),
+        status: None,
+    }
 }
 
 #[tokio::main]
@@ -161,22 +176,31 @@ async fn main() {
         );
     }
 
-    // Pod creation through the API server, alternating pods the webhook reviews (labelled) and
-    // pods it never sees (unlabelled), so both sides share the same conditions.
+    // Pod creation through the API server, alternating pods the webhook reviews and pods it
+    // never sees, so both sides share the same conditions. The pods it never sees are the
+    // webhook's own result (the admitted warm-up pod without winflow's label), so both sides
+    // store the same object and differ only in the admission calls.
     let pods: Api<Pod> = env.api();
     let probe_deadline = Instant::now() + Duration::from_secs(60);
-    while pods.create(&PostParams::default(), &pod("warmup", true)).await.is_err() {
-        assert!(Instant::now() < probe_deadline, "the webhook never admitted a pod");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let admitted = loop {
+        match pods.create(&PostParams::default(), &pod("warmup")).await {
+            Ok(admitted) => break admitted,
+            Err(_) => {
+                assert!(Instant::now() < probe_deadline, "the webhook never admitted a pod");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..PODS_PER_SIDE {
-        for (labelled, sink) in [(true, &mut with), (false, &mut without)] {
-            let name = format!("{}-{i}", if labelled { "with" } else { "without" });
+        for (reviewed, sink) in [(true, &mut with), (false, &mut without)] {
+            let object = if reviewed {
+                pod(&format!("with-{i}"))
+            } else {
+                unreviewed_copy(&admitted, &format!("without-{i}"))
+            };
             let started = Instant::now();
-            pods.create(&PostParams::default(), &pod(&name, labelled))
-                .await
-                .unwrap();
+            pods.create(&PostParams::default(), &object).await.unwrap();
             sink.push(started.elapsed());
         }
     }
