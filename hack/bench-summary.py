@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Prints the benchmarks' figures next to their targets, from target/bench/*.json."""
+import json
+import sys
+from pathlib import Path
+
+directory = Path(sys.argv[1] if len(sys.argv) > 1 else "target/bench")
+rows = []
+
+
+def load(name):
+    path = directory / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def row(area, figure, value, target="", met=None):
+    mark = "" if met is None else ("yes" if met else "NO")
+    rows.append((area, figure, value, target, mark))
+
+
+def num(value, digits=2):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+scale = load("scale")
+if scale:
+    for run in scale.get("convergence", []):
+        n, c = run.get("identities"), run.get("concurrency")
+        ratio = run.get("ratio")
+        target = "<= 1.3 at N = 1000" if n == 1000 else ""
+        row("convergence", f"N={n} c={c}: Ready in s (floor s)",
+            f"{num(run.get('converge_seconds'))} ({num(run.get('floor_seconds'))})")
+        row("convergence", f"N={n} c={c}: time / floor", num(ratio), target,
+            (ratio <= 1.3) if n == 1000 and ratio is not None else None)
+    economy = scale.get("write_economy", {})
+    runs = scale.get("convergence", [])
+    if runs:
+        last = runs[-1]
+        per, minimal = last.get("writes_per_identity"), last.get("minimal_writes_per_identity")
+        row("writes", f"per converged identity, N={last.get('identities')} (Events aside)", num(per),
+            f"= {minimal} (5 children, finalizer, status)", per is not None and per == minimal)
+    restart = economy.get("restart", {})
+    if restart:
+        count = restart.get("writes_total")
+        row("writes", "restart over converged objects", str(count), "0 (leases, Events aside)", count == 0)
+    burst = economy.get("pod_burst", {})
+    if burst:
+        status_writes = burst.get("burst_status_writes")
+        row("writes", f"status writes for {burst.get('updates')} pod updates", str(status_writes),
+            "a handful", status_writes is not None and status_writes <= 10)
+    memory = scale.get("memory", {})
+    if memory:
+        rss = memory.get("rss_mib")
+        row("memory", f"RSS, {memory.get('identities')} identities + {memory.get('labelled_pods')} pods (MiB)",
+            num(rss, 1), "<= 50", rss is not None and rss <= 50)
+        row("memory", "peak RSS (MiB)", num(memory.get("peak_rss_mib"), 1))
+    if scale.get("binary_bytes"):
+        row("memory", "release binary (MiB)", num(scale["binary_bytes"] / 2**20, 1))
+
+admission = load("admission")
+if admission:
+    for run in admission.get("admission", []):
+        row("admission", f"webhook at {run['rate_per_second']}/s: p50 / p99 ms (failed)",
+            f"{num(run['p50_ms'])} / {num(run['p99_ms'])} ({run['failed']})")
+    pod_create = admission.get("pod_create", {})
+    ratio = pod_create.get("p50_ratio")
+    row("admission", "pod create p50 with / without webhook", num(ratio), "<= 1.10",
+        ratio is not None and ratio <= 1.10)
+
+tokens = load("tokens")
+if tokens:
+    row("tokens", f"{tokens['identities']} identities x {tokens['token_lifetime_seconds']} s tokens, "
+        f"{round(tokens['duration_seconds'])} s: expired moments", str(tokens["expired_moments"]), "0",
+        tokens["expired_moments"] == 0)
+    per_token = tokens["token_requests_per_token_issued"]["value"]
+    row("tokens", "token requests per token issued", num(per_token, 3), "1", abs(per_token - 1) < 0.005)
+    row("tokens", "token requests per renewal window", num(tokens["requests_per_renewal_window"]["value"], 3), "1")
+
+if not rows:
+    sys.exit(f"no benchmark results in {directory}")
+widths = [max(len(str(r[i])) for r in rows + [("area", "figure", "value", "target", "met")]) for i in range(5)]
+for r in [("area", "figure", "value", "target", "met")] + rows:
+    print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
