@@ -6,24 +6,9 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::process::{free_address, http_get};
 use support::{TestEnv, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use winflow::api::WindowsTaskIdentity;
-
-/// A minimal HTTP/1.1 GET, enough for the admin endpoints: (status code, body).
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
 
 #[tokio::test]
 async fn winflow_run_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
@@ -152,12 +137,6 @@ async fn readyz_fails_until_the_caches_are_synced() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(process);
-}
-
-/// A loopback address no one listens on yet, for the admin server.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 /// The operator process, killed if the test ends early, so that a failed assertion never
