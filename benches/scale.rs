@@ -104,15 +104,16 @@ async fn start_operator(namespace: &str, concurrency: u16, settings: &Settings, 
     operator
 }
 
-/// Peak resident memory (VmHWM), in bytes.
-fn peak_rss_bytes(operator: &OperatorProcess) -> u64 {
+/// A memory figure of the operator from /proc/<pid>/status (`VmHWM`: peak resident memory;
+/// `RssAnon`: its heap and stacks; `RssFile`: pages of the binary and libraries), in MiB.
+fn status_mib(operator: &OperatorProcess, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap();
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
+        .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"));
+    kib as f64 / 1024.0
 }
 
 /// CPU time (clock ticks) of this process and everything it started, by command name, and
@@ -681,7 +682,9 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
         "events_per_identity": total(&writes, true) as f64 / identities as f64,
         "reconciles_per_identity": reconciles as f64 / identities as f64,
         "rss_mib": operator.rss_bytes() as f64 / MIB,
-        "peak_rss_mib": peak_rss_bytes(&operator) as f64 / MIB,
+        "peak_rss_mib": status_mib(&operator, "VmHWM"),
+        "anon_rss_mib": status_mib(&operator, "RssAnon"),
+        "file_rss_mib": status_mib(&operator, "RssFile"),
         "reconciles_per_identity_at_ready": per_identity(sum_samples(&at_ready, "winflow_reconciles_total{controller=\"identity\"")),
         "reconcile_errors": reconcile_errors(&operator).await,
         "mean_reconcile_ms": mean_reconcile_ms(&final_metrics),
@@ -728,7 +731,9 @@ async fn idle(settings: &Settings) -> Value {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let value = json!({
         "rss_mib": operator.rss_bytes() as f64 / MIB,
-        "peak_rss_mib": peak_rss_bytes(&operator) as f64 / MIB,
+        "peak_rss_mib": status_mib(&operator, "VmHWM"),
+        "anon_rss_mib": status_mib(&operator, "RssAnon"),
+        "file_rss_mib": status_mib(&operator, "RssFile"),
     });
     assert!(operator.terminate().await, "the operator stops on SIGTERM");
     delete_namespace(&env).await;
@@ -757,7 +762,9 @@ async fn restart(run: &Kept, settings: &Settings) -> (OperatorProcess, Value) {
         "api_reads_per_identity": requests_with_verb(&requests, &["GET", "LIST"]) as f64 / n as f64,
         "mean_reconcile_ms": mean_reconcile_ms(&metrics_text(&operator).await),
         "rss_mib": operator.rss_bytes() as f64 / MIB,
-        "peak_rss_mib": peak_rss_bytes(&operator) as f64 / MIB,
+        "peak_rss_mib": status_mib(&operator, "VmHWM"),
+        "anon_rss_mib": status_mib(&operator, "RssAnon"),
+        "file_rss_mib": status_mib(&operator, "RssFile"),
         "ready_seconds": ready.as_secs_f64(),
         "all_reconciled_seconds": reconciled.as_secs_f64(),
         "reconciles": identity_reconciles(&operator).await,
@@ -858,6 +865,7 @@ async fn pod_burst(run: &Kept, operator: &OperatorProcess, settings: &Settings) 
         "sustained_reconciles": reconciles_after_sustained - reconciles_after_burst,
         "final_pods_status": status,
         "rss_mib": operator.rss_bytes() as f64 / MIB,
+        "anon_rss_mib": status_mib(operator, "RssAnon"),
     })
 }
 
@@ -885,7 +893,9 @@ async fn memory(run: &Kept, operator: &OperatorProcess, settings: &Settings) -> 
         "status_writes": identity_status_writes(&writes),
         "writes": writes_json(&writes),
         "rss_mib": operator.rss_bytes() as f64 / MIB,
-        "peak_rss_mib": peak_rss_bytes(operator) as f64 / MIB,
+        "peak_rss_mib": status_mib(operator, "VmHWM"),
+        "anon_rss_mib": status_mib(operator, "RssAnon"),
+        "file_rss_mib": status_mib(operator, "RssFile"),
     })
 }
 
@@ -1077,17 +1087,27 @@ fn print_report(report: &Value) {
 
     let memory = &report["memory"];
     println!("\nmemory (operator RSS; target <= 50 MiB)");
-    println!(
-        "  idle, 0 identities:               RSS {:>6.1} MiB, peak {:>6.1} MiB",
-        f(&report["idle"]["rss_mib"]),
-        f(&report["idle"]["peak_rss_mib"])
+    let line = |what: &str, m: &Value| {
+        println!(
+            "  {what:<34} RSS {:>6.1} MiB (heap {:>5.1}, binary pages {:>4.1}), peak {:>6.1} MiB",
+            f(&m["rss_mib"]),
+            f(&m["anon_rss_mib"]),
+            f(&m["file_rss_mib"]),
+            f(&m["peak_rss_mib"])
+        )
+    };
+    line("idle, 0 identities:", &report["idle"]);
+    let economy = &report["write_economy"];
+    line(
+        &format!("{} identities (restarted):", economy["identities"]),
+        &economy["restart"],
     );
-    println!(
-        "  {} identities, {} labelled pods: RSS {:>6.1} MiB, peak {:>6.1} MiB",
-        memory["identities"],
-        memory["labelled_pods"],
-        f(&memory["rss_mib"]),
-        f(&memory["peak_rss_mib"])
+    line(
+        &format!(
+            "{} identities, {} labelled pods:",
+            memory["identities"], memory["labelled_pods"]
+        ),
+        memory,
     );
     println!(
         "  pods created in {:.1} s, settled {:.1} s later, {} identity status writes",
