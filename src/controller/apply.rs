@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::child_versions::{self, ChildVersions};
 use crate::build::carries_labels_of;
 use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
@@ -42,8 +43,14 @@ pub struct ChildReport {
 
 /// Writes one child unless it is up to date or not winflow's (an existing object is winflow's
 /// when it carries every label winflow puts on the child). Transient API errors are returned
-/// for a retry; refusals become `Rejected`.
-pub async fn ensure_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<ChildReport, kube::Error>
+/// for a retry; refusals become `Rejected`. With `versions`, a child known to hold `desired`
+/// is not even read.
+pub async fn ensure_child<K>(
+    api: &Api<K>,
+    desired: &K,
+    metrics: &Metrics,
+    versions: Option<&ChildVersions>,
+) -> Result<ChildReport, kube::Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
@@ -54,6 +61,15 @@ where
         name: name.clone(),
         state,
     };
+    let digest = versions.map(|_| child_versions::digest(desired)).unwrap_or_default();
+    let confirm = |version: Option<&str>| {
+        if let Some(versions) = versions {
+            versions.confirm(desired, digest, version);
+        }
+    };
+    if versions.is_some_and(|v| v.holds(desired, digest)) {
+        return Ok(report(ChildState::UpToDate));
+    }
     if let Some(existing) = api.get_opt(&name).await? {
         if !carries_labels_of(existing.meta(), desired.meta()) {
             return Ok(report(ChildState::Conflict(format!(
@@ -61,6 +77,7 @@ where
             ))));
         }
         if is_subset(&to_json(desired), &to_json(&existing)) {
+            confirm(existing.meta().resource_version.as_deref());
             return Ok(report(ChildState::UpToDate));
         }
     }
@@ -68,7 +85,10 @@ where
     let params = PatchParams::apply(FIELD_MANAGER).force();
     metrics.api_write(&kind, "apply");
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
-        Ok(_) => Ok(report(ChildState::Applied)),
+        Ok(applied) => {
+            confirm(applied.meta().resource_version.as_deref());
+            Ok(report(ChildState::Applied))
+        }
         Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(report(ChildState::Rejected(
             refusal_message(&kind, &name, status.code, &status.message),
         ))),

@@ -15,13 +15,14 @@ fn json_patch(value: serde_json::Value) -> Patch<()> {
     Patch::Json(serde_json::from_value(value).expect("valid JSON patch"))
 }
 
-/// Adds the finalizer unless the object has it.
-pub async fn ensure<K>(api: &Api<K>, object: &K, metrics: &Metrics) -> Result<(), kube::Error>
+/// Adds the finalizer unless the object has it. `false` when the object is gone (deleted
+/// since the cache saw it, for example with its namespace): nothing is left to reconcile.
+pub async fn ensure<K>(api: &Api<K>, object: &K, metrics: &Metrics) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     if object.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
+        return Ok(true);
     }
     let patch = match object.meta().finalizers.as_ref() {
         None => json!([{ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }]),
@@ -31,9 +32,19 @@ where
         ]),
     };
     metrics.api_write(&K::kind(&()), "patch");
-    api.patch(&object.name_any(), &PatchParams::default(), &json_patch(patch))
-        .await?;
-    Ok(())
+    match api
+        .patch(&object.name_any(), &PatchParams::default(), &json_patch(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The API server's 404: the object is gone.
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_not_found())
 }
 
 /// Whether the object still waits for winflow's cleanup.
@@ -41,7 +52,7 @@ pub fn is_pending(object: &impl Resource) -> bool {
     object.meta().finalizers.iter().flatten().any(|f| f == FINALIZER)
 }
 
-/// Removes the finalizer once cleanup is done.
+/// Removes the finalizer once cleanup is done. An object already gone needs no removal.
 pub async fn remove<K>(api: &Api<K>, object: &K, metrics: &Metrics) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
@@ -54,7 +65,12 @@ where
         { "op": "remove", "path": format!("/metadata/finalizers/{index}") }
     ]);
     metrics.api_write(&K::kind(&()), "patch");
-    api.patch(&object.name_any(), &PatchParams::default(), &json_patch(patch))
-        .await?;
-    Ok(())
+    match api
+        .patch(&object.name_any(), &PatchParams::default(), &json_patch(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -1,6 +1,7 @@
 //! The WindowsTaskIdentity controller: credential spec, RBAC, service account and pod
 //! templates; status and Events; finalizer cleanup of the cluster-scoped credential spec.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use kube::core::error_boundary::InvalidObject;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -44,9 +45,12 @@ pub async fn run(
     let (store, store_writer) = reflector::store();
     let identity_events = reflector::reflector(
         store_writer,
-        watches::events(identities, watcher::Config::default().any_semantic()),
+        watches::events(identities, watcher::Config::default().any_semantic()).modify(drop_unread_metadata),
     );
-    let controller = Controller::for_stream(identity_events.applied_objects(), store.clone());
+    let identity_changes = identity_events
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, PredicateConfig::default());
+    let controller = Controller::for_stream(identity_changes, store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
     // Reconciles read task pods from this cache instead of listing them on every pod event;
@@ -67,32 +71,39 @@ pub async fn run(
     )
     .touched_objects();
     let referrers = store.clone();
+    // Children report deletions and changes made by others; winflow's own writes are no news.
+    let config_maps = child_changes(
+        watches::events(
+            scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
+            managed.clone(),
+        ),
+        ctx.clone(),
+    );
+    let roles = child_changes(
+        watches::events(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone()),
+        ctx.clone(),
+    );
+    let role_bindings = child_changes(
+        watches::events(
+            scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
+            managed.clone(),
+        ),
+        ctx.clone(),
+    );
+    let service_accounts = child_changes(
+        watches::events(
+            scoped::<ServiceAccount>(client.clone(), namespace.as_deref()),
+            managed.clone(),
+        ),
+        ctx.clone(),
+    );
+    let credential_specs = child_changes(watches::events(credential_specs, managed.clone()), ctx.clone());
     controller
-        .owns_stream(
-            watches::events(
-                scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watches::events(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone()).touched_objects(),
-        )
-        .owns_stream(
-            watches::events(
-                scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .owns_stream(
-            watches::events(
-                scoped::<ServiceAccount>(client.clone(), namespace.as_deref()),
-                managed.clone(),
-            )
-            .touched_objects(),
-        )
-        .watches_stream(watches::events(credential_specs, managed).touched_objects(), |spec| {
+        .owns_stream(config_maps)
+        .owns_stream(roles)
+        .owns_stream(role_bindings)
+        .owns_stream(service_accounts)
+        .watches_stream(credential_specs, |spec| {
             let (namespace, name) = names::identity_of_credential_spec(spec.metadata.name.as_deref()?)?;
             Some(ObjectRef::<Guarded>::new(name).within(namespace))
         })
@@ -132,6 +143,61 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// What is worth a reconcile among an identity's own events: a new spec (generation) or the
+/// start of its deletion. Its status and finalizer are winflow's own writes; reconciling on
+/// them would only read back what was just written (and, under pod churn, write again).
+fn spec_or_deletion(identity: &Guarded) -> Option<u64> {
+    let meta = identity.meta();
+    let mut hasher = DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The identity cache keeps neither managed fields nor `kubectl apply`'s copy of the object:
+/// nothing reads them, and together they are most of a cached identity's size.
+fn drop_unread_metadata(identity: &mut Guarded) {
+    let meta = match &mut identity.0 {
+        Ok(identity) => &mut identity.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A child kind's watch events as triggers of the identity that owns the child: deletions,
+/// and versions winflow did not write itself. Keeps `ctx.child_versions` current.
+fn child_changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    events.filter_map(move |event| {
+        let versions = &ctx.child_versions;
+        let trigger = match event {
+            Ok(watcher::Event::Apply(child) | watcher::Event::InitApply(child)) => {
+                versions.observed(&child).then_some(Ok(child))
+            }
+            Ok(watcher::Event::Delete(child)) => {
+                versions.deleted(&child);
+                Some(Ok(child))
+            }
+            Ok(watcher::Event::Init) => {
+                versions.relisting::<K>();
+                None
+            }
+            Ok(watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        };
+        std::future::ready(trigger)
+    })
 }
 
 /// How often, at most, task pod changes re-check their identity.
@@ -208,7 +274,9 @@ fn identities_api(ctx: &Context, namespace: &str) -> Api<WindowsTaskIdentity> {
 async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action, Error> {
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
-    finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
+    if !finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await? {
+        return Ok(Action::await_change());
+    }
     // Task pods are reported whether or not the spec is valid: they may still be running.
     let tasks = observe_pods(identity, ctx).await?;
     let recheck = tasks.recheck;
@@ -291,16 +359,30 @@ async fn apply_children(
     let name = identity.name_any();
     let client = ctx.client.clone();
     let metrics = &ctx.metrics;
-    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics).await?;
+    let versions = Some(&ctx.child_versions);
+    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics, versions).await?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
-    let role = ensure_child(&Api::namespaced(client.clone(), &namespace), &children.role, metrics).await?;
+    let role = ensure_child(
+        &Api::namespaced(client.clone(), &namespace),
+        &children.role,
+        metrics,
+        versions,
+    )
+    .await?;
     let role_binding = ensure_child(
         &Api::namespaced(client.clone(), &namespace),
         &children.role_binding,
         metrics,
+        versions,
     )
     .await?;
-    let pod_templates = ensure_child(&Api::namespaced(client, &namespace), &children.pod_templates, metrics).await?;
+    let pod_templates = ensure_child(
+        &Api::namespaced(client, &namespace),
+        &children.pod_templates,
+        metrics,
+        versions,
+    )
+    .await?;
 
     for report in [&credential_spec, &role, &role_binding, &pod_templates] {
         if report.state == super::apply::ChildState::Applied {
@@ -368,7 +450,8 @@ async fn ensure_service_account(
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     match &children.service_account {
         Some(desired) => {
-            let ChildReport { state, .. } = ensure_child(&api, desired, &ctx.metrics).await?;
+            let ChildReport { state, .. } =
+                ensure_child(&api, desired, &ctx.metrics, Some(&ctx.child_versions)).await?;
             Ok(match state {
                 super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
@@ -396,6 +479,7 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
     }
     finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
     ctx.tokens.identity_deleted(&namespace, &name, &ctx.metrics);
+    ctx.written_status.forget(&object_key(&namespace, &name));
     Ok(Action::await_change())
 }
 
@@ -430,7 +514,10 @@ async fn update_status(
     summary: Option<WindowsTaskIdentityStatus>,
     tasks: TaskPods,
 ) -> Result<(), Error> {
-    let previous = identity.status.clone().unwrap_or_default();
+    let key = object_key(&identity.namespace().unwrap_or_default(), &identity.name_any());
+    let uid = identity.uid().unwrap_or_default();
+    let cached = identity.status.clone().unwrap_or_default();
+    let previous = ctx.written_status.current(&key, &uid, &cached);
     let generation = identity.metadata.generation;
     let mut next = summary.unwrap_or_else(|| previous.clone());
     next.observed_generation = generation;
@@ -442,7 +529,12 @@ async fn update_status(
         return Ok(());
     }
     let api = identities_api(ctx, &identity.namespace().unwrap_or_default());
-    report::write_status(&api, &identity.name_any(), &next, &ctx.metrics).await?;
+    match report::write_status(&api, &identity.name_any(), &next, &ctx.metrics).await {
+        // Deleted since the cache saw it: no status to keep, no Events to tell.
+        Err(e) if finalizer::is_not_found(&e) => return Ok(()),
+        result => result?,
+    }
+    ctx.written_status.remember(&key, &uid, next.clone());
     let reference = identity.object_ref(&());
     report::publish_transitions(
         &ctx.recorder,

@@ -2,6 +2,7 @@
 
 pub mod apply;
 mod backoff;
+mod child_versions;
 mod finalizer;
 pub mod identity;
 mod report;
@@ -9,6 +10,7 @@ pub mod share;
 pub mod status;
 mod throttle;
 mod watches;
+mod written;
 
 use std::time::Duration;
 
@@ -60,6 +62,10 @@ pub struct Context {
     pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
     /// The OIDC client and each identity's token refresh failures.
     pub tokens: crate::token::Tokens,
+    /// Identity children known to hold what winflow wants, kept by their watches.
+    pub(crate) child_versions: child_versions::ChildVersions,
+    /// Identity statuses written and not yet seen in the cache.
+    pub(crate) written_status: written::WrittenStatus<crate::api::WindowsTaskIdentityStatus>,
 }
 
 impl Context {
@@ -77,6 +83,8 @@ impl Context {
             backoff: backoff::Backoff::default(),
             task_pods: std::sync::OnceLock::new(),
             tokens,
+            child_versions: child_versions::ChildVersions::default(),
+            written_status: written::WrittenStatus::default(),
         }
     }
 }

@@ -121,7 +121,9 @@ fn shares_api(ctx: &Context, namespace: &str) -> Api<WindowsShare> {
 async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
-    finalizer::ensure(&shares_api(ctx, &namespace), share, &ctx.metrics).await?;
+    if !finalizer::ensure(&shares_api(ctx, &namespace), share, &ctx.metrics).await? {
+        return Ok(Action::await_change());
+    }
     if let Err(violations) = validate::check_share(&namespace, &name, &share.spec) {
         let message = validate::describe(&violations);
         warn!(share = %format!("{namespace}/{name}"), %message, "invalid spec");
@@ -134,11 +136,12 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
         &Api::all(ctx.client.clone()),
         &with_spec_hash(build::persistent_volume_for(share)),
         &ctx.metrics,
+        None,
     )
     .await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let desired = keeping_requested_size(&claims, build::persistent_volume_claim_for(share)).await?;
-    let claim = ensure_child(&claims, &with_spec_hash(desired), &ctx.metrics).await?;
+    let claim = ensure_child(&claims, &with_spec_hash(desired), &ctx.metrics, None).await?;
     for report in [&volume, &claim] {
         if report.state == ChildState::Applied {
             info!(share = %format!("{namespace}/{name}"), kind = %report.kind, child = %report.name, "applied");

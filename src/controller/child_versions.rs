@@ -1,0 +1,245 @@
+//! Which children still hold exactly what winflow last applied or checked, so a reconcile
+//! need not read them back. The children's own watches keep this honest: every version a
+//! watch reports that winflow did not produce, and every deletion, marks the child unknown
+//! again, and the next reconcile reads it from the API server as before.
+//!
+//! It also tells which watch events are news. An event for the version winflow itself just
+//! wrote changes nothing a reconcile would see, so it triggers none: creating an identity's
+//! five children no longer reconciles the identity five more times.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+use kube::Resource;
+use serde::Serialize;
+
+#[derive(Default)]
+pub struct ChildVersions {
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    kind: Cow<'static, str>,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The version the watch last reported.
+    observed: Option<String>,
+    /// The digest of what winflow wanted, and the version that was known to hold it.
+    confirmed: Option<(u64, String)>,
+}
+
+/// A digest of what winflow wants a child to hold; equal digests, equal objects.
+pub fn digest<K: Serialize>(desired: &K) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(desired)
+        .expect("Kubernetes objects serialize to JSON")
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> Key {
+    let meta = object.meta();
+    key(
+        kind_of::<K>(),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn key(kind: Cow<'static, str>, namespace: &str, name: &str) -> Key {
+    Key {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The kind's name for keys: metadata-only watches (`PartialObjectMeta<K>`) and full objects
+/// of one kind share it. Static (borrowed) for k8s-openapi and kube-derive types.
+fn kind_of<K: Resource<DynamicType = ()>>() -> Cow<'static, str> {
+    K::kind(&())
+}
+
+impl ChildVersions {
+    /// Whether the child is known to hold `desired` right now: winflow applied (or read) it
+    /// at the version the watch reports last.
+    pub fn holds<K>(&self, desired: &K, digest: u64) -> bool
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let entries = self.entries.lock().expect("child-versions lock");
+        entries.get(&key_of(desired)).is_some_and(|entry| {
+            matches!((&entry.observed, &entry.confirmed), (Some(seen), Some((d, version))) if *d == digest && seen == version)
+        })
+    }
+
+    /// Winflow applied `desired` (or read it back unchanged) and the result has `version`.
+    pub fn confirm<K>(&self, desired: &K, digest: u64, version: Option<&str>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let mut entries = self.entries.lock().expect("child-versions lock");
+        let entry = entries.entry(key_of(desired)).or_default();
+        entry.confirmed = version.map(|v| (digest, v.to_owned()));
+    }
+
+    /// The watch reports `object` at its version. Returns whether that is news, i.e. not the
+    /// version winflow itself confirmed.
+    pub fn observed<K>(&self, object: &K) -> bool
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let version = object.meta().resource_version.clone();
+        let mut entries = self.entries.lock().expect("child-versions lock");
+        let entry = entries.entry(key_of(object)).or_default();
+        let own = matches!((&entry.confirmed, &version), (Some((_, confirmed)), Some(v)) if confirmed == v);
+        entry.observed = version;
+        !own
+    }
+
+    /// The child is gone.
+    pub fn deleted<K>(&self, object: &K)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.entries
+            .lock()
+            .expect("child-versions lock")
+            .remove(&key_of(object));
+    }
+
+    /// The watch of kind `K` lists again: deletions it missed while disconnected would go
+    /// unnoticed, so nothing of that kind is trusted until read again.
+    pub fn relisting<K>(&self)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let kind = kind_of::<K>();
+        self.entries
+            .lock()
+            .expect("child-versions lock")
+            .retain(|key, _| key.kind != kind);
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("child-versions lock").len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::rbac::v1::Role;
+    use kube::api::ObjectMeta;
+
+    fn config_map(name: &str, version: Option<&str>, value: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("airflow".to_owned()),
+                resource_version: version.map(str::to_owned),
+                ..ObjectMeta::default()
+            },
+            data: Some([("k".to_owned(), value.to_owned())].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_child_is_held_once_the_watch_shows_the_version_winflow_wrote() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        assert!(!versions.holds(&desired, d), "never seen");
+        versions.confirm(&desired, d, Some("10"));
+        assert!(!versions.holds(&desired, d), "the watch has not shown version 10 yet");
+        assert!(
+            !versions.observed(&config_map("t", Some("10"), "v1")),
+            "own write: no news"
+        );
+        assert!(versions.holds(&desired, d));
+    }
+
+    #[test]
+    fn another_writer_makes_the_child_unknown() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        versions.confirm(&desired, d, Some("10"));
+        assert!(!versions.observed(&config_map("t", Some("10"), "v1")));
+        assert!(
+            versions.observed(&config_map("t", Some("11"), "edited")),
+            "a hand edit is news"
+        );
+        assert!(!versions.holds(&desired, d));
+    }
+
+    #[test]
+    fn an_edit_seen_before_winflow_records_its_own_write_is_not_missed() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        // Watch events 10 (winflow's) and 11 (someone else's) both arrive before the apply's
+        // answer is recorded.
+        versions.observed(&config_map("t", Some("10"), "v1"));
+        versions.observed(&config_map("t", Some("11"), "edited"));
+        versions.confirm(&desired, d, Some("10"));
+        assert!(!versions.holds(&desired, d));
+    }
+
+    #[test]
+    fn a_changed_wish_is_not_held() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        versions.confirm(&desired, digest(&desired), Some("10"));
+        versions.observed(&config_map("t", Some("10"), "v1"));
+        let wanted_now = config_map("t", None, "v2");
+        assert!(!versions.holds(&wanted_now, digest(&wanted_now)));
+    }
+
+    #[test]
+    fn deletions_and_relists_forget() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        versions.confirm(&desired, d, Some("10"));
+        versions.observed(&config_map("t", Some("10"), "v1"));
+        versions.deleted(&config_map("t", Some("10"), "v1"));
+        assert!(!versions.holds(&desired, d));
+
+        versions.confirm(&desired, d, Some("12"));
+        versions.observed(&config_map("t", Some("12"), "v1"));
+        let role = Role {
+            metadata: ObjectMeta {
+                name: Some("t".to_owned()),
+                namespace: Some("airflow".to_owned()),
+                resource_version: Some("13".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Role::default()
+        };
+        versions.confirm(&role, 1, Some("13"));
+        versions.observed(&role);
+        versions.relisting::<ConfigMap>();
+        assert!(
+            !versions.holds(&desired, d),
+            "config maps are read again after a relist"
+        );
+        assert!(versions.holds(&role, 1), "other kinds are kept");
+        assert_eq!(versions.len(), 1);
+    }
+}
