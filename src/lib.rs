@@ -10,6 +10,7 @@ pub mod names;
 pub mod pods;
 pub mod process_metrics;
 pub mod render;
+pub mod task_pod;
 pub mod validate;
 pub mod webhook;
 

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
 
 use crate::api::conditions::ConditionState;
 use crate::api::identity::{PodsStatus, TaskFailure};
+use crate::task_pod::TaskPod;
 
 pub const TASKS_HEALTHY: &str = "TasksHealthy";
 pub const REASON_NO_RECENT_FAILURES: &str = "NoRecentFailures";
@@ -102,7 +102,7 @@ pub fn categorize(reason: &str, message: &str) -> FailureCategory {
 
 /// The Airflow id of a pod: the exact annotation (KubernetesExecutor) first, the label
 /// (sanitised by Airflow, possibly shortened) otherwise.
-fn airflow_id(pod: &Pod, key: &str) -> Option<String> {
+fn airflow_id(pod: &TaskPod, key: &str) -> Option<String> {
     let meta = &pod.metadata;
     meta.annotations
         .as_ref()
@@ -112,14 +112,9 @@ fn airflow_id(pod: &Pod, key: &str) -> Option<String> {
 }
 
 /// Why and when a failed pod failed: its first terminated container, else the pod's own status.
-fn failure_of(pod: &Pod) -> TaskFailure {
+fn failure_of(pod: &TaskPod) -> TaskFailure {
     let status = pod.status.as_ref();
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-        .find(|t| t.exit_code != 0);
+    let terminated = pod.terminated().find(|t| t.exit_code != 0);
     let reason = terminated
         .and_then(|t| t.reason.clone())
         .or_else(|| status.and_then(|s| s.reason.clone()));
@@ -147,65 +142,19 @@ fn failure_of(pod: &Pod) -> TaskFailure {
 }
 
 /// When a pod's last container finished (or, lacking that, when the pod was created).
-fn finished_at(pod: &Pod) -> Option<Timestamp> {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-    let finished = statuses
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+fn finished_at(pod: &TaskPod) -> Option<Timestamp> {
+    let finished = pod.terminated().filter_map(|t| t.finished_at.clone());
     finished
         .map(|t| t.0)
         .max()
         .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
-/// What the pod cache keeps of a task pod: exactly the fields `summarize` reads. Thousands of
-/// task pods are cached, and a whole pod (spec, conditions, IPs, managed fields, Airflow's
-/// labels and annotations) is several times larger than this.
-pub fn keep_summarized_fields(pod: &mut Pod) {
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
-        map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
-    };
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        creation_timestamp: meta.creation_timestamp,
-        labels: keep(meta.labels, &[crate::names::IDENTITY_LABEL, "dag_id", "task_id"]),
-        annotations: keep(meta.annotations, &["dag_id", "task_id"]),
-        ..ObjectMeta::default()
-    };
-    pod.spec = None;
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        reason: status.reason,
-        message: status.message,
-        container_statuses: status.container_statuses.map(|containers| {
-            containers
-                .into_iter()
-                .filter_map(|c| {
-                    let terminated = c.state?.terminated?;
-                    Some(ContainerStatus {
-                        state: Some(ContainerState {
-                            terminated: Some(terminated),
-                            ..ContainerState::default()
-                        }),
-                        ..ContainerStatus::default()
-                    })
-                })
-                .collect()
-        }),
-        ..PodStatus::default()
-    });
-}
-
 /// The pods part of an identity's status, `TasksHealthy`, and when that condition must be
 /// looked at again. Authentication failures make tasks unhealthy until a task succeeds
 /// after them, or for at most an hour.
 pub fn summarize<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a TaskPod>,
     denied: i32,
     now: Timestamp,
 ) -> (PodsStatus, ConditionState, Option<Duration>) {
@@ -216,7 +165,7 @@ pub fn summarize<'a>(
     let mut failures = Vec::new();
     let mut last_success: Option<Timestamp> = None;
     for pod in pods {
-        match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        match pod.phase() {
             Some("Running") => status.running += 1,
             Some("Succeeded") => {
                 status.succeeded += 1;
@@ -279,45 +228,9 @@ pub fn summarize<'a>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_cache_keeps_what_summarize_reads_and_it_summarizes_alike() {
-        let full: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "t1", "namespace": "airflow", "uid": "u", "resourceVersion": "7",
-                "creationTimestamp": "2026-11-29T01:00:00Z",
-                "labels": {"winflow.io/identity": "payroll", "dag_id": "payroll_export", "task_id": "upload", "airflow_version": "3.3.2", "try_number": "1"},
-                "annotations": {"dag_id": "payroll_export", "task_id": "upload", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
-                "managedFields": [{"manager": "kubelet"}], "ownerReferences": []},
-            "spec": {"containers": [{"name": "base", "image": "win:1"}]},
-            "status": {"phase": "Failed", "hostIP": "10.0.0.1", "podIP": "10.1.0.9", "qosClass": "BestEffort",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [
-                    {"name": "base", "image": "win:1", "imageID": "x", "ready": false, "restartCount": 0,
-                     "state": {"terminated": {"exitCode": 5, "reason": "Error", "message": "Logon failure: unknown user name or bad password", "finishedAt": "2026-11-29T01:02:00Z"}}},
-                    {"name": "sidecar", "image": "s:1", "imageID": "y", "ready": true, "restartCount": 0, "state": {"running": {}}}]}
-        }))
-        .unwrap();
-        let mut trimmed = full.clone();
-        keep_summarized_fields(&mut trimmed);
-        let now: Timestamp = "2026-11-29T01:05:00Z".parse().unwrap();
-        assert_eq!(
-            format!("{:?}", summarize([&trimmed], 0, now)),
-            format!("{:?}", summarize([&full], 0, now))
-        );
-        let labels = trimmed.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels.len(), 3, "{labels:?}");
-        assert_eq!(trimmed.metadata.annotations.as_ref().unwrap().len(), 2);
-        assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
-        let status = trimmed.status.as_ref().unwrap();
-        assert!(status.conditions.is_none() && status.host_ip.is_none());
-        assert_eq!(
-            status.container_statuses.as_ref().unwrap().len(),
-            1,
-            "running containers are not kept"
-        );
-    }
     use serde_json::json;
 
-    fn pod(name: &str, phase: &str, extra: serde_json::Value) -> Pod {
+    fn pod(name: &str, phase: &str, extra: serde_json::Value) -> TaskPod {
         let mut value = json!({
             "metadata": {"name": name, "labels": {"winflow.io/identity": "reports", "dag_id": "finance_daily", "task_id": "copy"},
                           "creationTimestamp": "2026-11-28T10:00:00Z"},
@@ -331,7 +244,7 @@ mod tests {
         serde_json::from_value(value).unwrap()
     }
 
-    fn failed(name: &str, message: &str, finished: &str) -> Pod {
+    fn failed(name: &str, message: &str, finished: &str) -> TaskPod {
         pod(
             name,
             "Failed",

@@ -5,7 +5,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::error_boundary::InvalidObject;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -25,6 +25,7 @@ use crate::build::{self, IdentityChildren};
 use crate::names::{
     self, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY,
 };
+use crate::task_pod::{self, TaskPod};
 use crate::{pods, validate};
 
 const CONTROLLER: &str = "identity";
@@ -45,7 +46,7 @@ pub async fn run(
     let (store, store_writer) = reflector::store();
     let identity_events = reflector::reflector(
         store_writer,
-        watches::events(identities, watcher::Config::default().any_semantic()).modify(drop_unread_metadata),
+        watches::events(identities, watcher::Config::default().any_semantic()).modify(watches::drop_unread_metadata),
     );
     let identity_changes = identity_events
         .applied_objects()
@@ -57,10 +58,10 @@ pub async fn run(
     // it keeps only the fields the status is made of.
     let (pod_store, pod_writer) = reflector::store();
     let pod_watch = watches::events(
-        scoped::<Pod>(client.clone(), namespace.as_deref()),
+        scoped::<TaskPod>(client.clone(), namespace.as_deref()),
         watcher::Config::default().labels(IDENTITY_LABEL),
     )
-    .modify(pods::keep_summarized_fields);
+    .modify(task_pod::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
     let _ = ctx.task_pods.set(pod_store);
     // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
@@ -155,21 +156,6 @@ fn spec_or_deletion(identity: &Guarded) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The identity cache keeps neither managed fields nor `kubectl apply`'s copy of the object:
-/// nothing reads them, and together they are most of a cached identity's size.
-fn drop_unread_metadata(identity: &mut Guarded) {
-    let meta = match &mut identity.0 {
-        Ok(identity) => &mut identity.metadata,
-        Err(invalid) => &mut invalid.metadata,
-    };
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
-    }
-}
-
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// A child kind's watch events as triggers of the identity that owns the child: deletions,
 /// and versions winflow did not write itself. Keeps `ctx.child_versions` current.
 fn child_changes<K>(
@@ -205,9 +191,9 @@ const POD_TRIGGER_PERIOD: std::time::Duration = std::time::Duration::from_secs(2
 
 /// Task pod changes throttled per identity (namespace and label).
 fn throttled(
-    pods: impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-) -> impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
-    let identity_of = |pod: &Pod| {
+    pods: impl futures::Stream<Item = Result<TaskPod, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<TaskPod, watcher::Error>> + Send + 'static {
+    let identity_of = |pod: &TaskPod| {
         let label = pod.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL));
         (pod.metadata.namespace.clone(), label.cloned())
     };

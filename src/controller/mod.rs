@@ -9,7 +9,7 @@ mod report;
 pub mod share;
 pub mod status;
 mod throttle;
-mod watches;
+pub(crate) mod watches;
 mod written;
 
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub struct Context {
     pub backoff: backoff::Backoff,
     /// Task pods (label `winflow.io/identity`), as the identity controller's watch keeps them;
     /// set when that controller starts.
-    pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
+    pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<crate::task_pod::TaskPod>>,
     /// The OIDC client and each identity's token refresh failures.
     pub tokens: crate::token::Tokens,
     /// Identity children known to hold what winflow wants, kept by their watches.

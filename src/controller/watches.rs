@@ -9,7 +9,10 @@ use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 
+use kube::core::DeserializeGuard;
+
 use super::backoff::WatchBackoff;
+use crate::api::WindowsTaskIdentity;
 
 /// The events of one watch. A failure is logged, not passed on, and the watch is retried
 /// after its own backoff; "resource version too old" is retried at once (the watcher lists
@@ -48,4 +51,45 @@ where
 /// The API server no longer has the version the watch was at (410 Gone).
 fn is_gone(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// What caches of identities keep of their metadata: neither managed fields nor `kubectl
+/// apply`'s copy of the object. Nothing reads them, and together they are most of a cached
+/// identity's size.
+pub(crate) fn drop_unread_metadata(identity: &mut DeserializeGuard<WindowsTaskIdentity>) {
+    let meta = match &mut identity.0 {
+        Ok(identity) => &mut identity.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_identities_drop_managed_fields_and_the_last_applied_copy() {
+        let object = serde_json::json!({
+            "apiVersion": "winflow.io/v1alpha1", "kind": "WindowsTaskIdentity",
+            "metadata": {"name": "payroll", "namespace": "airflow",
+                "annotations": {"team": "finance", LAST_APPLIED_ANNOTATION: "{...}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {}
+        });
+        let mut guard: DeserializeGuard<WindowsTaskIdentity> = serde_json::from_value(object).unwrap();
+        drop_unread_metadata(&mut guard);
+        let meta = match &guard.0 {
+            Ok(identity) => &identity.metadata,
+            Err(invalid) => &invalid.metadata,
+        };
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+    }
 }

@@ -33,7 +33,9 @@ impl IdentityCache {
             None => Api::all(client),
         };
         let (store, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).applied_objects();
+        let events = crate::controller::watches::events(api, watcher::Config::default())
+            .modify(crate::controller::watches::drop_unread_metadata);
+        let stream = reflector::reflector(writer, events).applied_objects();
         let task = tokio::spawn(stream.for_each(|_| async {}));
         (Self(store), task)
     }

@@ -1,0 +1,168 @@
+//! A task pod as the operator caches it. Thousands of task pods are cached, and a whole pod
+//! (spec, conditions, IPs, managed fields, Airflow's labels and annotations) is many times the
+//! size of what the status is made of. This type is decoded straight from the API server's
+//! pod JSON: the spec and every status field `pods::summarize` does not read are skipped
+//! while decoding, never held.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::names::IDENTITY_LABEL;
+
+/// The labels and annotations a task pod is summarised by: winflow's identity label and
+/// Airflow's ids.
+const KEPT_LABELS: &[&str] = &[IDENTITY_LABEL, "dag_id", "task_id"];
+const KEPT_ANNOTATIONS: &[&str] = &["dag_id", "task_id"];
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TaskPod {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: Option<TaskPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub container_statuses: Option<Vec<TaskContainerStatus>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TaskContainerStatus {
+    #[serde(default)]
+    pub state: Option<TaskContainerState>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TaskContainerState {
+    #[serde(default)]
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+impl TaskPod {
+    /// The containers that terminated, as the kubelet reported them.
+    pub fn terminated(&self) -> impl Iterator<Item = &ContainerStateTerminated> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+    }
+
+    pub fn phase(&self) -> Option<&str> {
+        self.status.as_ref()?.phase.as_deref()
+    }
+}
+
+/// Served by the API server as pods: the same group, version and path as `Pod`.
+impl k8s_openapi::Resource for TaskPod {
+    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = NamespaceResourceScope;
+}
+
+impl k8s_openapi::ListableResource for TaskPod {
+    const LIST_KIND: &'static str = <Pod as k8s_openapi::ListableResource>::LIST_KIND;
+}
+
+impl k8s_openapi::Metadata for TaskPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Drops the metadata `summarize` does not read (managed fields, owner references, Airflow's
+/// other labels and annotations) and the containers that have not terminated.
+pub fn keep_summarized_fields(pod: &mut TaskPod) {
+    let keep = |map: Option<BTreeMap<String, String>>, keys: &[&str]| {
+        map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
+    };
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        creation_timestamp: meta.creation_timestamp,
+        labels: keep(meta.labels, KEPT_LABELS),
+        annotations: keep(meta.annotations, KEPT_ANNOTATIONS),
+        ..ObjectMeta::default()
+    };
+    if let Some(containers) = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut()) {
+        containers.retain(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_only_what_the_summary_reads_from_a_whole_pod() {
+        let mut pod: TaskPod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "t1", "namespace": "airflow", "uid": "u", "resourceVersion": "7",
+                "creationTimestamp": "2026-11-29T01:00:00Z",
+                "labels": {"winflow.io/identity": "payroll", "dag_id": "payroll_export", "task_id": "upload", "airflow_version": "3.3.2", "try_number": "1"},
+                "annotations": {"dag_id": "payroll_export", "task_id": "upload", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubelet"}], "ownerReferences": []},
+            "spec": {"containers": [{"name": "base", "image": "win:1"}]},
+            "status": {"phase": "Failed", "hostIP": "10.0.0.1", "podIP": "10.1.0.9", "qosClass": "BestEffort",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {"name": "base", "image": "win:1", "imageID": "x", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 5, "reason": "Error", "message": "Logon failure", "finishedAt": "2026-11-29T01:02:00Z"}}},
+                    {"name": "sidecar", "image": "s:1", "imageID": "y", "ready": true, "restartCount": 0, "state": {"running": {}}}]}
+        }))
+        .unwrap();
+        assert_eq!(pod.phase(), Some("Failed"));
+        keep_summarized_fields(&mut pod);
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.len(), 3, "{labels:?}");
+        assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 2);
+        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.owner_references.is_none());
+        assert_eq!(pod.metadata.name.as_deref(), Some("t1"));
+        let terminated: Vec<_> = pod.terminated().collect();
+        assert_eq!(terminated.len(), 1, "running containers are not kept");
+        assert_eq!(terminated[0].exit_code, 5);
+        assert_eq!(terminated[0].message.as_deref(), Some("Logon failure"));
+    }
+
+    #[test]
+    fn a_pod_without_status_decodes() {
+        let pod: TaskPod = serde_json::from_value(serde_json::json!({"metadata": {"name": "new"}})).unwrap();
+        assert_eq!(pod.phase(), None);
+        assert_eq!(pod.terminated().count(), 0);
+    }
+
+    #[test]
+    fn it_is_served_where_pods_are() {
+        use kube::Resource;
+        assert_eq!(TaskPod::kind(&()), "Pod");
+        assert_eq!(TaskPod::plural(&()), "pods");
+        assert_eq!(TaskPod::api_version(&()), "v1");
+        assert_eq!(
+            TaskPod::url_path(&(), Some("airflow")),
+            "/api/v1/namespaces/airflow/pods"
+        );
+    }
+}
