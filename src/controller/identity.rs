@@ -1,7 +1,6 @@
 //! The WindowsTaskIdentity controller: credential spec, RBAC, service account and pod
 //! templates; status and Events; finalizer cleanup of the cluster-scoped credential spec.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -50,7 +49,7 @@ pub async fn run(
     );
     let identity_changes = identity_events
         .applied_objects()
-        .predicate_filter(spec_or_deletion, PredicateConfig::default());
+        .predicate_filter(watches::spec_or_deletion, PredicateConfig::default());
     let controller = Controller::for_stream(identity_changes, store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
@@ -144,16 +143,6 @@ pub async fn run(
             }
         })
         .await;
-}
-
-/// What is worth a reconcile among an identity's own events: a new spec (generation) or the
-/// start of its deletion. Its status and finalizer are winflow's own writes; reconciling on
-/// them would only read back what was just written (and, under pod churn, write again).
-fn spec_or_deletion(identity: &Guarded) -> Option<u64> {
-    let meta = identity.meta();
-    let mut hasher = DefaultHasher::new();
-    (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 /// A child kind's watch events as triggers of the identity that owns the child: deletions,

@@ -46,7 +46,10 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         ),
     );
-    let controller = Controller::for_stream(share_events.applied_objects(), store.clone());
+    let share_changes = share_events
+        .applied_objects()
+        .predicate_filter(watches::spec_or_deletion, kube::runtime::PredicateConfig::default());
+    let controller = Controller::for_stream(share_changes, store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     // Secrets are watched as metadata only: their data never enters the operator's memory
     // through the watch. A Secret that appears or changes re-checks the shares naming it.

@@ -4,6 +4,8 @@
 //! "resource version too old" before it lists again, so a controller with ten watches sat
 //! idle for ten backoff periods after a 15 s outage.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use futures::{Stream, StreamExt};
 use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher;
@@ -53,6 +55,16 @@ fn is_gone(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
+/// What is worth a reconcile among a resource's own events: a new spec (generation) or the
+/// start of its deletion. Its status and finalizer are winflow's own writes; reconciling on
+/// them would only read back what was just written (and, under pod churn, write again).
+pub(crate) fn spec_or_deletion<K: Resource>(object: &K) -> Option<u64> {
+    let meta = object.meta();
+    let mut hasher = DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// What caches of identities keep of their metadata: neither managed fields nor `kubectl
 /// apply`'s copy of the object. Nothing reads them, and together they are most of a cached
 /// identity's size.
@@ -72,6 +84,30 @@ const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_new_generation_or_a_deletion_is_worth_a_reconcile() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let object = |generation: i64, status: &str, deleting: bool| ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(generation),
+                resource_version: Some(status.to_owned()),
+                finalizers: Some(vec![status.to_owned()]),
+                deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let key = |o: &ConfigMap| spec_or_deletion(o).unwrap();
+        assert_eq!(
+            key(&object(1, "a", false)),
+            key(&object(1, "b", false)),
+            "status or finalizer only"
+        );
+        assert_ne!(key(&object(1, "a", false)), key(&object(2, "a", false)), "new spec");
+        assert_ne!(key(&object(1, "a", false)), key(&object(1, "a", true)), "deletion");
+    }
 
     #[test]
     fn cached_identities_drop_managed_fields_and_the_last_applied_copy() {
