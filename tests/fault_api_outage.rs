@@ -59,7 +59,10 @@ async fn after_an_api_server_outage_the_same_operator_applies_the_pending_change
     // The edit reached the templates of every existing identity.
     let config_maps = env.api::<ConfigMap>();
     for name in &existing {
-        let templates = config_maps.get(&format!("{name}-pod-templates")).await.unwrap();
+        let templates = config_maps
+            .get(&winflow::names::pod_templates_config_map_name(name))
+            .await
+            .unwrap();
         let windows = &templates.data.unwrap()[winflow::names::WINDOWS_TEMPLATE_KEY];
         assert!(windows.contains("export-win:2.1"), "{name}: {windows}");
     }

@@ -58,7 +58,7 @@ async fn wait_ready(env: &TestEnv, name: &str) -> WindowsTaskIdentity {
 
 async fn credential_spec(env: &TestEnv, name: &str) -> Option<GMSACredentialSpec> {
     Api::<GMSACredentialSpec>::all(env.client.clone())
-        .get_opt(&format!("{}.{name}", env.namespace))
+        .get_opt(&winflow::names::credential_spec_name(&env.namespace, name))
         .await
         .unwrap()
 }
@@ -728,19 +728,25 @@ where
 async fn resource_versions(env: &TestEnv, names: &[&str]) -> Vec<Option<String>> {
     let mut versions = Vec::new();
     for name in names {
-        let role = format!("winflow-{name}-gmsa");
+        let role = winflow::names::gmsa_role_name(name);
         versions.push(version_of(env.api::<WindowsTaskIdentity>(), name).await);
         versions.push(
             version_of(
                 Api::<GMSACredentialSpec>::all(env.client.clone()),
-                &format!("{}.{name}", env.namespace),
+                &winflow::names::credential_spec_name(&env.namespace, name),
             )
             .await,
         );
         versions.push(version_of(env.api::<Role>(), &role).await);
         versions.push(version_of(env.api::<RoleBinding>(), &role).await);
         versions.push(version_of(env.api::<ServiceAccount>(), name).await);
-        versions.push(version_of(env.api::<ConfigMap>(), &format!("{name}-pod-templates")).await);
+        versions.push(
+            version_of(
+                env.api::<ConfigMap>(),
+                &winflow::names::pod_templates_config_map_name(name),
+            )
+            .await,
+        );
     }
     versions
 }
@@ -805,7 +811,7 @@ async fn share_versions(env: &TestEnv) -> Vec<Option<String>> {
         version_of(env.api::<PersistentVolumeClaim>(), name).await,
         version_of(
             Api::<PersistentVolume>::all(env.client.clone()),
-            &format!("{}.{name}", env.namespace),
+            &winflow::names::persistent_volume_name(&env.namespace, name),
         )
         .await,
     ]
@@ -860,15 +866,15 @@ async fn restarting_the_operator_loses_and_duplicates_nothing() {
     let expected = |pattern: &dyn Fn(&str) -> String| names.iter().map(|n| pattern(n)).collect::<BTreeSet<String>>();
     assert_eq!(
         managed_names(env.api::<ConfigMap>()).await,
-        expected(&|n| format!("{n}-pod-templates"))
+        expected(&winflow::names::pod_templates_config_map_name)
     );
     assert_eq!(
         managed_names(env.api::<Role>()).await,
-        expected(&|n| format!("winflow-{n}-gmsa"))
+        expected(&winflow::names::gmsa_role_name)
     );
     assert_eq!(
         managed_names(env.api::<RoleBinding>()).await,
-        expected(&|n| format!("winflow-{n}-gmsa"))
+        expected(&winflow::names::gmsa_role_name)
     );
     assert_eq!(
         managed_names(env.api::<ServiceAccount>()).await,
@@ -879,7 +885,10 @@ async fn restarting_the_operator_loses_and_duplicates_nothing() {
         .into_iter()
         .filter(|n| n.starts_with(&format!("{}.", env.namespace)))
         .collect();
-    assert_eq!(specs, expected(&|n| format!("{}.{n}", env.namespace)));
+    assert_eq!(
+        specs,
+        expected(&|n| winflow::names::credential_spec_name(&env.namespace, n))
+    );
     for name in &names {
         let identity = env.api::<WindowsTaskIdentity>().get(name).await.unwrap();
         assert_eq!(

@@ -80,7 +80,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> ShareMount {
 async fn windows_template(env: &TestEnv, identity: &str) -> Pod {
     let config_map = env
         .api::<ConfigMap>()
-        .get(&format!("{identity}-pod-templates"))
+        .get(&winflow::names::pod_templates_config_map_name(identity))
         .await
         .unwrap();
     serde_yaml_ng::from_str(&config_map.data.unwrap()["windows-pod-template.yaml"]).unwrap()

@@ -85,15 +85,18 @@ pub async fn child_problems(env: &TestEnv) -> Vec<String> {
         .map(|i| (i.name_any(), i.uid().unwrap_or_default()))
         .collect();
     let mut problems = Vec::new();
-    problems.extend(check_kind::<ConfigMap>(env, &identities, |n| format!("{n}-pod-templates")).await);
-    problems.extend(check_kind::<Role>(env, &identities, |n| format!("winflow-{n}-gmsa")).await);
-    problems.extend(check_kind::<RoleBinding>(env, &identities, |n| format!("winflow-{n}-gmsa")).await);
+    problems.extend(check_kind::<ConfigMap>(env, &identities, winflow::names::pod_templates_config_map_name).await);
+    problems.extend(check_kind::<Role>(env, &identities, winflow::names::gmsa_role_name).await);
+    problems.extend(check_kind::<RoleBinding>(env, &identities, winflow::names::gmsa_role_name).await);
+    // The example identity's service account has the identity's name (`example_identity`).
     problems.extend(check_kind::<ServiceAccount>(env, &identities, str::to_owned).await);
-    let prefix = format!("{}.", env.namespace);
     let specs: Vec<GMSACredentialSpec> = credential_specs(env).await;
     let mut seen = BTreeMap::<String, usize>::new();
     for spec in &specs {
-        let identity = spec.name_any().strip_prefix(&prefix).unwrap_or_default().to_owned();
+        let spec_name = spec.name_any();
+        let identity = winflow::names::identity_of_credential_spec(&spec_name)
+            .map(|(_, identity)| identity.to_owned())
+            .unwrap_or_default();
         *seen.entry(identity.clone()).or_default() += 1;
         if !identities.contains_key(&identity) {
             problems.push(format!("orphaned GMSACredentialSpec {}", spec.name_any()));
@@ -112,14 +115,15 @@ pub async fn child_problems(env: &TestEnv) -> Vec<String> {
 
 /// winflow's credential specs for identities of the test's namespace.
 pub async fn credential_specs(env: &TestEnv) -> Vec<GMSACredentialSpec> {
-    let prefix = format!("{}.", env.namespace);
     Api::<GMSACredentialSpec>::all(env.client.clone())
         .list(&ListParams::default().labels(MANAGED))
         .await
         .unwrap()
         .items
         .into_iter()
-        .filter(|s| s.name_any().starts_with(&prefix))
+        .filter(|s| {
+            winflow::names::identity_of_credential_spec(&s.name_any()).is_some_and(|(ns, _)| ns == env.namespace)
+        })
         .collect()
 }
 
