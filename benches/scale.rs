@@ -107,13 +107,7 @@ async fn start_operator(namespace: &str, concurrency: u16, settings: &Settings, 
 /// A memory figure of the operator from /proc/<pid>/status (`VmHWM`: peak resident memory;
 /// `RssAnon`: its heap and stacks; `RssFile`: pages of the binary and libraries), in MiB.
 fn status_mib(operator: &OperatorProcess, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"));
-    kib as f64 / 1024.0
+    operator.status_kib(field) as f64 / 1024.0
 }
 
 /// CPU time (clock ticks) of this process and everything it started, by command name, and

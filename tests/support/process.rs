@@ -89,15 +89,21 @@ impl OperatorProcess {
         self.metrics().await.map(|text| sum_samples(&text, prefix)).unwrap_or(0)
     }
 
+    /// A memory figure of `/proc/<pid>/status` in KiB, e.g. `VmRSS` (resident memory), `VmHWM`
+    /// (its peak), `RssAnon` (heap and stacks) or `RssFile` (pages of the binary and libraries).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in KiB in {path}"))
+    }
+
     /// Resident memory as the kernel reports it (VmRSS), in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+        self.status_kib("VmRSS") * 1024
     }
 
     /// `kill -9`: no shutdown, no lease release, requests cut off mid-flight.
