@@ -24,11 +24,9 @@ use serde_json::{Value, json};
 use support::{Operator, TestEnv};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsConnector;
 use winflow::api::WindowsTaskIdentity;
-use winflow::metrics::Metrics;
-use winflow::webhook::{self, WebhookSettings};
 
 /// A request unanswered by then hangs, and counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,48 +49,6 @@ async fn ready_identity(test: &str) -> (TestEnv, Operator) {
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
     (env, operator)
-}
-
-struct Served {
-    addr: SocketAddr,
-    metrics: Metrics,
-    task: tokio::task::JoinHandle<()>,
-    _stop: oneshot::Sender<()>,
-}
-
-/// Serves the webhook without registering it: the tests are its only client.
-async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration) -> Served {
-    let settings = WebhookSettings {
-        addr: (Ipv4Addr::LOCALHOST, 0).into(),
-        cert_dir: cert_dir.to_owned(),
-        reload_interval,
-        namespace: Some(env.namespace.clone()),
-        instance: "faults".to_owned(),
-    };
-    let (metrics, readiness) = (Metrics::default(), winflow::admin::Readiness::expecting(1));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown = async move {
-        let _ = stopped.await;
-    };
-    let (addr, task) = webhook::start(
-        env.client.clone(),
-        settings,
-        metrics.clone(),
-        readiness.clone(),
-        shutdown,
-    )
-    .await
-    .unwrap();
-    support::wait_until("webhook cache synced", Duration::from_secs(60), || async {
-        readiness.is_ready().then_some(())
-    })
-    .await;
-    Served {
-        addr,
-        metrics,
-        task,
-        _stop: stop,
-    }
 }
 
 /// A CA that issues serving certificates for 127.0.0.1, as cert-manager does on every renewal.
@@ -685,7 +641,7 @@ async fn ten_thousand_hostile_reviews_get_a_4xx_or_a_well_formed_answer() {
     let (env, operator) = ready_identity("webhook-fuzz").await;
     let (certs, ca) = (tempfile::tempdir().unwrap(), Ca::new());
     publish(certs.path(), 0, &ca.issue());
-    let served = serve(&env, certs.path(), Duration::from_secs(5)).await;
+    let served = support::webhook::serve(&env, certs.path(), Duration::from_secs(5), "faults").await;
     let server = (served.addr, ca.connector());
     // Good requests on a connection of their own: before (phase 0), during (1) and after (2) the fuzz.
     let (phase, phases) = watch::channel(0);
@@ -784,7 +740,7 @@ async fn ten_certificate_rotations_under_200_requests_per_second_fail_no_request
     let (certs, ca) = (tempfile::tempdir().unwrap(), Ca::new());
     let mut generations = vec![ca.issue()];
     publish(certs.path(), 0, &generations[0]);
-    let served = serve(&env, certs.path(), Duration::from_millis(200)).await;
+    let served = support::webhook::serve(&env, certs.path(), Duration::from_millis(200), "faults").await;
     let connector = ca.connector();
 
     let (rotate, generation) = watch::channel(0usize);

@@ -2,6 +2,7 @@
 //! test's namespace only (so parallel tests never review each other's pods).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -10,6 +11,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::json;
+use tokio::sync::oneshot;
 use winflow::metrics::Metrics;
 use winflow::webhook::registration::{Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
@@ -38,7 +40,7 @@ pub struct Webhook {
     pub ca_pem: String,
     pub metrics: Metrics,
     _certs: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for Webhook {
@@ -49,24 +51,31 @@ impl Drop for Webhook {
     }
 }
 
-/// Serves the webhook on a free loopback port and registers it for this test's namespace only.
-pub async fn start_webhook(env: &TestEnv) -> Webhook {
-    let certs = tempfile::tempdir().unwrap();
-    let ca = write_certificates(certs.path());
-    let metrics = Metrics::default();
-    let readiness = winflow::admin::Readiness::expecting(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// The webhook served in-process, with its real handler and identity cache.
+pub struct Served {
+    pub addr: SocketAddr,
+    pub metrics: Metrics,
+    /// The server's task; it ends once `stop` is sent or dropped.
+    pub task: tokio::task::JoinHandle<()>,
+    pub stop: oneshot::Sender<()>,
+}
+
+/// Serves the webhook on a free loopback port with the certificate in `cert_dir`, for this
+/// test's namespace only, and waits until its identity cache is synced. Nothing registers it.
+pub async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration, instance: &str) -> Served {
     let settings = WebhookSettings {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        cert_dir: certs.path().to_owned(),
-        reload_interval: Duration::from_secs(1),
+        addr: (Ipv4Addr::LOCALHOST, 0).into(),
+        cert_dir: cert_dir.to_owned(),
+        reload_interval,
         namespace: Some(env.namespace.clone()),
-        instance: "test".to_owned(),
+        instance: instance.to_owned(),
     };
+    let (metrics, readiness) = (Metrics::default(), winflow::admin::Readiness::expecting(1));
+    let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let (addr, _task) = webhook::start(
+    let (addr, task) = webhook::start(
         env.client.clone(),
         settings,
         metrics.clone(),
@@ -75,10 +84,25 @@ pub async fn start_webhook(env: &TestEnv) -> Webhook {
     )
     .await
     .unwrap();
-    wait_until("webhook cache ready", Duration::from_secs(60), || async {
+    wait_until("webhook cache synced", Duration::from_secs(60), || async {
         readiness.is_ready().then_some(())
     })
     .await;
+    Served {
+        addr,
+        metrics,
+        task,
+        stop,
+    }
+}
+
+/// Serves the webhook on a free loopback port and registers it for this test's namespace only.
+pub async fn start_webhook(env: &TestEnv) -> Webhook {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = write_certificates(certs.path());
+    let Served {
+        addr, metrics, stop, ..
+    } = serve(env, certs.path(), Duration::from_secs(1), "test").await;
 
     // Scope the configurations to this namespace, so parallel tests do not see each other.
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
