@@ -172,6 +172,16 @@ mod tests {
             "own write: no news"
         );
         assert!(versions.holds(&desired, d));
+        // Watches see children as metadata only: the same child, the same key.
+        let seen = kube::core::PartialObjectMeta::<ConfigMap> {
+            metadata: config_map("t", Some("11"), "v1").metadata,
+            ..Default::default()
+        };
+        assert!(
+            versions.observed(&seen),
+            "someone else's version, seen through metadata"
+        );
+        assert!(!versions.holds(&desired, d));
     }
 
     #[test]

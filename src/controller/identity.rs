@@ -41,7 +41,8 @@ pub async fn run(
     let namespace = ctx.config.namespace.clone();
     let identities: Api<Guarded> = scoped(client.clone(), namespace.as_deref());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let credential_specs: Api<GMSACredentialSpec> = Api::all(client.clone());
+    // Children as metadata only: their versions and owners are all a trigger needs.
+    let credential_specs: Api<PartialObjectMeta<GMSACredentialSpec>> = Api::all(client.clone());
     let (store, store_writer) = reflector::store();
     let identity_events = reflector::reflector(
         store_writer,
@@ -74,25 +75,28 @@ pub async fn run(
     // Children report deletions and changes made by others; winflow's own writes are no news.
     let config_maps = child_changes(
         watches::events(
-            scoped::<ConfigMap>(client.clone(), namespace.as_deref()),
+            scoped::<PartialObjectMeta<ConfigMap>>(client.clone(), namespace.as_deref()),
             managed.clone(),
         ),
         ctx.clone(),
     );
     let roles = child_changes(
-        watches::events(scoped::<Role>(client.clone(), namespace.as_deref()), managed.clone()),
+        watches::events(
+            scoped::<PartialObjectMeta<Role>>(client.clone(), namespace.as_deref()),
+            managed.clone(),
+        ),
         ctx.clone(),
     );
     let role_bindings = child_changes(
         watches::events(
-            scoped::<RoleBinding>(client.clone(), namespace.as_deref()),
+            scoped::<PartialObjectMeta<RoleBinding>>(client.clone(), namespace.as_deref()),
             managed.clone(),
         ),
         ctx.clone(),
     );
     let service_accounts = child_changes(
         watches::events(
-            scoped::<ServiceAccount>(client.clone(), namespace.as_deref()),
+            scoped::<PartialObjectMeta<ServiceAccount>>(client.clone(), namespace.as_deref()),
             managed.clone(),
         ),
         ctx.clone(),

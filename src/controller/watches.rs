@@ -27,7 +27,9 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let kind = K::kind(&()).into_owned();
-    watcher(api, config)
+    // Small pages: a list of thousands of objects is decoded a page at a time, and the
+    // memory a page takes stays with the process after it is freed.
+    watcher(api, config.page_size(LIST_PAGE_SIZE))
         .scan(WatchBackoff::default(), move |backoff, event| {
             let delay = match &event {
                 Ok(_) => {
@@ -49,6 +51,8 @@ where
         })
         .filter_map(futures::future::ready)
 }
+
+const LIST_PAGE_SIZE: u32 = 100;
 
 /// The API server no longer has the version the watch was at (410 Gone).
 fn is_gone(error: &watcher::Error) -> bool {
@@ -94,7 +98,7 @@ mod tests {
                 generation: Some(generation),
                 resource_version: Some(status.to_owned()),
                 finalizers: Some(vec![status.to_owned()]),
-                deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             },
             ..Default::default()
