@@ -701,7 +701,15 @@ async fn ten_thousand_hostile_reviews_get_a_4xx_or_a_well_formed_answer() {
         .for_each(|(family, answers)| println!("  {family:<28} {}", answers.join(", ")));
     println!("  {:<28} {classes:?}", "all");
     let events = support::metric_sum(&served.metrics, "winflow_api_writes_total{kind=\"Event\"");
-    println!("denial Events the webhook wrote meanwhile: {events}");
+    let denied: usize = tally
+        .iter()
+        .filter(|((_, class), _)| class == "200 denied")
+        .map(|(_, n)| n)
+        .sum();
+    let denied = denied as u64;
+    println!("denial Events the webhook wrote meanwhile: {events} for {denied} denials");
+    // One Event per identity and rule per window, not one per denial.
+    assert!(events * 5 < denied.max(1), "{events} Events for {denied} denials");
     for (name, p) in [("before", 0), ("during", 1), ("after", 2)] {
         println!("good requests {name} the fuzz: {}", good.latencies(|phase| phase == p));
     }

@@ -14,6 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use super::decide::{self, Audit, IdentityLookup};
+use super::denial_events::DenialEvents;
 use super::server::{AdmissionHandler, ReviewKind};
 use crate::api::WindowsTaskIdentity;
 use crate::metrics::Metrics;
@@ -58,6 +59,7 @@ pub struct PodWebhook {
     pub identities: IdentityCache,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    pub denial_events: DenialEvents,
 }
 
 impl AdmissionHandler for PodWebhook {
@@ -101,10 +103,22 @@ fn log_audit(webhook: &str, request: &AdmissionRequest<DynamicObject>, audit: &A
 }
 
 impl PodWebhook {
-    /// A Warning Event on the identity the pod named, so `kubectl describe wti` shows denials.
-    /// The reason is the rule: repeats of one rule aggregate into one Event series.
+    /// A Warning Event on the identity the pod named, so `kubectl describe wti` shows denials:
+    /// the reason is the rule, at most one per identity and rule per `denial_events::WINDOW`.
     fn record_denial(&self, audit: &Audit) {
         let Some(identity) = audit.identity.clone() else { return };
+        let Some(held_back) = self
+            .denial_events
+            .admit(&audit.namespace, &identity, audit.reason, Instant::now())
+        else {
+            return;
+        };
+        let mut note = format!("pod {} denied: {}", audit.pod, audit.message);
+        if held_back > 0 {
+            note = format!(
+                "{held_back} more denial(s) for this rule since the last Event (see winflow_admission_decisions_total and the audit log); {note}"
+            );
+        }
         let reference = ObjectReference {
             api_version: Some(WindowsTaskIdentity::api_version(&()).into_owned()),
             kind: Some(WindowsTaskIdentity::kind(&()).into_owned()),
@@ -115,10 +129,7 @@ impl PodWebhook {
         let event = Event {
             type_: EventType::Warning,
             reason: audit.reason.to_owned(),
-            note: Some(crate::text::truncate(
-                &format!("pod {} denied: {}", audit.pod, audit.message),
-                1000,
-            )),
+            note: Some(crate::text::truncate(&note, 1000)),
             action: "Admission".to_owned(),
             secondary: None,
         };

@@ -3,6 +3,7 @@
 //! that point the API server at it (`registration`).
 
 pub mod decide;
+mod denial_events;
 pub mod handler;
 pub mod managed_certs;
 pub mod registration;
@@ -63,6 +64,7 @@ pub async fn start(
         identities,
         metrics,
         recorder: Recorder::new(client, reporter),
+        denial_events: denial_events::DenialEvents::default(),
     });
     tracing::info!(%addr, "admission webhook listening");
     Ok((addr, tokio::spawn(server.run(webhook, shutdown))))
