@@ -323,6 +323,30 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_trims_nothing_the_summary_reads() {
+        let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+        let succeeded = json!({"containerStatuses": [{"name": "base",
+            "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-11-28T11:45:00Z"}}}]});
+        let whole = [
+            pod("a", "Running", json!({"reason": "x"})),
+            pod("b", "Pending", json!({})),
+            pod("c", "Succeeded", succeeded),
+            failed("d", "KeyError: 'report_date'", "2026-11-28T11:00:00Z"),
+            failed(
+                "e",
+                "Logon failure: unknown user name or bad password",
+                "2026-11-28T11:50:00Z",
+            ),
+        ];
+        let mut trimmed = whole.clone();
+        trimmed.iter_mut().for_each(crate::task_pod::keep_summarized_fields);
+        assert_eq!(
+            format!("{:?}", summarize(&trimmed, 1, now)),
+            format!("{:?}", summarize(&whole, 1, now))
+        );
+    }
+
+    #[test]
     fn old_or_non_authentication_failures_leave_tasks_healthy() {
         let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
         let pods = [

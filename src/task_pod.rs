@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::names::IDENTITY_LABEL;
 
-/// The labels and annotations a task pod is summarised by: winflow's identity label and
-/// Airflow's ids.
+/// The labels and annotations a task pod is summarised by: winflow's identity label (first:
+/// every pod keeps it) and Airflow's ids.
 const KEPT_LABELS: &[&str] = &[IDENTITY_LABEL, "dag_id", "task_id"];
 const KEPT_ANNOTATIONS: &[&str] = &["dag_id", "task_id"];
 
@@ -93,8 +93,16 @@ impl k8s_openapi::Metadata for TaskPod {
 }
 
 /// Drops the metadata `summarize` does not read (managed fields, owner references, Airflow's
-/// other labels and annotations) and the containers that have not terminated.
+/// other labels and annotations) and the containers that have not terminated. Only a failed
+/// pod is reported by its DAG and task, so only a failed pod keeps their ids; most pods are
+/// pending, running or done, and each map kept costs a few hundred bytes per pod.
 pub fn keep_summarized_fields(pod: &mut TaskPod) {
+    let failed = pod.phase() == Some("Failed");
+    let (labels, annotations): (&[&str], &[&str]) = if failed {
+        (KEPT_LABELS, KEPT_ANNOTATIONS)
+    } else {
+        (&KEPT_LABELS[..1], &[])
+    };
     let keep = |map: Option<BTreeMap<String, String>>, keys: &[&str]| {
         map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
     };
@@ -103,12 +111,21 @@ pub fn keep_summarized_fields(pod: &mut TaskPod) {
         name: meta.name,
         namespace: meta.namespace,
         creation_timestamp: meta.creation_timestamp,
-        labels: keep(meta.labels, KEPT_LABELS),
-        annotations: keep(meta.annotations, KEPT_ANNOTATIONS),
+        labels: keep(meta.labels, labels),
+        annotations: keep(meta.annotations, annotations).filter(|kept: &BTreeMap<_, _>| !kept.is_empty()),
         ..ObjectMeta::default()
     };
-    if let Some(containers) = pod.status.as_mut().and_then(|s| s.container_statuses.as_mut()) {
-        containers.retain(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+    let done = failed || pod.phase() == Some("Succeeded");
+    if let Some(status) = pod.status.as_mut() {
+        // Finish times and exit codes matter once the pod is done.
+        match status.container_statuses.as_mut() {
+            Some(containers) if done => containers.retain(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())),
+            _ => status.container_statuses = None,
+        }
+        if !failed {
+            status.reason = None;
+            status.message = None;
+        }
     }
 }
 
@@ -145,6 +162,34 @@ mod tests {
         assert_eq!(terminated.len(), 1, "running containers are not kept");
         assert_eq!(terminated[0].exit_code, 5);
         assert_eq!(terminated[0].message.as_deref(), Some("Logon failure"));
+    }
+
+    #[test]
+    fn pods_that_did_not_fail_keep_only_their_identity_and_phase() {
+        for phase in ["Pending", "Running", "Succeeded"] {
+            let mut pod: TaskPod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "t2", "namespace": "airflow", "creationTimestamp": "2026-11-29T01:00:00Z",
+                    "labels": {"winflow.io/identity": "payroll", "dag_id": "payroll_export", "task_id": "upload"},
+                    "annotations": {"dag_id": "payroll_export", "task_id": "upload"}},
+                "status": {"phase": phase, "reason": "r", "message": "m", "containerStatuses": [
+                    {"name": "base", "state": {"terminated": {"exitCode": 0, "finishedAt": "2026-11-29T01:02:00Z"}}}]}
+            }))
+            .unwrap();
+            keep_summarized_fields(&mut pod);
+            let labels = pod.metadata.labels.as_ref().unwrap();
+            assert_eq!(labels.keys().collect::<Vec<_>>(), [IDENTITY_LABEL], "{phase}");
+            assert!(pod.metadata.annotations.is_none(), "{phase}");
+            assert_eq!(pod.phase(), Some(phase));
+            assert!(pod.metadata.creation_timestamp.is_some());
+            let status = pod.status.as_ref().unwrap();
+            assert!(status.reason.is_none() && status.message.is_none(), "{phase}");
+            let finished = pod.terminated().count();
+            assert_eq!(
+                finished,
+                usize::from(phase == "Succeeded"),
+                "{phase}: finish times only once done"
+            );
+        }
     }
 
     #[test]
