@@ -135,7 +135,7 @@ pub async fn run(
         // Task pods are reported back on the identity their label names, at most once per
         // POD_TRIGGER_PERIOD for each identity: a burst of pod changes is one status write.
         .watches_stream(throttled(task_pods), |pod| {
-            let name = pod.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?;
+            let name = pod.identity()?;
             Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
@@ -186,10 +186,7 @@ const POD_TRIGGER_PERIOD: std::time::Duration = std::time::Duration::from_secs(2
 fn throttled(
     pods: impl futures::Stream<Item = Result<TaskPod, watcher::Error>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<TaskPod, watcher::Error>> + Send + 'static {
-    let identity_of = |pod: &TaskPod| {
-        let label = pod.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL));
-        (pod.metadata.namespace.clone(), label.cloned())
-    };
+    let identity_of = |pod: &TaskPod| (pod.metadata.namespace.clone(), pod.identity().map(str::to_owned));
     let pods = pods.filter_map(|pod| std::future::ready(pod.ok()));
     super::throttle::per_key(pods, POD_TRIGGER_PERIOD, identity_of).map(Ok)
 }
@@ -304,10 +301,10 @@ async fn observe_pods(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<T
     // Until the first list is in, an empty cache would report zero pods.
     super::store_synced(store).await;
     let all = store.state();
-    let pods = all.iter().map(|pod| pod.as_ref()).filter(|pod| {
-        pod.metadata.namespace == namespace
-            && pod.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL)) == Some(&name)
-    });
+    let pods = all
+        .iter()
+        .map(|pod| pod.as_ref())
+        .filter(|pod| pod.metadata.namespace == namespace && pod.identity() == Some(name.as_str()));
     let denied = identity
         .status
         .as_ref()
