@@ -40,8 +40,6 @@ pub async fn run(
     let client = ctx.client.clone();
     let namespace = ctx.config.namespace.clone();
     let identities: Api<Guarded> = scoped(client.clone(), namespace.as_deref());
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    // Children as metadata only: their versions and owners are all a trigger needs.
     let credential_specs: Api<PartialObjectMeta<GMSACredentialSpec>> = Api::all(client.clone());
     let (store, store_writer) = reflector::store();
     let identity_events = reflector::reflector(
@@ -73,35 +71,12 @@ pub async fn run(
     .touched_objects();
     let referrers = store.clone();
     // Children report deletions and changes made by others; winflow's own writes are no news.
-    let config_maps = child_changes(
-        watches::events(
-            scoped::<PartialObjectMeta<ConfigMap>>(client.clone(), namespace.as_deref()),
-            managed.clone(),
-        ),
-        ctx.clone(),
-    );
-    let roles = child_changes(
-        watches::events(
-            scoped::<PartialObjectMeta<Role>>(client.clone(), namespace.as_deref()),
-            managed.clone(),
-        ),
-        ctx.clone(),
-    );
-    let role_bindings = child_changes(
-        watches::events(
-            scoped::<PartialObjectMeta<RoleBinding>>(client.clone(), namespace.as_deref()),
-            managed.clone(),
-        ),
-        ctx.clone(),
-    );
-    let service_accounts = child_changes(
-        watches::events(
-            scoped::<PartialObjectMeta<ServiceAccount>>(client.clone(), namespace.as_deref()),
-            managed.clone(),
-        ),
-        ctx.clone(),
-    );
-    let credential_specs = child_changes(watches::events(credential_specs, managed.clone()), ctx.clone());
+    let ns = namespace.as_deref();
+    let config_maps = child_changes(scoped::<PartialObjectMeta<ConfigMap>>(client.clone(), ns), &ctx);
+    let roles = child_changes(scoped::<PartialObjectMeta<Role>>(client.clone(), ns), &ctx);
+    let role_bindings = child_changes(scoped::<PartialObjectMeta<RoleBinding>>(client.clone(), ns), &ctx);
+    let service_accounts = child_changes(scoped::<PartialObjectMeta<ServiceAccount>>(client.clone(), ns), &ctx);
+    let credential_specs = child_changes(credential_specs, &ctx);
     controller
         .owns_stream(config_maps)
         .owns_stream(roles)
@@ -149,16 +124,19 @@ pub async fn run(
         .await;
 }
 
-/// A child kind's watch events as triggers of the identity that owns the child: deletions,
-/// and versions winflow did not write itself. Keeps `ctx.child_versions` current.
+/// The watch of one kind of child (winflow's labelled objects, as metadata only: versions
+/// and owners are all a trigger needs), as triggers of the identity that owns the child:
+/// deletions, and versions winflow did not write itself. Keeps `ctx.child_versions` current.
 fn child_changes<K>(
-    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    ctx: Arc<Context>,
+    api: Api<K>,
+    ctx: &Arc<Context>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    events.filter_map(move |event| {
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let ctx = ctx.clone();
+    watches::events(api, managed).filter_map(move |event| {
         let versions = &ctx.child_versions;
         let trigger = match event {
             Ok(watcher::Event::Apply(child) | watcher::Event::InitApply(child)) => {
