@@ -39,6 +39,8 @@ pub struct ChildReport {
     pub kind: String,
     pub name: String,
     pub state: ChildState,
+    /// Someone else wrote the child while winflow did: look at it again soon.
+    pub changed_meanwhile: bool,
 }
 
 /// Writes one child unless it is up to date or not winflow's (an existing object is winflow's
@@ -60,6 +62,7 @@ where
         kind: kind.clone(),
         name: name.clone(),
         state,
+        changed_meanwhile: false,
     };
     let digest = versions.map(|_| child_versions::digest(desired)).unwrap_or_default();
     let confirm = |version: Option<&str>| {
@@ -84,16 +87,23 @@ where
     // Forced: winflow owns these fields, so a hand edit of them is drift to repair.
     let params = PatchParams::apply(FIELD_MANAGER).force();
     metrics.api_write(&kind, "apply");
-    match api.patch(&name, &params, &Patch::Apply(desired)).await {
-        Ok(applied) => {
-            confirm(applied.meta().resource_version.as_deref());
-            Ok(report(ChildState::Applied))
-        }
-        Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(report(ChildState::Rejected(
-            refusal_message(&kind, &name, status.code, &status.message),
-        ))),
-        Err(e) => Err(e),
+    if let Some(versions) = versions {
+        versions.start_write(desired);
     }
+    let result = api.patch(&name, &params, &Patch::Apply(desired)).await;
+    let applied_version = result.as_ref().ok().and_then(|o| o.meta().resource_version.clone());
+    let changed_meanwhile = versions.is_some_and(|v| v.finish_write(desired, digest, applied_version.as_deref()));
+    let state = match result {
+        Ok(_) => ChildState::Applied,
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => {
+            ChildState::Rejected(refusal_message(&kind, &name, status.code, &status.message))
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ChildReport {
+        changed_meanwhile,
+        ..report(state)
+    })
 }
 
 /// Deletes a child if it is winflow's (cluster-scoped ones, which garbage collection cannot

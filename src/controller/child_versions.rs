@@ -5,12 +5,16 @@
 //!
 //! It also tells which watch events are news. An event for the version winflow itself just
 //! wrote changes nothing a reconcile would see, so it triggers none: creating an identity's
-//! five children no longer reconciles the identity five more times.
+//! five children no longer reconciles the identity five more times. The watch often reports
+//! a write before its answer arrives, so while winflow writes a child, the versions reported
+//! are held back and compared with the answer's: any other version is someone else's, and
+//! the reconcile looks again at once.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::Resource;
 use serde::Serialize;
@@ -33,7 +37,15 @@ struct Entry {
     observed: Option<String>,
     /// The digest of what winflow wanted, and the version that was known to hold it.
     confirmed: Option<(u64, String)>,
+    /// While winflow's write is on its way: the versions the watch reported meanwhile. Its
+    /// own is among them when the watch is faster than the answer; any other is someone
+    /// else's, and `finish_write` says so. A write that never finished (its reconcile was
+    /// cancelled) stops holding anything back after `WRITE_TIMEOUT`.
+    writing: Option<(Instant, Vec<String>)>,
 }
+
+/// Longer than any write takes (the client's own timeout is shorter).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A digest of what winflow wants a child to hold; equal digests, equal objects.
 pub fn digest<K: Serialize>(desired: &K) -> u64 {
@@ -80,7 +92,7 @@ impl ChildVersions {
         })
     }
 
-    /// Winflow applied `desired` (or read it back unchanged) and the result has `version`.
+    /// Winflow read `desired` back unchanged at `version`.
     pub fn confirm<K>(&self, desired: &K, digest: u64, version: Option<&str>)
     where
         K: Resource<DynamicType = ()>,
@@ -88,6 +100,30 @@ impl ChildVersions {
         let mut entries = self.entries.lock().expect("child-versions lock");
         let entry = entries.entry(key_of(desired)).or_default();
         entry.confirmed = version.map(|v| (digest, v.to_owned()));
+    }
+
+    /// Winflow is about to write `desired`: versions the watch reports until `finish_write`
+    /// are held back rather than taken as news, since one of them is winflow's own.
+    pub fn start_write<K>(&self, desired: &K)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let mut entries = self.entries.lock().expect("child-versions lock");
+        entries.entry(key_of(desired)).or_default().writing = Some((Instant::now(), Vec::new()));
+    }
+
+    /// Winflow's write of `desired` ended: applied at `version`, or failed (`None`). Returns
+    /// whether the watch reported a version meanwhile that was not winflow's, which the
+    /// caller must treat as news (look at the child again).
+    pub fn finish_write<K>(&self, desired: &K, digest: u64, version: Option<&str>) -> bool
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let mut entries = self.entries.lock().expect("child-versions lock");
+        let entry = entries.entry(key_of(desired)).or_default();
+        let seen = entry.writing.take().map(|(_, seen)| seen).unwrap_or_default();
+        entry.confirmed = version.map(|v| (digest, v.to_owned()));
+        seen.iter().any(|seen| Some(seen.as_str()) != version)
     }
 
     /// The watch reports `object` at its version. Returns whether that is news, i.e. not the
@@ -99,6 +135,18 @@ impl ChildVersions {
         let version = object.meta().resource_version.clone();
         let mut entries = self.entries.lock().expect("child-versions lock");
         let entry = entries.entry(key_of(object)).or_default();
+        if entry
+            .writing
+            .as_ref()
+            .is_some_and(|(since, _)| since.elapsed() > WRITE_TIMEOUT)
+        {
+            entry.writing = None;
+        }
+        if let (Some((_, seen)), Some(v)) = (entry.writing.as_mut(), version.as_ref()) {
+            seen.push(v.clone());
+            entry.observed = version;
+            return false;
+        }
         let own = matches!((&entry.confirmed, &version), (Some((_, confirmed)), Some(v)) if confirmed == v);
         entry.observed = version;
         !own
@@ -209,6 +257,39 @@ mod tests {
         versions.observed(&config_map("t", Some("11"), "edited"));
         versions.confirm(&desired, d, Some("10"));
         assert!(!versions.holds(&desired, d));
+    }
+
+    #[test]
+    fn the_own_write_seen_before_its_answer_is_no_news() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        versions.start_write(&desired);
+        assert!(
+            !versions.observed(&config_map("t", Some("10"), "v1")),
+            "held back while writing"
+        );
+        assert!(!versions.finish_write(&desired, d, Some("10")), "it was winflow's own");
+        assert!(versions.holds(&desired, d));
+    }
+
+    #[test]
+    fn someone_elses_write_during_winflows_is_reported_when_it_ends() {
+        let versions = ChildVersions::default();
+        let desired = config_map("t", None, "v1");
+        let d = digest(&desired);
+        versions.start_write(&desired);
+        assert!(!versions.observed(&config_map("t", Some("10"), "v1")));
+        assert!(!versions.observed(&config_map("t", Some("11"), "edited")));
+        assert!(versions.finish_write(&desired, d, Some("10")), "version 11 is news");
+        assert!(!versions.holds(&desired, d), "and the child is read again");
+        // A failed write reports anything seen meanwhile, and holds nothing.
+        versions.start_write(&desired);
+        assert!(!versions.observed(&config_map("t", Some("12"), "edited")));
+        assert!(versions.finish_write(&desired, d, None));
+        assert!(!versions.holds(&desired, d));
+        // After the write, the watch's news are news again.
+        assert!(versions.observed(&config_map("t", Some("13"), "edited")));
     }
 
     #[test]

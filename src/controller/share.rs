@@ -373,6 +373,7 @@ mod tests {
             kind: kind.into(),
             name: format!("{kind}-name"),
             state: ChildState::UpToDate,
+            changed_meanwhile: false,
         }
     }
 
