@@ -27,7 +27,7 @@ const RECONCILES_IN_FLIGHT: usize = 4;
 #[tokio::test]
 async fn after_an_api_server_outage_the_same_operator_applies_the_pending_changes() {
     let env = TestEnv::new("fault-outage").await;
-    // The operator's log stays behind for a failed run to be read.
+    // The operator's log stays behind when the test fails, to be read.
     let log = std::env::temp_dir().join(format!("winflow-{}.log", env.namespace));
     println!("operator log: {}", log.display());
     let operator = OperatorProcess::start(
@@ -117,6 +117,8 @@ async fn after_an_api_server_outage_the_same_operator_applies_the_pending_change
     let mut operator = operator;
     assert!(operator.running(), "the operator never exited");
     assert!(operator.terminate().await, "and it stops cleanly");
+    // Passed: the log has served its purpose.
+    let _ = std::fs::remove_file(&log);
 }
 
 /// The operator's API writes so far (it counts each before sending it).
