@@ -64,7 +64,10 @@ where
         state,
         changed_meanwhile: false,
     };
-    let digest = versions.map(|_| child_versions::digest(desired)).unwrap_or_default();
+    let desired_json = to_json(desired);
+    let digest = versions
+        .map(|_| child_versions::digest(&desired_json))
+        .unwrap_or_default();
     let confirm = |version: Option<&str>| {
         if let Some(versions) = versions {
             versions.confirm(desired, digest, version);
@@ -79,7 +82,7 @@ where
                 "{kind} {name} exists and is not managed by winflow for this resource; it was left untouched (delete or rename it to let winflow create its own)"
             ))));
         }
-        if is_subset(&to_json(desired), &to_json(&existing)) {
+        if is_subset(&desired_json, &to_json(&existing)) {
             confirm(existing.meta().resource_version.as_deref());
             return Ok(report(ChildState::UpToDate));
         }
