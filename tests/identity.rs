@@ -801,6 +801,79 @@ async fn steady_state_costs_zero_writes() {
     operator.stop().await;
 }
 
+/// The write economy of a converge (issue 7): each identity costs one apply per child, the
+/// finalizer, one status write and one Ready Event, and one reconcile: winflow's own writes
+/// start none (without that guard the finalizer and status writes came back as watch events
+/// and reconciled each identity again). The identities use a service account they do not
+/// create, because the 1.20 controller-manager updates each new ServiceAccount (its token
+/// Secret), which is rightly a reason to look again.
+#[tokio::test]
+async fn converging_writes_each_child_once_and_reconciles_once() {
+    let env = TestEnv::new("economy").await;
+    create_service_account(&env, "airflow-worker").await;
+    let operator = env.start_operator(RESYNC);
+    let names: Vec<String> = (0..6).map(|i| format!("economy-{i}")).collect();
+    let with_worker_account = |name: &str, i: usize| {
+        let mut identity = identity(name, &format!("svc-economy-{i}"));
+        identity.spec.service_account.create = false;
+        identity.spec.service_account.name = "airflow-worker".into();
+        identity
+    };
+    for (i, name) in names.iter().enumerate() {
+        create(&env, &with_worker_account(name, i)).await.unwrap();
+    }
+    for name in &names {
+        wait_ready(&env, name).await;
+    }
+    // Let the watch events of every write arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = operator.metrics.encode();
+    let count = |prefix: &str| support::process::sum_samples(&metrics, prefix);
+    let writes =
+        |kind: &str, verb: &str| count(&format!("winflow_api_writes_total{{kind=\"{kind}\",verb=\"{verb}\"}}"));
+    let n = names.len() as u64;
+    let child_kinds = ["GMSACredentialSpec", "Role", "RoleBinding", "ConfigMap"];
+    for kind in child_kinds {
+        assert_eq!(writes(kind, "apply"), n, "one apply per {kind}\n{metrics}");
+    }
+    assert_eq!(
+        writes("WindowsTaskIdentity", "patch"),
+        n,
+        "one finalizer patch each\n{metrics}"
+    );
+    assert_eq!(
+        writes("WindowsTaskIdentity", "apply-status"),
+        n,
+        "one status write each\n{metrics}"
+    );
+    assert_eq!(writes("Event", "create"), n, "one Ready Event each\n{metrics}");
+    let expected_writes = n * (child_kinds.len() as u64 + 3);
+    assert_eq!(
+        operator.total_writes(),
+        expected_writes,
+        "nothing else was written\n{metrics}"
+    );
+
+    let reconciled = count("winflow_reconciles_total{controller=\"identity\"");
+    let succeeded = count("winflow_reconciles_total{controller=\"identity\",result=\"success\"}");
+    assert_eq!(succeeded, reconciled, "no reconcile failed\n{metrics}");
+    // One each; one spare for a stray event, far below the 2n that reacting to its own
+    // writes costs.
+    assert!(
+        (n..=n + 1).contains(&reconciled),
+        "{reconciled} reconciles for {n} identities\n{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reconciles(&operator), reconciled, "nothing reconciles once converged");
+    assert_eq!(
+        operator.total_writes(),
+        expected_writes,
+        "nothing is written once converged"
+    );
+    println!("economy: {n} identities, {expected_writes} writes, {reconciled} reconciles");
+    operator.stop().await;
+}
+
 /// resourceVersions of the example share, its PersistentVolume and its claim.
 async fn share_versions(env: &TestEnv) -> Vec<Option<String>> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
