@@ -9,7 +9,14 @@
 //! default), `WINFLOW_BENCH_RAW_WRITES=1000`, `WINFLOW_BENCH_BURST_PODS=100`,
 //! `WINFLOW_BENCH_BURST_UPDATES=1000`, `WINFLOW_BENCH_SUSTAINED_SECONDS=20`, `WINFLOW_BENCH_PODS=10000`,
 //! `WINFLOW_BENCH_LOG_LEVEL=info` (the operators' logs go to target/bench/scale-logs/).
+//! `WINFLOW_BENCH_PROFILE_SECONDS=20` also takes a CPU profile of the API server while the
+//! identities converge (target/bench/apiserver-<row>.pprof) and, where Go is installed,
+//! prints the share of its time each code path took.
 
+#[path = "scale/ideal.rs"]
+mod ideal;
+#[path = "scale/profile.rs"]
+mod profile;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -47,6 +54,8 @@ struct Settings {
     /// Time the same number of status updates is spread over after the burst.
     sustained_seconds: Duration,
     log_level: String,
+    /// Seconds of API server CPU profile per convergence run; 0: none.
+    profile_seconds: u64,
 }
 
 fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
@@ -76,6 +85,7 @@ impl Settings {
             pods: env_number("WINFLOW_BENCH_PODS", 10_000),
             sustained_seconds: Duration::from_secs(env_number("WINFLOW_BENCH_SUSTAINED_SECONDS", 20) as u64),
             log_level: std::env::var("WINFLOW_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
+            profile_seconds: env_number("WINFLOW_BENCH_PROFILE_SECONDS", 0) as u64,
         }
     }
 }
@@ -610,6 +620,8 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
     .await;
 
     let (cpu_before, requests_before) = (cpu_sample(), api_server_requests(&env.client).await);
+    let profile = (settings.profile_seconds > 0)
+        .then(|| tokio::spawn(profile::take(env.client.clone(), settings.profile_seconds)));
     let started = Instant::now();
     run_all(identities, CLIENT_CONCURRENCY, |i| {
         let api = api.clone();
@@ -640,6 +652,10 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
     let converged = started.elapsed();
     let at_ready = metrics_text(&operator).await;
     let cpu_to_ready = cpu_between(&cpu_before, &cpu_sample());
+    let profile = match profile {
+        Some(task) => save_profile(task, &format!("n{identities}-c{concurrency}")).await,
+        None => Value::Null,
+    };
     let settled = settle(&operator, Duration::from_secs(600)).await;
     watch.abort();
     let cpu = cpu_between(&cpu_before, &cpu_sample());
@@ -649,6 +665,15 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
     // API server and etcd CPU per identity, in raw writes: what one converge costs the server.
     let raw_write_cpu = f(&raw_cpu["api_server_and_etcd"]) / settings.raw_writes as f64;
     let identity_cpu = f(&cpu["api_server_and_etcd"]) / identities as f64;
+    // Only once winflow has settled, so that the two never share the server.
+    let status = store
+        .state()
+        .iter()
+        .find_map(|i| i.status.clone())
+        .expect("a Ready identity has a status");
+    let ideal = ideal::converge(identities, concurrency, &json!(status))
+        .await
+        .as_secs_f64();
 
     let finalizer = store
         .state()
@@ -670,6 +695,9 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
         "converge_seconds": converged.as_secs_f64(),
         "floor_seconds": floor,
         "ratio": converged.as_secs_f64() / floor,
+        "ideal_operator_seconds": ideal,
+        "ideal_operator_ratio": ideal / floor,
+        "winflow_over_ideal_operator": converged.as_secs_f64() / ideal,
         "settled_after_seconds": converged.as_secs_f64() + settled.as_secs_f64(),
         "writes": writes_json(&writes),
         "writes_per_identity": total(&writes, false) as f64 / identities as f64,
@@ -695,9 +723,10 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
         "server_cpu_ms_per_raw_write": raw_write_cpu * 1000.0,
         "server_cpu_ms_per_identity": identity_cpu * 1000.0,
         "identity_cost_in_raw_writes": identity_cpu / raw_write_cpu,
+        "api_server_profile": profile,
     });
     eprintln!(
-        "scale:   Ready in {:.2} s (floor {floor:.2} s), {} writes",
+        "scale:   Ready in {:.2} s (floor {floor:.2} s, only the minimal writes {ideal:.2} s), {} writes",
         converged.as_secs_f64(),
         total(&writes, false)
     );
@@ -707,6 +736,39 @@ async fn converge(settings: &Settings, identities: usize, concurrency: u16) -> C
         row,
         writes,
     }
+}
+
+/// Waits for the API server's CPU profile, saves it as target/bench/apiserver-<row>.pprof and
+/// prints the share of its time each code path took.
+async fn save_profile(task: tokio::task::JoinHandle<Result<Vec<u8>, String>>, row: &str) -> Value {
+    let bytes = match task.await.expect("the profile task ends") {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("scale:   no API server profile: {error}");
+            return Value::Null;
+        }
+    };
+    let path = bench_dir().join(format!("apiserver-{row}.pprof"));
+    std::fs::write(&path, bytes).unwrap();
+    let Some(shares) = profile::shares(&path) else {
+        eprintln!(
+            "scale:   API server profile in {} (no `go tool pprof` here to read it)",
+            path.display()
+        );
+        return json!({ "file": path });
+    };
+    eprintln!(
+        "scale:   API server CPU while converging, share per code path (they overlap; {}):",
+        path.display()
+    );
+    for (what, share) in &shares {
+        eprintln!("scale:     {share:5.1} %  {what}");
+    }
+    let percent: serde_json::Map<String, Value> = shares
+        .iter()
+        .map(|(what, share)| (what.to_string(), json!(share)))
+        .collect();
+    json!({ "file": path, "cumulative_percent": percent })
 }
 
 /// The converged namespace the write economy and memory phases continue with.
@@ -948,6 +1010,22 @@ fn print_report(report: &Value) {
         );
     }
     println!("    ratio = Ready s / floor s, floor = N x min w / raw w/s (target <= 1.3 at N = 1000)");
+    println!("\nconvergence next to the minimal writes alone (the bench writes what a converge needs, nothing else)");
+    println!(
+        "{:>6} {:>5} {:>9} {:>9} {:>13} {:>13}",
+        "N", "conc", "Ready s", "minimal s", "minimal/floor", "Ready/minimal"
+    );
+    for row in report["convergence"].as_array().unwrap() {
+        println!(
+            "{:>6} {:>5} {:>9.2} {:>9.2} {:>13.2} {:>13.2}",
+            row["identities"].to_string(),
+            row["concurrency"].to_string(),
+            f(&row["converge_seconds"]),
+            f(&row["ideal_operator_seconds"]),
+            f(&row["ideal_operator_ratio"]),
+            f(&row["winflow_over_ideal_operator"]),
+        );
+    }
     println!("\nconvergence: where the time goes (CPU seconds from first create until the operator settled)");
     println!(
         "{:>6} {:>5} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8}",
