@@ -1,7 +1,11 @@
 //! Admission benchmark: webhook latency at fixed request rates, and pod-create latency through
-//! the API server with and without the webhook, measured in one run on a local control plane.
+//! the API server with and without the webhook, measured in one run on a local control plane,
+//! next to pods reviewed by one call of a webhook that allows at once (what a webhook call
+//! costs the API server by itself).
 //! Prints a table and writes target/bench/admission.json. Run: `cargo bench --bench admission`.
 
+#[path = "admission/no_op.rs"]
+mod no_op;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -9,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, ResourceExt};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde_json::{Value, json};
 use support::TestEnv;
@@ -159,6 +163,22 @@ fn unreviewed_copy(admitted: &Pod, name: &str) -> Pod {
     }
 }
 
+/// Creates pods until the no-op webhook has reviewed one (its registration takes effect
+/// once the API server has seen it).
+async fn wait_until_reviewed(pods: &Api<Pod>, no_op: &no_op::NoOpWebhook, pod: impl Fn(&str) -> Pod) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 0.. {
+        pods.create(&PostParams::default(), &pod(&format!("no-op-warmup-{attempt}")))
+            .await
+            .unwrap();
+        if no_op.reviews.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the no-op webhook was never called");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let env = TestEnv::new("bench-admission").await;
@@ -191,14 +211,23 @@ async fn main() {
             }
         }
     };
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    // A third side: the same stored pod through one call of a webhook that allows at once,
+    // which is what one call costs the API server with a webhook that costs nothing.
+    let no_op = no_op::start(&env).await;
+    let no_op_pod = |name: &str| {
+        let mut pod = unreviewed_copy(&admitted, name);
+        pod.labels_mut().insert(no_op::LABEL.to_owned(), "true".to_owned());
+        pod
+    };
+    wait_until_reviewed(&pods, &no_op, no_op_pod).await;
+    let (mut with, mut without, mut one_no_op_call) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..PODS_PER_SIDE {
-        for (reviewed, sink) in [(true, &mut with), (false, &mut without)] {
-            let object = if reviewed {
-                pod(&format!("with-{i}"))
-            } else {
-                unreviewed_copy(&admitted, &format!("without-{i}"))
-            };
+        let sides = [
+            (pod(&format!("with-{i}")), &mut with),
+            (unreviewed_copy(&admitted, &format!("without-{i}")), &mut without),
+            (no_op_pod(&format!("no-op-{i}")), &mut one_no_op_call),
+        ];
+        for (object, sink) in sides {
             let started = Instant::now();
             pods.create(&PostParams::default(), &object).await.unwrap();
             sink.push(started.elapsed());
@@ -206,7 +235,9 @@ async fn main() {
     }
     with.sort();
     without.sort();
+    one_no_op_call.sort();
     let ratio = percentile(&with, 0.5).as_secs_f64() / percentile(&without, 0.5).as_secs_f64();
+    let no_op_ratio = percentile(&one_no_op_call, 0.5).as_secs_f64() / percentile(&without, 0.5).as_secs_f64();
 
     println!("\nadmission webhook latency ({CONNECTIONS} keep-alive connections, {SECONDS_PER_RATE} s per rate)");
     println!(
@@ -238,6 +269,16 @@ async fn main() {
         ms(percentile(&without, 0.99))
     );
     println!("{:>16} {:>9.2}   (target <= 1.10)", "p50 ratio", ratio);
+    println!(
+        "{:>16} {:>9.2} {:>9.2}   (one call of a webhook that allows at once)",
+        "one no-op call",
+        ms(percentile(&one_no_op_call, 0.5)),
+        ms(percentile(&one_no_op_call, 0.99))
+    );
+    println!(
+        "{:>16} {:>9.2}   (the least any webhook adds here)",
+        "p50 ratio", no_op_ratio
+    );
 
     let report: Value = json!({
         "admission": rows,
@@ -245,7 +286,10 @@ async fn main() {
             "pods_per_side": PODS_PER_SIDE,
             "with_webhook_p50_ms": ms(percentile(&with, 0.5)), "with_webhook_p99_ms": ms(percentile(&with, 0.99)),
             "without_webhook_p50_ms": ms(percentile(&without, 0.5)), "without_webhook_p99_ms": ms(percentile(&without, 0.99)),
-            "p50_ratio": ratio
+            "p50_ratio": ratio,
+            "one_no_op_webhook_call_p50_ms": ms(percentile(&one_no_op_call, 0.5)),
+            "one_no_op_webhook_call_p99_ms": ms(percentile(&one_no_op_call, 0.99)),
+            "one_no_op_webhook_call_p50_ratio": no_op_ratio
         }
     });
     let dir = std::path::Path::new(support::REPO).join("target/bench");
