@@ -32,6 +32,11 @@ if scale:
             f"{num(run.get('converge_seconds'))} ({num(run.get('floor_seconds'))})")
         row("convergence", f"N={n} c={c}: time / floor", num(ratio), target,
             (ratio <= 1.3) if n == 1000 and ratio is not None else None)
+        if run.get("ideal_operator_seconds") is not None:
+            row("convergence", f"N={n} c={c}: minimal writes alone, s (/ floor)",
+                f"{num(run.get('ideal_operator_seconds'))} ({num(run.get('ideal_operator_ratio'))})")
+            row("convergence", f"N={n} c={c}: time / minimal writes alone",
+                num(run.get("winflow_over_ideal_operator")))
     economy = scale.get("write_economy", {})
     runs = scale.get("convergence", [])
     if runs:
@@ -66,6 +71,10 @@ if admission:
     ratio = pod_create.get("p50_ratio")
     row("admission", "pod create p50 with / without webhook", num(ratio), "<= 1.10",
         ratio is not None and ratio <= 1.10)
+    no_op = pod_create.get("one_no_op_webhook_call_p50_ratio")
+    if no_op is not None:
+        row("admission", "pod create p50, one call of a webhook that allows at once / without",
+            num(no_op))
 
 tokens = load("tokens")
 if tokens:
