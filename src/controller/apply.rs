@@ -39,8 +39,6 @@ pub struct ChildReport {
     pub kind: String,
     pub name: String,
     pub state: ChildState,
-    /// Someone else wrote the child while winflow did: look at it again soon.
-    pub changed_meanwhile: bool,
 }
 
 /// Writes one child unless it is up to date or not winflow's (an existing object is winflow's
@@ -62,7 +60,6 @@ where
         kind: kind.clone(),
         name: name.clone(),
         state,
-        changed_meanwhile: false,
     };
     let desired_json = to_json(desired);
     let digest = versions
@@ -94,8 +91,10 @@ where
         versions.start_write(desired);
     }
     let result = api.patch(&name, &params, &Patch::Apply(desired)).await;
-    let applied_version = result.as_ref().ok().and_then(|o| o.meta().resource_version.clone());
-    let changed_meanwhile = versions.is_some_and(|v| v.finish_write(desired, digest, applied_version.as_deref()));
+    if let Some(versions) = versions {
+        let applied_version = result.as_ref().ok().and_then(|o| o.meta().resource_version.as_deref());
+        versions.finish_write(desired, digest, applied_version);
+    }
     let state = match result {
         Ok(_) => ChildState::Applied,
         Err(kube::Error::Api(status)) if is_permanent(status.code) => {
@@ -103,10 +102,7 @@ where
         }
         Err(e) => return Err(e),
     };
-    Ok(ChildReport {
-        changed_meanwhile,
-        ..report(state)
-    })
+    Ok(report(state))
 }
 
 /// Deletes a child if it is winflow's (cluster-scoped ones, which garbage collection cannot

@@ -39,9 +39,12 @@ struct Entry {
     confirmed: Option<(u64, String)>,
     /// While winflow's write is on its way: the versions the watch reported meanwhile. Its
     /// own is among them when the watch is faster than the answer; any other is someone
-    /// else's, and `finish_write` says so. A write that never finished (its reconcile was
-    /// cancelled) stops holding anything back after `WRITE_TIMEOUT`.
+    /// else's, and `finish_write` marks the child `changed_meanwhile`. A write that never
+    /// finished (its reconcile was cancelled) stops holding anything back after `WRITE_TIMEOUT`.
     writing: Option<(Instant, Vec<String>)>,
+    /// Someone else wrote the child while winflow did; the watch event that said so was held
+    /// back, so the owner's reconcile must look again by itself (`take_changed_meanwhile`).
+    changed_meanwhile: bool,
 }
 
 /// Longer than any write takes (the client's own timeout is shorter).
@@ -111,10 +114,9 @@ impl ChildVersions {
         entries.entry(key_of(desired)).or_default().writing = Some((Instant::now(), Vec::new()));
     }
 
-    /// Winflow's write of `desired` ended: applied at `version`, or failed (`None`). Returns
-    /// whether the watch reported a version meanwhile that was not winflow's, which the
-    /// caller must treat as news (look at the child again).
-    pub fn finish_write<K>(&self, desired: &K, digest: u64, version: Option<&str>) -> bool
+    /// Winflow's write of `desired` ended: applied at `version`, or failed (`None`). A version
+    /// the watch reported meanwhile that was not winflow's marks the child changed meanwhile.
+    pub fn finish_write<K>(&self, desired: &K, digest: u64, version: Option<&str>)
     where
         K: Resource<DynamicType = ()>,
     {
@@ -122,7 +124,19 @@ impl ChildVersions {
         let entry = entries.entry(key_of(desired)).or_default();
         let seen = entry.writing.take().map(|(_, seen)| seen).unwrap_or_default();
         entry.confirmed = version.map(|v| (digest, v.to_owned()));
-        seen.iter().any(|seen| Some(seen.as_str()) != version)
+        entry.changed_meanwhile |= seen.iter().any(|seen| Some(seen.as_str()) != version);
+    }
+
+    /// Whether someone else wrote `child` while winflow did since the last ask: news the
+    /// watch could not deliver, so the owner should be reconciled again at once.
+    pub fn take_changed_meanwhile<K>(&self, child: &K) -> bool
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let mut entries = self.entries.lock().expect("child-versions lock");
+        entries
+            .get_mut(&key_of(child))
+            .is_some_and(|entry| std::mem::take(&mut entry.changed_meanwhile))
     }
 
     /// The watch reports `object` at its version. Returns whether that is news, i.e. not the
@@ -272,7 +286,8 @@ mod tests {
             !versions.observed(&config_map("t", Some("10"), "v1")),
             "held back while writing"
         );
-        assert!(!versions.finish_write(&desired, d, Some("10")), "it was winflow's own");
+        versions.finish_write(&desired, d, Some("10"));
+        assert!(!versions.take_changed_meanwhile(&desired), "it was winflow's own");
         assert!(versions.holds(&desired, d));
     }
 
@@ -284,12 +299,15 @@ mod tests {
         versions.start_write(&desired);
         assert!(!versions.observed(&config_map("t", Some("10"), "v1")));
         assert!(!versions.observed(&config_map("t", Some("11"), "edited")));
-        assert!(versions.finish_write(&desired, d, Some("10")), "version 11 is news");
+        versions.finish_write(&desired, d, Some("10"));
+        assert!(versions.take_changed_meanwhile(&desired), "version 11 is news");
+        assert!(!versions.take_changed_meanwhile(&desired), "told once");
         assert!(!versions.holds(&desired, d), "and the child is read again");
         // A failed write reports anything seen meanwhile, and holds nothing.
         versions.start_write(&desired);
         assert!(!versions.observed(&config_map("t", Some("12"), "edited")));
-        assert!(versions.finish_write(&desired, d, None));
+        versions.finish_write(&desired, d, None);
+        assert!(versions.take_changed_meanwhile(&desired));
         assert!(!versions.holds(&desired, d));
         // After the write, the watch's news are news again.
         assert!(versions.observed(&config_map("t", Some("13"), "edited")));

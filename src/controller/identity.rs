@@ -315,7 +315,7 @@ async fn apply_children(
     let metrics = &ctx.metrics;
     let versions = Some(&ctx.child_versions);
     let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics, versions).await?;
-    let (service_account, service_account_changed) = ensure_service_account(identity, children, ctx).await?;
+    let service_account = ensure_service_account(identity, children, ctx).await?;
     let role = ensure_child(
         &Api::namespaced(client.clone(), &namespace),
         &children.role,
@@ -338,15 +338,22 @@ async fn apply_children(
     )
     .await?;
 
-    let reports = [&credential_spec, &role, &role_binding, &pod_templates];
-    for report in reports {
+    for report in [&credential_spec, &role, &role_binding, &pod_templates] {
         if report.state == super::apply::ChildState::Applied {
             info!(identity = %object_key(&namespace, &name), kind = %report.kind, child = %report.name, "applied");
         }
     }
     // Someone else wrote a child while winflow did: its watch event was held back as
     // possibly winflow's own, so look again at once rather than wait for the next trigger.
-    let changed_meanwhile = service_account_changed || reports.iter().any(|r| r.changed_meanwhile);
+    let versions = &ctx.child_versions;
+    let changed_meanwhile = [
+        versions.take_changed_meanwhile(&children.credential_spec),
+        versions.take_changed_meanwhile(&children.role),
+        versions.take_changed_meanwhile(&children.role_binding),
+        versions.take_changed_meanwhile(&children.pod_templates),
+        (children.service_account.as_ref()).is_some_and(|sa| versions.take_changed_meanwhile(sa)),
+    ]
+    .contains(&true);
     let shares = observe_shares(identity, ctx).await?;
     // After the service account: a workload-identity token is requested in its name.
     let token = crate::token::reconcile(identity, &ctx.client, &ctx.tokens, &ctx.metrics).await?;
@@ -404,30 +411,25 @@ async fn observe_shares(identity: &WindowsTaskIdentity, ctx: &Context) -> Result
 }
 
 /// A service account winflow creates is applied like any child; one that exists without
-/// winflow's labels is bound as it is and never taken over. Also says whether someone else
-/// wrote it while winflow did.
+/// winflow's labels is bound as it is and never taken over.
 async fn ensure_service_account(
     identity: &WindowsTaskIdentity,
     children: &IdentityChildren,
     ctx: &Context,
-) -> Result<(ServiceAccountState, bool), Error> {
+) -> Result<ServiceAccountState, Error> {
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     match &children.service_account {
         Some(desired) => {
-            let ChildReport {
-                state,
-                changed_meanwhile,
-                ..
-            } = ensure_child(&api, desired, &ctx.metrics, Some(&ctx.child_versions)).await?;
-            let state = match state {
+            let ChildReport { state, .. } =
+                ensure_child(&api, desired, &ctx.metrics, Some(&ctx.child_versions)).await?;
+            Ok(match state {
                 super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
-            };
-            Ok((state, changed_meanwhile))
+            })
         }
         None => Ok(match api.get_opt(&identity.spec.service_account.name).await? {
-            Some(_) => (ServiceAccountState::ExistingUnmanaged, false),
-            None => (ServiceAccountState::Missing, false),
+            Some(_) => ServiceAccountState::ExistingUnmanaged,
+            None => ServiceAccountState::Missing,
         }),
     }
 }

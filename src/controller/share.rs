@@ -373,7 +373,6 @@ mod tests {
             kind: kind.into(),
             name: format!("{kind}-name"),
             state: ChildState::UpToDate,
-            changed_meanwhile: false,
         }
     }
 

@@ -73,7 +73,6 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
                 kind: "ServiceAccount".into(),
                 name: observed.service_account_name.into(),
                 state: state.clone(),
-                changed_meanwhile: false,
             };
             from_children(
                 ACCESS_GRANTED,
@@ -171,7 +170,6 @@ mod tests {
             kind: kind.into(),
             name: format!("{kind}-name"),
             state,
-            changed_meanwhile: false,
         }
     }
 
