@@ -43,7 +43,9 @@ async fn after_an_api_server_outage_the_same_operator_applies_the_pending_change
     // Changes the operator has not seen yet when the API server goes: new identities and an
     // edit of every existing one (a new task image, which its pod templates carry).
     let identities = env.api::<WindowsTaskIdentity>();
-    let added = fleet::names("during", 20);
+    // Twice as many new identities as edits: the operator keeps writing while the counts
+    // below are read, and with 20 it once nearly caught up (27 pending against 23 writes).
+    let added = fleet::names("during", 40);
     fleet::create_identities(&env, &added, 8).await;
     for name in &existing {
         let patch = json!({"spec": {"airflow": {"image": NEW_IMAGE}}});
