@@ -200,6 +200,9 @@ apiserver_args=(
   --allow-privileged=true
   --audit-policy-file="$dir/audit-policy.yaml"
   --audit-log-path="$dir/audit.log"
+  # pods/ephemeralcontainers (alpha in 1.20, on by default from 1.23): the webhook must see
+  # a debug container added to an identity's pod.
+  --feature-gates=EphemeralContainers=true
 )
 start kube-apiserver "$bin/kube-apiserver" "${apiserver_args[@]}"
 

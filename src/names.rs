@@ -58,6 +58,16 @@ pub fn gmsa_role_name(identity: &str) -> String {
     format!("winflow-{identity}-gmsa")
 }
 
+/// The Role (and RoleBinding) granting verb `use` on exactly this identity: who holds it may
+/// create pods that run as the identity (the webhook checks it with a SubjectAccessReview).
+pub fn use_role_name(identity: &str) -> String {
+    format!("winflow-{identity}-use")
+}
+
+/// Label of namespaces where unlabelled pods are validated too: none of them may reach an
+/// identity's credentials (Secrets, claims, service accounts, credential specs).
+pub const ENFORCE_LABEL: &str = "winflow.io/enforce";
+
 pub fn pod_templates_config_map_name(identity: &str) -> String {
     format!("{identity}-pod-templates")
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::api::{Patch, PatchParams};
@@ -27,9 +28,13 @@ struct AllowAll {
 }
 
 impl AdmissionHandler for AllowAll {
-    fn review(&self, _: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    fn review<'a>(
+        &'a self,
+        _: ReviewKind,
+        request: &'a AdmissionRequest<DynamicObject>,
+    ) -> BoxFuture<'a, AdmissionResponse> {
         self.reviews.fetch_add(1, Ordering::Relaxed);
-        AdmissionResponse::from(request)
+        Box::pin(std::future::ready(AdmissionResponse::from(request)))
     }
 }
 

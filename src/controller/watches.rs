@@ -14,7 +14,6 @@ use kube::{Api, Resource};
 use kube::core::DeserializeGuard;
 
 use super::backoff::WatchBackoff;
-use crate::api::WindowsTaskIdentity;
 
 /// The events of one watch. A failure is logged, not passed on, and the watch is retried
 /// after its own backoff; "resource version too old" is retried at once (the watcher lists
@@ -69,12 +68,12 @@ pub(crate) fn spec_or_deletion<K: Resource>(object: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// What caches of identities keep of their metadata: neither managed fields nor `kubectl
-/// apply`'s copy of the object. Nothing reads them, and together they are most of a cached
-/// identity's size.
-pub(crate) fn drop_unread_metadata(identity: &mut DeserializeGuard<WindowsTaskIdentity>) {
-    let meta = match &mut identity.0 {
-        Ok(identity) => &mut identity.metadata,
+/// What caches of winflow's resources keep of their metadata: neither managed fields nor
+/// `kubectl apply`'s copy of the object. Nothing reads them, and together they are most of a
+/// cached resource's size.
+pub(crate) fn drop_unread_metadata<K: Resource>(object: &mut DeserializeGuard<K>) {
+    let meta = match &mut object.0 {
+        Ok(object) => object.meta_mut(),
         Err(invalid) => &mut invalid.metadata,
     };
     meta.managed_fields = None;
@@ -122,7 +121,7 @@ mod tests {
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
             "spec": {}
         });
-        let mut guard: DeserializeGuard<WindowsTaskIdentity> = serde_json::from_value(object).unwrap();
+        let mut guard: DeserializeGuard<crate::api::WindowsTaskIdentity> = serde_json::from_value(object).unwrap();
         drop_unread_metadata(&mut guard);
         let meta = match &guard.0 {
             Ok(identity) => &identity.metadata,

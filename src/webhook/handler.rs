@@ -1,10 +1,12 @@
-//! The glue between the HTTPS layer and the decisions: an identity cache, one audit line per
-//! decision, metrics, and an Event on the identity for every denial.
+//! The glue between the HTTPS layer and the decisions: caches of identities and shares, the
+//! creator's authorization (asked before deciding), one audit line per decision, metrics, and
+//! on every denial an Event and a count on the identity concerned.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::core::{DeserializeGuard, DynamicObject};
@@ -12,74 +14,146 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 
-use super::decide::{self, Audit, IdentityLookup};
+use super::access::AccessReviewer;
+use super::decide::{self, Audit, ResourceView};
+use super::denial_count::DenialCounts;
 use super::denial_events::DenialEvents;
 use super::server::{AdmissionHandler, ReviewKind};
-use crate::api::WindowsTaskIdentity;
+use crate::api::{WindowsShare, WindowsTaskIdentity};
 use crate::metrics::Metrics;
 
-type Guarded = DeserializeGuard<WindowsTaskIdentity>;
-
-/// Identities as a watch keeps them; every replica has its own, so every replica can decide.
+/// winflow's resources as watches keep them; every replica has its own, so every replica can
+/// decide.
 #[derive(Clone)]
-pub struct IdentityCache(Store<Guarded>);
+pub struct ResourceCache {
+    identities: Store<DeserializeGuard<WindowsTaskIdentity>>,
+    shares: Store<DeserializeGuard<WindowsShare>>,
+}
 
-impl IdentityCache {
-    /// Starts watching identities (in `namespace`, or all) and returns the cache and the task
-    /// that keeps it filled.
-    pub fn start(client: Client, namespace: Option<&str>) -> (Self, tokio::task::JoinHandle<()>) {
-        let api: Api<Guarded> = match namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        };
-        let (store, writer) = reflector::store();
-        let events = crate::controller::watches::events(api, watcher::Config::default())
-            .modify(crate::controller::watches::drop_unread_metadata);
-        let stream = reflector::reflector(writer, events).applied_objects();
-        let task = tokio::spawn(stream.for_each(|_| async {}));
-        (Self(store), task)
+/// A watch of `K` (in `namespace`, or all) into a store, and the task that keeps it filled.
+fn cached<K>(client: Client, namespace: Option<&str>) -> (Store<DeserializeGuard<K>>, tokio::task::JoinHandle<()>)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<DeserializeGuard<K>> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let (store, writer) = reflector::store();
+    let events = crate::controller::watches::events(api, watcher::Config::default())
+        .modify(crate::controller::watches::drop_unread_metadata);
+    let stream = reflector::reflector(writer, events).applied_objects();
+    (store, tokio::spawn(stream.for_each(|_| async {})))
+}
+
+fn decoded<K: Clone>(guarded: &DeserializeGuard<K>) -> Option<Arc<K>> {
+    guarded.0.as_ref().ok().map(|object| Arc::new(object.clone()))
+}
+
+impl ResourceCache {
+    /// Starts watching identities and shares (in `namespace`, or all).
+    pub fn start(client: Client, namespace: Option<&str>) -> Self {
+        let (identities, _identity_task) = cached(client.clone(), namespace);
+        let (shares, _share_task) = cached(client, namespace);
+        Self { identities, shares }
     }
 
-    /// Whether the cache holds the initial list (`false` when its watch is gone).
+    /// Whether both caches hold their initial list (`false` when a watch is gone).
     pub async fn synced(&self) -> bool {
-        crate::controller::store_synced(&self.0).await
+        crate::controller::store_synced(&self.identities).await && crate::controller::store_synced(&self.shares).await
     }
 }
 
-impl IdentityLookup for IdentityCache {
+impl ResourceView for ResourceCache {
     fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>> {
-        let guarded = self.0.get(&ObjectRef::new(name).within(namespace))?;
-        guarded.0.as_ref().ok().map(|identity| Arc::new(identity.clone()))
+        decoded(&*self.identities.get(&ObjectRef::new(name).within(namespace))?)
+    }
+
+    fn identities_in(&self, namespace: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities
+            .state()
+            .iter()
+            .filter(|guarded| {
+                guarded
+                    .0
+                    .as_ref()
+                    .is_ok_and(|i| i.metadata.namespace.as_deref() == Some(namespace))
+            })
+            .filter_map(|guarded| decoded(guarded))
+            .collect()
+    }
+
+    fn all_identities(&self) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities
+            .state()
+            .iter()
+            .filter_map(|guarded| decoded(guarded))
+            .collect()
+    }
+
+    fn shares_in(&self, namespace: &str) -> Vec<Arc<WindowsShare>> {
+        self.shares
+            .state()
+            .iter()
+            .filter(|guarded| {
+                guarded
+                    .0
+                    .as_ref()
+                    .is_ok_and(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            })
+            .filter_map(|guarded| decoded(guarded))
+            .collect()
     }
 }
 
 /// winflow's admission webhook.
 pub struct PodWebhook {
-    pub identities: IdentityCache,
+    pub resources: ResourceCache,
+    pub access: AccessReviewer,
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub denial_events: DenialEvents,
+    pub denial_counts: Arc<DenialCounts>,
 }
 
 impl AdmissionHandler for PodWebhook {
-    fn review(&self, kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-        let started = Instant::now();
-        let (webhook, decision) = match kind {
-            ReviewKind::Mutate => ("mutate", decide::mutate(request, &self.identities)),
-            ReviewKind::Validate => ("validate", decide::validate(request, &self.identities)),
-        };
-        self.metrics.admission_decided(
-            webhook,
-            decision.audit.allowed,
-            decision.audit.reason,
-            started.elapsed(),
-        );
-        log_audit(webhook, request, &decision.audit);
-        if !decision.audit.allowed {
-            self.record_denial(&decision.audit);
-        }
-        decision.response
+    fn review<'a>(
+        &'a self,
+        kind: ReviewKind,
+        request: &'a AdmissionRequest<DynamicObject>,
+    ) -> BoxFuture<'a, AdmissionResponse> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let access = match decide::identity_to_authorize(kind, request) {
+                Some((namespace, identity)) => {
+                    Some(self.access.may_use(&request.user_info, &namespace, &identity).await)
+                }
+                None => None,
+            };
+            let (webhook, decision) = match kind {
+                ReviewKind::Mutate => ("mutate", decide::mutate(request, &self.resources, access.as_ref())),
+                ReviewKind::Validate => ("validate", decide::validate(request, &self.resources, access.as_ref())),
+            };
+            self.metrics.admission_decided(
+                webhook,
+                decision.audit.allowed,
+                decision.audit.reason,
+                started.elapsed(),
+            );
+            log_audit(webhook, request, &decision.audit);
+            if !decision.audit.allowed {
+                self.record_denial(&decision.audit);
+            }
+            decision.response
+        })
     }
 }
 
@@ -89,12 +163,15 @@ fn log_audit(webhook: &str, request: &AdmissionRequest<DynamicObject>, audit: &A
         target: "winflow::audit",
         webhook,
         operation = ?request.operation,
-        user = request.user_info.username.as_deref().unwrap_or_default(),
-        identity = audit.identity.as_deref().unwrap_or_default(),
+        subresource = request.sub_resource.as_deref().unwrap_or_default(),
+        user = %audit.creator,
+        identity = audit.identity_concerned().unwrap_or_default(),
         namespace = %audit.namespace,
         pod = %audit.pod,
         dag_id = audit.dag_id.as_deref().unwrap_or_default(),
         task_id = audit.task_id.as_deref().unwrap_or_default(),
+        run_id = audit.run_id.as_deref().unwrap_or_default(),
+        try_number = audit.try_number.as_deref().unwrap_or_default(),
         decision = if audit.allowed { "allowed" } else { "denied" },
         reason = audit.reason,
         message = %audit.message,
@@ -103,10 +180,17 @@ fn log_audit(webhook: &str, request: &AdmissionRequest<DynamicObject>, audit: &A
 }
 
 impl PodWebhook {
-    /// A Warning Event on the identity the pod named, so `kubectl describe wti` shows denials:
-    /// the reason is the rule, at most one per identity and rule per `denial_events::WINDOW`.
+    /// Counts the denial on the identity it concerns (when that identity exists) and writes a
+    /// Warning Event there, so `kubectl describe wti` shows denials: the reason is the rule, at
+    /// most one per identity and rule per `denial_events::WINDOW`.
     fn record_denial(&self, audit: &Audit) {
-        let Some(identity) = audit.identity.clone() else { return };
+        let Some(identity) = audit.identity_concerned().map(str::to_owned) else {
+            return;
+        };
+        if self.resources.identity(&audit.namespace, &identity).is_none() {
+            return;
+        }
+        self.denial_counts.add(&audit.namespace, &identity);
         let Some(held_back) = self
             .denial_events
             .admit(&audit.namespace, &identity, audit.reason, Instant::now())

@@ -2,7 +2,9 @@
 //! (`server`, `tls`), the glue that audits them (`handler`), and the webhook configurations
 //! that point the API server at it (`registration`).
 
+pub mod access;
 pub mod decide;
+mod denial_count;
 mod denial_events;
 pub mod handler;
 pub mod managed_certs;
@@ -38,8 +40,9 @@ pub struct WebhookSettings {
     pub instance: String,
 }
 
-/// Binds the HTTPS server (failing at once without a usable certificate), starts the identity
-/// cache and returns the bound address and the serving task. Readiness waits for the cache.
+/// Binds the HTTPS server (failing at once without a usable certificate), starts the caches of
+/// identities and shares and returns the bound address and the serving task. Readiness waits
+/// for the caches.
 pub async fn start(
     client: Client,
     settings: WebhookSettings,
@@ -49,8 +52,8 @@ pub async fn start(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let server = server::WebhookServer::bind(settings.addr, &settings.cert_dir, settings.reload_interval).await?;
     let addr = server.local_addr();
-    let (identities, _cache) = handler::IdentityCache::start(client.clone(), settings.namespace.as_deref());
-    let cache = identities.clone();
+    let resources = handler::ResourceCache::start(client.clone(), settings.namespace.as_deref());
+    let cache = resources.clone();
     tokio::spawn(async move {
         if cache.synced().await {
             readiness.set_ready();
@@ -60,11 +63,15 @@ pub async fn start(
         controller: "winflow-webhook".to_owned(),
         instance: Some(settings.instance),
     };
+    let denial_counts = Arc::new(denial_count::DenialCounts::default());
+    tokio::spawn(denial_counts.clone().run(client.clone(), metrics.clone()));
     let webhook = Arc::new(handler::PodWebhook {
-        identities,
+        resources,
+        access: access::AccessReviewer::new(client.clone()),
         metrics,
         recorder: Recorder::new(client, reporter),
         denial_events: denial_events::DenialEvents::default(),
+        denial_counts,
     });
     tracing::info!(%addr, "admission webhook listening");
     Ok((addr, tokio::spawn(server.run(webhook, shutdown))))

@@ -13,8 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 
 use crate::names::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
-/// Label of namespaces where unlabelled pods may not use winflow's credential specs.
-pub const ENFORCE_LABEL: &str = "winflow.io/enforce";
+pub use crate::names::ENFORCE_LABEL;
 
 /// Where the API server reaches the webhook.
 #[derive(Clone, Debug)]
@@ -58,14 +57,19 @@ fn client_config(registration: &Registration, path: &str) -> WebhookClientConfig
     config
 }
 
-fn pod_rule(operations: &[&str]) -> Vec<RuleWithOperations> {
-    vec![RuleWithOperations {
-        api_groups: Some(vec![String::new()]),
-        api_versions: Some(vec!["v1".to_owned()]),
-        operations: Some(operations.iter().map(|o| o.to_string()).collect()),
-        resources: Some(vec!["pods".to_owned()]),
-        scope: Some("Namespaced".to_owned()),
-    }]
+/// Rules on pods: `operations` on `resources` (`pods`, `pods/ephemeralcontainers`).
+fn pod_rules(rules: &[(&[&str], &[&str])]) -> Vec<RuleWithOperations> {
+    let strings = |items: &[&str]| items.iter().map(|i| i.to_string()).collect();
+    rules
+        .iter()
+        .map(|(operations, resources)| RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".to_owned()]),
+            operations: Some(strings(operations)),
+            resources: Some(strings(resources)),
+            scope: Some("Namespaced".to_owned()),
+        })
+        .collect()
 }
 
 fn label_exists(exists: bool) -> LabelSelector {
@@ -113,7 +117,7 @@ pub fn mutating_configuration(registration: &Registration) -> MutatingWebhookCon
             object_selector: Some(label_exists(true)),
             // Other webhooks may add containers after winflow: run again so they get the env.
             reinvocation_policy: Some("IfNeeded".to_owned()),
-            rules: Some(pod_rule(&["CREATE"])),
+            rules: Some(pod_rules(&[(&["CREATE"], &["pods"])])),
             side_effects: "None".to_owned(),
             timeout_seconds: Some(10),
             ..MutatingWebhook::default()
@@ -122,7 +126,7 @@ pub fn mutating_configuration(registration: &Registration) -> MutatingWebhookCon
 }
 
 pub fn validating_configuration(registration: &Registration) -> ValidatingWebhookConfiguration {
-    let webhook = |name: &str, namespace_selector, object_selector, operations: &[&str]| ValidatingWebhook {
+    let webhook = |name: &str, namespace_selector, object_selector, rules| ValidatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
         client_config: client_config(registration, "/validate-pods"),
@@ -130,7 +134,7 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
         match_policy: Some("Equivalent".to_owned()),
         namespace_selector,
         object_selector: Some(object_selector),
-        rules: Some(pod_rule(operations)),
+        rules: Some(rules),
         side_effects: "None".to_owned(),
         timeout_seconds: Some(10),
         ..ValidatingWebhook::default()
@@ -142,13 +146,14 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
                 "pods.winflow.io",
                 registration.namespace_selector.clone(),
                 label_exists(true),
-                &["CREATE", "UPDATE"],
+                // An ephemeral container added to an identity's pod runs as the identity too.
+                pod_rules(&[(&["CREATE", "UPDATE"], &["pods", "pods/ephemeralcontainers"])]),
             ),
             webhook(
                 "enforce.pods.winflow.io",
                 Some(enforced_namespaces(registration.namespace_selector.as_ref())),
                 label_exists(false),
-                &["CREATE"],
+                pod_rules(&[(&["CREATE"], &["pods"]), (&["UPDATE"], &["pods/ephemeralcontainers"])]),
             ),
         ]),
     }
@@ -233,5 +238,27 @@ mod tests {
             .unwrap();
         assert_eq!(namespaces["winflow.io/enforce"], "true");
         assert_eq!(namespaces["team"], "finance");
+        let resources = |hook: &ValidatingWebhook| -> Vec<(Vec<String>, Vec<String>)> {
+            let rules = hook.rules.clone().unwrap();
+            rules
+                .into_iter()
+                .map(|r| (r.operations.unwrap(), r.resources.unwrap()))
+                .collect()
+        };
+        let strings = |items: &[&str]| items.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resources(&hooks[0]),
+            [(
+                strings(&["CREATE", "UPDATE"]),
+                strings(&["pods", "pods/ephemeralcontainers"])
+            )]
+        );
+        assert_eq!(
+            resources(enforce),
+            [
+                (strings(&["CREATE"]), strings(&["pods"])),
+                (strings(&["UPDATE"]), strings(&["pods/ephemeralcontainers"]))
+            ]
+        );
     }
 }

@@ -15,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use futures::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kube::core::DynamicObject;
@@ -51,9 +52,14 @@ pub enum ReviewKind {
     Validate,
 }
 
-/// The decisions (winflow's webhook::decide implements it).
+/// The decisions (winflow's webhook::handler implements it). Asynchronous: a decision may
+/// need the API server's word on who the requester is allowed to be.
 pub trait AdmissionHandler: Send + Sync + 'static {
-    fn review(&self, kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse;
+    fn review<'a>(
+        &'a self,
+        kind: ReviewKind,
+        request: &'a AdmissionRequest<DynamicObject>,
+    ) -> BoxFuture<'a, AdmissionResponse>;
 }
 
 /// A bound, not yet serving, admission webhook endpoint.
@@ -241,7 +247,7 @@ async fn review(State(handler): State<Arc<dyn AdmissionHandler>>, kind: ReviewKi
         }
     };
 
-    let review = handler.review(kind, &request).into_review();
+    let review = handler.review(kind, &request).await.into_review();
     match serde_json::to_vec(&review) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], Body::from(json)).into_response(),
         Err(error) => {
@@ -293,9 +299,11 @@ fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
         .map_err(|_| "the AdmissionReview has no request".to_owned())?;
     let resource = &request.resource;
     let sub_resource = request.sub_resource.as_deref().unwrap_or_default();
-    if !resource.group.is_empty() || resource.resource != "pods" || !sub_resource.is_empty() {
+    // Ephemeral containers are added through their own subresource; no other subresource.
+    if !resource.group.is_empty() || resource.resource != "pods" || !["", "ephemeralcontainers"].contains(&sub_resource)
+    {
         return Err(format!(
-            "only pods are reviewed (group \"\", resource \"pods\", no subresource); \
+            "only pods are reviewed (group \"\", resource \"pods\", no subresource or ephemeralcontainers); \
              got group {:?}, resource {:?}, subresource {:?}",
             resource.group, resource.resource, sub_resource
         ));
@@ -385,9 +393,13 @@ mod tests {
     }
 
     impl AdmissionHandler for Recorder {
-        fn review(&self, kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        fn review<'a>(
+            &'a self,
+            kind: ReviewKind,
+            request: &'a AdmissionRequest<DynamicObject>,
+        ) -> BoxFuture<'a, AdmissionResponse> {
             self.kinds.lock().unwrap().push(kind);
-            AdmissionResponse::from(request)
+            Box::pin(std::future::ready(AdmissionResponse::from(request)))
         }
     }
 

@@ -1,0 +1,843 @@
+//! Decisions on pods built as Airflow builds them, against identities from the fixtures.
+
+use super::airflow_ids::looks_shortened;
+use super::*;
+use crate::build::credential_spec_document;
+use crate::fixtures;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::admission::AdmissionReview;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+struct View(
+    HashMap<(String, String), Arc<WindowsTaskIdentity>>,
+    Vec<Arc<WindowsShare>>,
+);
+
+impl ResourceView for View {
+    fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>> {
+        self.0.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+    fn identities_in(&self, namespace: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        let mut found: Vec<_> = self.0.iter().filter(|((ns, _), _)| ns == namespace).collect();
+        found.sort_by_key(|(key, _)| (*key).clone());
+        found.into_iter().map(|(_, identity)| identity.clone()).collect()
+    }
+    fn all_identities(&self) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.0.values().cloned().collect()
+    }
+    fn shares_in(&self, namespace: &str) -> Vec<Arc<WindowsShare>> {
+        let in_namespace = |s: &&Arc<WindowsShare>| s.metadata.namespace.as_deref() == Some(namespace);
+        self.1.iter().filter(in_namespace).cloned().collect()
+    }
+}
+
+/// The creator is allowed to use the identity (the handler asked the authorizer before).
+fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
+    super::mutate(request, view, Some(&Access::Allowed))
+}
+
+fn validate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
+    super::validate(request, view, Some(&Access::Allowed))
+}
+
+fn ready(mut identity: WindowsTaskIdentity, ready: bool) -> WindowsTaskIdentity {
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+        reason: if ready { "Reconciled" } else { "Conflict" }.into(),
+        message: "m".into(),
+        observed_generation: None,
+        last_transition_time: Time("2026-11-28T00:00:00Z".parse().unwrap()),
+    };
+    identity.status = Some(crate::api::WindowsTaskIdentityStatus {
+        conditions: vec![condition],
+        ..Default::default()
+    });
+    identity
+}
+
+fn view() -> View {
+    let mut map = HashMap::new();
+    for (identity, is_ready) in [(fixtures::domain_joined(), true), (fixtures::key_vault(), false)] {
+        let identity = ready(identity, is_ready);
+        let key = (
+            identity.metadata.namespace.clone().unwrap(),
+            identity.metadata.name.clone().unwrap(),
+        );
+        map.insert(key, Arc::new(identity));
+    }
+    View(map, Vec::new())
+}
+
+/// A KubernetesPodOperator-style pod of `finance_daily`.
+fn pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "copy-reports-x1", "namespace": "airflow",
+            "labels": {"winflow.io/identity": "finance-reports", "dag_id": "finance_daily", "task_id": "copy", "kubernetes_pod_operator": "True"}},
+        "spec": {"containers": [{"name": "base", "image": "registry.example.com/finance/reports-win:1.4"}]}
+    })
+}
+
+fn request(operation: &str, object: Value, old: Option<Value>) -> AdmissionRequest<DynamicObject> {
+    request_as(operation, object, old, None)
+}
+
+/// A review as the API server sends it for `pods` or one of its subresources.
+/// A token that lasts another hour in the identity's status.
+fn with_fresh_token(mut identity: WindowsTaskIdentity) -> WindowsTaskIdentity {
+    let name = identity.metadata.name.clone().unwrap();
+    let in_an_hour = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .unwrap();
+    identity.status.as_mut().unwrap().token = Some(crate::api::identity::TokenStatus {
+        secret_name: Some(format!("{name}-token")),
+        expires_at: Some(in_an_hour.to_string()),
+        renewal_time: Some(in_an_hour.to_string()),
+        ..Default::default()
+    });
+    identity
+}
+
+fn request_as(
+    operation: &str,
+    object: Value,
+    old: Option<Value>,
+    subresource: Option<&str>,
+) -> AdmissionRequest<DynamicObject> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "4d3c2b1a-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"}, "subResource": subresource,
+            "name": object["metadata"]["name"], "namespace": "airflow", "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:airflow:airflow-worker"},
+            "object": object, "oldObject": old}
+    }))
+    .unwrap();
+    review.try_into().unwrap()
+}
+
+/// Applies a mutation's patch, as the API server would.
+fn apply(object: &Value, decision: &Decision) -> Value {
+    let mut patched = object.clone();
+    if let Some(patch) = &decision.response.patch {
+        let patch: json_patch::Patch = serde_json::from_slice(patch).unwrap();
+        json_patch::patch(&mut patched, &patch).unwrap();
+    }
+    patched
+}
+
+fn denial(decision: &Decision) -> (&'static str, &str) {
+    assert!(!decision.response.allowed, "expected a denial");
+    (decision.audit.reason, decision.response.result.message.as_str())
+}
+
+#[test]
+fn mutation_injects_the_identity_and_is_idempotent() {
+    let view = view();
+    let first = mutate(&request("CREATE", pod(), None), &view);
+    assert!(first.response.allowed);
+    assert_eq!(first.audit.reason, "Mutated");
+    let mutated = apply(&pod(), &first);
+    let spec = &mutated["spec"];
+    assert_eq!(spec["serviceAccountName"], "finance-reports");
+    assert_eq!(spec["os"]["name"], "windows");
+    assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "windows");
+    assert_eq!(spec["nodeSelector"]["node.kubernetes.io/windows-build"], "10.0.20348");
+    assert_eq!(spec["tolerations"][0]["key"], "os");
+    let options = &spec["securityContext"]["windowsOptions"];
+    assert_eq!(options["gmsaCredentialSpecName"], "airflow.finance-reports");
+    assert_eq!(options["runAsUserName"], "ContainerUser");
+    let inlined = options["gmsaCredentialSpec"].as_str().unwrap();
+    let expected =
+        serde_json::to_string(&credential_spec_document("airflow", &fixtures::domain_joined_spec())).unwrap();
+    assert_eq!(inlined, expected);
+    assert!(
+        !inlined.contains(' ') && inlined.starts_with(r#"{"ActiveDirectoryConfig":"#),
+        "compact, sorted keys"
+    );
+    let hostname = spec["hostname"].as_str().unwrap();
+    assert!(hostname.len() <= 15, "{hostname}");
+    assert_eq!(
+        spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "finance-reports-share"
+    );
+    assert_eq!(spec["containers"][0]["volumeMounts"][0]["mountPath"], "C:\\reports");
+    let env: Vec<&str> = spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["WINFLOW_IDENTITY", "WINFLOW_GMSA_ACCOUNT", "WINFLOW_DOMAIN"]);
+
+    let second = mutate(&request("CREATE", mutated.clone(), None), &view);
+    assert!(second.response.allowed);
+    assert_eq!(apply(&mutated, &second), mutated, "a second pass changes nothing");
+    assert_eq!(second.audit.reason, "Allowed");
+    // And the mutated pod passes validation.
+    assert!(validate(&request("CREATE", mutated, None), &view).response.allowed);
+}
+
+#[test]
+fn conflicting_values_are_denied_not_replaced() {
+    let view = view();
+    let cases: [(&str, Value, &str); 5] = [
+        (
+            "/spec/serviceAccountName",
+            json!("payroll-export"),
+            "ServiceAccountMismatch",
+        ),
+        (
+            "/spec/nodeSelector",
+            json!({"kubernetes.io/os": "linux"}),
+            "FieldConflict",
+        ),
+        (
+            "/spec/securityContext",
+            json!({"windowsOptions": {"gmsaCredentialSpecName": "airflow.payroll-export"}}),
+            "FieldConflict",
+        ),
+        (
+            "/spec/securityContext",
+            json!({"windowsOptions": {"gmsaCredentialSpec": "{\"CmsPlugins\":[]}"}}),
+            "GmsaConflict",
+        ),
+        (
+            "/spec/securityContext",
+            json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}}),
+            "FieldConflict",
+        ),
+    ];
+    for (path, value, reason) in cases {
+        let mut object = pod();
+        *object
+            .pointer_mut("/spec")
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .entry(path.trim_start_matches("/spec/"))
+            .or_insert(Value::Null) = value;
+        let decision = mutate(&request("CREATE", object, None), &view);
+        let (got, message) = denial(&decision);
+        assert_eq!(got, reason, "{path}: {message}");
+        assert!(message.contains("\"finance-reports\""), "names the identity: {message}");
+    }
+}
+
+#[test]
+fn unknown_or_unready_identities_are_denied_with_the_reason() {
+    let view = view();
+    let mut object = pod();
+    object["metadata"]["labels"]["winflow.io/identity"] = json!("nobody");
+    let decision = mutate(&request("CREATE", object, None), &view);
+    assert_eq!(denial(&decision).0, "UnknownIdentity");
+    let mut object = pod();
+    object["metadata"]["labels"]["winflow.io/identity"] = json!("payroll-export");
+    let decision = validate(&request("CREATE", object, None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "IdentityNotReady");
+    assert!(message.contains("Conflict"), "{message}");
+}
+
+fn mutated_pod(view: &View, object: Value) -> Value {
+    let decision = mutate(&request("CREATE", object.clone(), None), view);
+    assert!(decision.response.allowed, "{}", decision.response.result.message);
+    apply(&object, &decision)
+}
+
+#[test]
+fn dags_and_tasks_outside_the_patterns_are_denied() {
+    let view = view();
+    let mut object = pod();
+    object["metadata"]["labels"]["dag_id"] = json!("payroll");
+    let decision = validate(&request("CREATE", mutated_pod(&view, object), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "DagNotAllowed");
+    assert_eq!(
+        message,
+        "dag \"payroll\" may not use identity \"finance-reports\" (allowed dag ids: finance_*)"
+    );
+
+    // The exact annotation wins over the label (KubernetesExecutor pods carry both).
+    let mut object = pod();
+    object["metadata"]["labels"]["dag_id"] = json!("finance_daily");
+    object["metadata"]["annotations"] = json!({"dag_id": "payroll"});
+    let decision = validate(&request("CREATE", mutated_pod(&view, object), None), &view);
+    assert_eq!(denial(&decision).0, "DagNotAllowed");
+}
+
+#[test]
+fn a_shortened_label_never_lets_a_pod_through() {
+    let view = view();
+    let mut object = pod();
+    // What Airflow makes of a long dag id: a prefix that matches finance_*, and a hash.
+    object["metadata"]["labels"]["dag_id"] = json!("finance_quarterly_close_with_a_name_longer_than_sixty-3f2a1b9c0");
+    let decision = validate(&request("CREATE", mutated_pod(&view, object.clone()), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "DagNotAllowed");
+    assert!(
+        message.contains("looks shortened") && message.contains("annotation"),
+        "{message}"
+    );
+    object["metadata"]["annotations"] =
+        json!({"dag_id": "finance_quarterly_close_with_a_name_longer_than_sixty_three_characters"});
+    assert!(
+        validate(&request("CREATE", mutated_pod(&view, object), None), &view)
+            .response
+            .allowed
+    );
+}
+
+#[test]
+fn administrator_host_process_and_privileged_containers_are_denied() {
+    let view = view();
+    let base = mutated_pod(&view, pod());
+    let mut admin = base.clone();
+    admin["spec"]["containers"][0]["securityContext"] =
+        json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}});
+    assert_eq!(
+        denial(&validate(&request("CREATE", admin, None), &view)).0,
+        "AdministratorNotAllowed"
+    );
+    let mut host = base.clone();
+    host["spec"]["securityContext"]["windowsOptions"]["hostProcess"] = json!(true);
+    assert_eq!(
+        denial(&validate(&request("CREATE", host, None), &view)).0,
+        "PrivilegedNotAllowed"
+    );
+    let mut privileged = base.clone();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    assert_eq!(
+        denial(&validate(&request("CREATE", privileged, None), &view)).0,
+        "PrivilegedNotAllowed"
+    );
+    let mut other_spec = base;
+    other_spec["spec"]["containers"][0]["securityContext"] =
+        json!({"windowsOptions": {"gmsaCredentialSpecName": "airflow.payroll-export"}});
+    assert_eq!(
+        denial(&validate(&request("CREATE", other_spec, None), &view)).0,
+        "GmsaConflict"
+    );
+}
+
+#[test]
+fn gmsa_fields_cannot_change_on_update() {
+    let view = view();
+    let old = mutated_pod(&view, pod());
+    let mut new = old.clone();
+    new["spec"]["securityContext"]["windowsOptions"]["gmsaCredentialSpec"] = json!("{}");
+    let (reason, _) = denial(&validate(&request("UPDATE", new, Some(old.clone())), &view));
+    assert_eq!(reason, "GmsaChanged");
+    let mut relabelled = old.clone();
+    relabelled["metadata"]["labels"]["winflow.io/identity"] = json!("payroll-export");
+    assert_eq!(
+        denial(&validate(&request("UPDATE", relabelled, Some(old.clone())), &view)).0,
+        "IdentityLabelChanged"
+    );
+    let mut annotated = old.clone();
+    annotated["metadata"]["annotations"] = json!({"note": "fine"});
+    assert!(
+        validate(&request("UPDATE", annotated, Some(old)), &view)
+            .response
+            .allowed
+    );
+}
+
+#[test]
+fn unlabelled_pods_may_not_reach_for_a_winflow_credential_spec() {
+    let view = view();
+    let mut object = pod();
+    object["metadata"]["labels"] = json!({"app": "sneaky"});
+    object["spec"]["securityContext"] =
+        json!({"windowsOptions": {"gmsaCredentialSpecName": "airflow.finance-reports"}});
+    let decision = validate(&request("CREATE", object.clone(), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "UnlabelledGmsaUse");
+    assert!(message.contains("winflow.io/identity=finance-reports"), "{message}");
+    // A credential spec winflow does not manage is none of its business.
+    object["spec"]["securityContext"] = json!({"windowsOptions": {"gmsaCredentialSpecName": "webapp-gmsa"}});
+    assert!(validate(&request("CREATE", object, None), &view).response.allowed);
+}
+
+#[test]
+fn executor_pods_get_the_service_account_and_identity_env_but_stay_linux() {
+    let view = view();
+    let mut object = pod();
+    object["metadata"]["labels"]["winflow.io/role"] = json!("executor");
+    let mutated = mutated_pod(&view, object);
+    assert_eq!(mutated["spec"]["serviceAccountName"], "finance-reports");
+    assert!(mutated["spec"].get("os").is_none() && mutated["spec"].get("securityContext").is_none());
+    assert_eq!(mutated["spec"]["containers"][0]["env"][0]["name"], "WINFLOW_IDENTITY");
+    let mut unknown = pod();
+    unknown["metadata"]["labels"]["winflow.io/role"] = json!("sidecar");
+    assert_eq!(
+        denial(&mutate(&request("CREATE", unknown, None), &view)).0,
+        "UnknownRole"
+    );
+}
+
+#[test]
+fn shortened_labels_are_recognised() {
+    assert!(looks_shortened("manual__2026-11-28T0000000000-1d0036463"));
+    assert!(!looks_shortened("finance_daily"));
+    assert!(!looks_shortened("-1d0036463"));
+}
+
+/// The domain-joined identity with a token that expires `expires_in` seconds from now.
+fn view_with_token(expires_in: i64) -> View {
+    let mut identity = ready(fixtures::domain_joined(), true);
+    identity.spec.token = Some(fixtures::token_settings());
+    let now = jiff::Timestamp::now();
+    identity.status.as_mut().unwrap().token = Some(crate::api::identity::TokenStatus {
+        secret_name: Some("finance-reports-token".into()),
+        expires_at: Some(
+            now.checked_add(jiff::SignedDuration::from_secs(expires_in))
+                .unwrap()
+                .to_string(),
+        ),
+        renewal_time: Some(
+            now.checked_add(jiff::SignedDuration::from_secs(90))
+                .unwrap()
+                .to_string(),
+        ),
+        ..Default::default()
+    });
+    let key = ("airflow".to_owned(), "finance-reports".to_owned());
+    View(HashMap::from([(key, Arc::new(identity))]), Vec::new())
+}
+
+#[test]
+fn pods_of_an_identity_with_a_token_get_it_as_env_and_file_and_stay_idempotent() {
+    let view = view_with_token(3600);
+    let first = mutate(&request("CREATE", pod(), None), &view);
+    assert!(first.response.allowed, "{}", first.response.result.message);
+    let mutated = apply(&pod(), &first);
+    let base = &mutated["spec"]["containers"][0];
+    let token = base["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WINFLOW_ACCESS_TOKEN")
+        .unwrap();
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "finance-reports-token");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], "access_token");
+    let volumes = mutated["spec"]["volumes"].as_array().unwrap();
+    let volume = volumes.iter().find(|v| v["name"] == "winflow-token").unwrap();
+    assert_eq!(volume["secret"]["secretName"], "finance-reports-token");
+    let mounts = base["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == "C:\\var\\run\\secrets\\winflow.io\\token")
+    );
+    let second = mutate(&request("CREATE", mutated.clone(), None), &view);
+    assert_eq!(apply(&mutated, &second), mutated, "a second pass changes nothing");
+    assert!(validate(&request("CREATE", mutated, None), &view).response.allowed);
+
+    // A pod that maps the variable to something else is denied, not rewritten.
+    let mut own = pod();
+    own["spec"]["containers"][0]["env"] = json!([{"name": "WINFLOW_ACCESS_TOKEN", "value": "mine"}]);
+    let decision = mutate(&request("CREATE", own, None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "FieldConflict");
+    assert!(
+        message.contains("Secret finance-reports-token key access_token"),
+        "{message}"
+    );
+}
+
+#[test]
+fn pods_are_denied_when_the_token_would_not_last_and_updates_are_not_checked() {
+    let expiring = view_with_token(120);
+    let decision = mutate(&request("CREATE", pod(), None), &expiring);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "TokenExpiring");
+    assert!(message.contains("a fresh token is due at"), "{message}");
+    let mut patient = pod();
+    patient["metadata"]["annotations"] = json!({"winflow.io/min-token-validity": "1m"});
+    let (reason, _) = denial(&mutate(&request("CREATE", patient, None), &expiring));
+    assert_eq!(reason, "TokenExpiring", "the identity's 5m floor still applies");
+
+    let expired = view_with_token(-1);
+    let decision = validate(&request("CREATE", pod(), None), &expired);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "TokenExpired");
+    assert!(message.contains("retry the task then"), "{message}");
+    // A running pod's update is not refused because the token has since expired.
+    let running = apply(&pod(), &mutate(&request("CREATE", pod(), None), &view_with_token(3600)));
+    let update = validate(&request("UPDATE", running.clone(), Some(running)), &expired);
+    assert!(update.response.allowed, "{}", update.response.result.message);
+}
+
+// ---------------------------------------------------------------------------------------
+// Least privilege: the creator is the principal, and every credential has one way in.
+
+/// Two Ready identities with tokens (finance-reports lists the share, payroll-export keeps its
+/// host account in a Kubernetes Secret) and the share of the examples.
+fn guarded_view() -> View {
+    let mut finance = ready(fixtures::domain_joined(), true);
+    finance.spec.token = Some(fixtures::token_settings());
+    finance
+        .spec
+        .token
+        .as_mut()
+        .unwrap()
+        .client_secret_ref
+        .as_mut()
+        .unwrap()
+        .name = "finance-oidc".into();
+    let mut payroll = ready(fixtures::key_vault(), true);
+    payroll.spec.token = Some(fixtures::token_settings());
+    let host = payroll.spec.host_account.as_mut().unwrap();
+    host.azure_key_vault = None;
+    host.kubernetes_secret = Some(crate::api::identity::KubernetesSecretHostAccount {
+        name: "payroll-host".into(),
+    });
+    let map = [finance, payroll]
+        .into_iter()
+        .map(with_fresh_token)
+        .map(|i| {
+            let key = (i.metadata.namespace.clone().unwrap(), i.metadata.name.clone().unwrap());
+            (key, Arc::new(i))
+        })
+        .collect();
+    View(map, vec![Arc::new(fixtures::share())])
+}
+
+fn unlabelled(spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "plain", "namespace": "airflow", "labels": {"app": "reports"}},
+        "spec": spec})
+}
+
+fn base_with(extra: Value) -> Value {
+    let mut spec = json!({"containers": [{"name": "base", "image": "registry.example.com/tools:1"}]});
+    for (key, value) in extra.as_object().unwrap() {
+        if key == "env" || key == "envFrom" {
+            spec["containers"][0][key] = value.clone();
+        } else {
+            spec[key] = value.clone();
+        }
+    }
+    spec
+}
+
+/// The four ways a pod reaches a Secret, and the other volume kinds that take one.
+fn secret_references(secret: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "secret volume",
+            json!({"volumes": [{"name": "v", "secret": {"secretName": secret}}]}),
+        ),
+        (
+            "projected volume",
+            json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": secret}}]}}]}),
+        ),
+        (
+            "env secretKeyRef",
+            json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": secret, "key": "access_token"}}}]}),
+        ),
+        (
+            "envFrom secretRef",
+            json!({"envFrom": [{"secretRef": {"name": secret}}]}),
+        ),
+        (
+            "csi nodePublishSecretRef",
+            json!({"volumes": [{"name": "v", "csi": {"driver": "smb.csi.k8s.io", "nodePublishSecretRef": {"name": secret}}}]}),
+        ),
+    ]
+}
+
+#[test]
+fn a_creator_who_may_not_use_the_identity_gets_nothing_injected_and_is_denied() {
+    let view = guarded_view();
+    let denied = Access::Denied("no RBAC policy matched".into());
+    for decision in [
+        super::mutate(&request("CREATE", pod(), None), &view, Some(&denied)),
+        super::validate(
+            &request("CREATE", mutated_pod(&view, pod()), None),
+            &view,
+            Some(&denied),
+        ),
+    ] {
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "CreatorNotAllowed");
+        assert!(decision.response.patch.is_none(), "nothing injected");
+        for part in [
+            "system:serviceaccount:airflow:airflow-worker",
+            "identity \"finance-reports\"",
+            "winflow-finance-reports-use",
+            "spec.access.creators",
+            "no RBAC policy matched",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+    // An authorizer that cannot answer, or no answer at all, is a denial too.
+    let unavailable = Access::Unavailable("the API server did not answer".into());
+    let decision = super::mutate(&request("CREATE", pod(), None), &view, Some(&unavailable));
+    assert_eq!(denial(&decision).0, "AuthorizationUnavailable");
+    let decision = super::validate(&request("CREATE", mutated_pod(&view, pod()), None), &view, None);
+    assert_eq!(denial(&decision).0, "AuthorizationUnavailable");
+}
+
+#[test]
+fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
+    let create = request("CREATE", pod(), None);
+    let asked = |kind, request: &AdmissionRequest<DynamicObject>| identity_to_authorize(kind, request);
+    let expected = Some(("airflow".to_owned(), "finance-reports".to_owned()));
+    assert_eq!(asked(ReviewKind::Mutate, &create), expected);
+    assert_eq!(asked(ReviewKind::Validate, &create), expected);
+    let running = mutated_pod(&guarded_view(), pod());
+    let mut annotated = running.clone();
+    annotated["metadata"]["annotations"] = json!({"note": "x"});
+    assert_eq!(
+        asked(
+            ReviewKind::Validate,
+            &request("UPDATE", annotated, Some(running.clone()))
+        ),
+        None
+    );
+    let mut new_image = running.clone();
+    new_image["spec"]["containers"][0]["image"] = json!("registry.example.com/other:1");
+    assert_eq!(
+        asked(
+            ReviewKind::Validate,
+            &request("UPDATE", new_image, Some(running.clone()))
+        ),
+        expected
+    );
+    let debug = request_as("UPDATE", running.clone(), Some(running), Some("ephemeralcontainers"));
+    assert_eq!(asked(ReviewKind::Validate, &debug), expected);
+    assert_eq!(
+        asked(
+            ReviewKind::Validate,
+            &request("CREATE", unlabelled(base_with(json!({}))), None)
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_pod_of_another_identity_or_none_may_not_reach_a_token_secret_in_any_way() {
+    let view = guarded_view();
+    for (way, extra) in secret_references("payroll-export-token") {
+        let decision = validate(&request("CREATE", unlabelled(base_with(extra.clone())), None), &view);
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "TokenSecretNotOwn", "{way}: {message}");
+        assert!(
+            message.contains("payroll-export-token") && message.contains("identity \"payroll-export\""),
+            "{message}"
+        );
+        assert_eq!(decision.audit.identity_concerned(), Some("payroll-export"), "{way}");
+
+        let mut labelled = pod();
+        labelled["spec"] = base_with(extra);
+        let decision = validate(&request("CREATE", mutated_pod(&view, labelled), None), &view);
+        assert_eq!(
+            denial(&decision).0,
+            "TokenSecretNotOwn",
+            "{way} from a pod of finance-reports"
+        );
+    }
+    // Its own token, as winflow injects it and in any other form, is the pod's to use.
+    let mut own = pod();
+    own["spec"] = base_with(json!({"envFrom": [{"secretRef": {"name": "finance-reports-token"}}]}));
+    let decision = validate(&request("CREATE", mutated_pod(&view, own), None), &view);
+    assert!(decision.response.allowed, "{}", decision.response.result.message);
+}
+
+#[test]
+fn secrets_for_winflow_and_the_node_are_no_pods_business() {
+    let view = guarded_view();
+    let cases = [
+        ("payroll-oidc", "ClientSecretReference"),
+        ("payroll-host", "HostAccountSecretReference"),
+        ("smb-finance", "ShareCredentialsReference"),
+    ];
+    for (secret, reason) in cases {
+        for (way, extra) in secret_references(secret) {
+            let decision = validate(&request("CREATE", unlabelled(base_with(extra.clone())), None), &view);
+            let (got, message) = denial(&decision);
+            assert_eq!(got, reason, "{secret} by {way}: {message}");
+            assert!(message.contains(secret), "{message}");
+            // Not even the pods of the identity that names it.
+            let mut labelled = pod();
+            labelled["spec"] = base_with(extra);
+            let decision = validate(&request("CREATE", mutated_pod(&view, labelled), None), &view);
+            assert_eq!(denial(&decision).0, reason, "{secret} by {way} from a labelled pod");
+        }
+    }
+    // A Secret no winflow resource names is none of winflow's business.
+    let decision = validate(
+        &request(
+            "CREATE",
+            unlabelled(base_with(secret_references("app-config")[0].1.clone())),
+            None,
+        ),
+        &view,
+    );
+    assert!(decision.response.allowed);
+}
+
+#[test]
+fn a_share_claim_is_mounted_only_by_pods_of_an_identity_that_lists_it() {
+    let view = guarded_view();
+    let claim = json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "finance-reports-share"}}]});
+    let decision = validate(&request("CREATE", unlabelled(base_with(claim.clone())), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "ShareNotListed");
+    assert!(
+        message.contains("volume \"data\"") && message.contains("finance-reports-share"),
+        "{message}"
+    );
+    let mut payroll = pod();
+    payroll["metadata"]["labels"]["winflow.io/identity"] = json!("payroll-export");
+    payroll["metadata"]["labels"]["dag_id"] = json!("payroll_export");
+    payroll["metadata"]["labels"]["task_id"] = json!("export_ledger");
+    payroll["spec"] = base_with(claim);
+    let decision = validate(&request("CREATE", mutated_pod(&view, payroll), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "ShareNotListed");
+    assert!(
+        message.contains("identity \"payroll-export\" lists no shares"),
+        "{message}"
+    );
+    // finance-reports lists it: winflow mounts it, and the pod passes.
+    let decision = validate(&request("CREATE", mutated_pod(&view, pod()), None), &view);
+    assert!(decision.response.allowed, "{}", decision.response.result.message);
+}
+
+#[test]
+fn unlabelled_pods_may_not_run_as_an_identity_or_forge_its_credential_spec() {
+    let view = guarded_view();
+    let decision = validate(
+        &request(
+            "CREATE",
+            unlabelled(base_with(json!({"serviceAccountName": "payroll-export"}))),
+            None,
+        ),
+        &view,
+    );
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "ServiceAccountOfIdentity");
+    assert!(message.contains("winflow.io/identity=payroll-export"), "{message}");
+
+    let finance = view.identity("airflow", "finance-reports").unwrap();
+    let forged = inline_credential_spec(&finance);
+    let content_only = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpec": forged}}});
+    let decision = validate(&request("CREATE", unlabelled(base_with(content_only)), None), &view);
+    assert_eq!(denial(&decision).0, "GmsaContentWithoutName");
+    let renamed = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpecName": "webapp-gmsa", "gmsaCredentialSpec": forged}}});
+    let decision = validate(&request("CREATE", unlabelled(base_with(renamed)), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "GmsaAccountOfIdentity");
+    assert!(message.contains("identity \"finance-reports\""), "{message}");
+    // At container level too, and in a labelled pod: contents without a name are refused.
+    let mut labelled = pod();
+    labelled["spec"]["containers"][0]["securityContext"] = json!({"windowsOptions": {"gmsaCredentialSpec": "{}"}});
+    let decision = validate(&request("CREATE", mutated_pod(&view, labelled), None), &view);
+    assert_eq!(denial(&decision).0, "GmsaContentWithoutName");
+    // Another gMSA under its own name stays the business of the upstream gMSA webhook.
+    let other = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpecName": "webapp-gmsa",
+        "gmsaCredentialSpec": "{\"ActiveDirectoryConfig\":{\"GroupManagedServiceAccounts\":[{\"Name\":\"webapp\",\"Scope\":\"CORP\"}]}}"}}});
+    assert!(
+        validate(&request("CREATE", unlabelled(base_with(other)), None), &view)
+            .response
+            .allowed
+    );
+}
+
+#[test]
+fn the_identity_label_is_never_added_or_removed_on_update() {
+    let view = guarded_view();
+    let plain = unlabelled(base_with(json!({})));
+    let mut added = plain.clone();
+    added["metadata"]["labels"]["winflow.io/identity"] = json!("finance-reports");
+    let decision = validate(&request("UPDATE", added, Some(plain.clone())), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "IdentityLabelChanged");
+    assert!(
+        message.contains("no label") && message.contains("\"finance-reports\""),
+        "{message}"
+    );
+    let running = mutated_pod(&view, pod());
+    let mut removed = running.clone();
+    removed["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("winflow.io/identity");
+    assert_eq!(
+        denial(&validate(&request("UPDATE", removed, Some(running)), &view)).0,
+        "IdentityLabelChanged"
+    );
+}
+
+/// `pods/ephemeralcontainers` as Kubernetes 1.20 sends it: the pod's metadata and the list.
+fn ephemeral_containers(metadata: &Value, containers: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "EphemeralContainers", "metadata": metadata, "ephemeralContainers": containers})
+}
+
+#[test]
+fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
+    let view = guarded_view();
+    let running = mutated_pod(&view, pod());
+    let before = ephemeral_containers(&running["metadata"], json!([]));
+    let debug = json!([{"name": "debug", "image": "busybox", "targetContainerName": "base"}]);
+    let after = ephemeral_containers(&running["metadata"], debug);
+    let review = request_as(
+        "UPDATE",
+        after.clone(),
+        Some(before.clone()),
+        Some("ephemeralcontainers"),
+    );
+    let denied = Access::Denied(String::new());
+    let decision = super::validate(&review, &view, Some(&denied));
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "CreatorNotAllowed");
+    assert!(
+        message.contains("add ephemeral containers to pods of identity \"finance-reports\""),
+        "{message}"
+    );
+    assert!(
+        validate(&review, &view).response.allowed,
+        "a creator who may use the identity may debug its pod"
+    );
+
+    let stealing = json!([{"name": "debug", "image": "busybox",
+        "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "payroll-export-token", "key": "access_token"}}}]}]);
+    let after = ephemeral_containers(&running["metadata"], stealing);
+    let review = request_as("UPDATE", after, Some(before), Some("ephemeralcontainers"));
+    let decision = validate(&review, &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "TokenSecretNotOwn");
+    assert!(message.contains("ephemeral container \"debug\""), "{message}");
+}
+
+#[test]
+fn every_answer_carries_the_audit_annotations() {
+    let view = guarded_view();
+    let mut executor = pod();
+    executor["metadata"]["annotations"] = json!({"dag_id": "finance_daily", "task_id": "copy",
+        "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "2"});
+    let allowed = mutate(&request("CREATE", executor.clone(), None), &view);
+    let annotations = &allowed.response.audit_annotations;
+    assert_eq!(annotations["identity"], "finance-reports");
+    assert_eq!(annotations["dag_id"], "finance_daily");
+    assert_eq!(annotations["task_id"], "copy");
+    assert_eq!(annotations["run_id"], "scheduled__2026-12-01T00:00:00+00:00");
+    assert_eq!(annotations["try_number"], "2");
+    assert_eq!(annotations["creator"], "system:serviceaccount:airflow:airflow-worker");
+    assert_eq!(annotations["decision"], "allowed");
+    assert_eq!(annotations["reason"], "Mutated");
+    let denied = super::mutate(
+        &request("CREATE", executor, None),
+        &view,
+        Some(&Access::Denied(String::new())),
+    );
+    assert_eq!(denied.response.audit_annotations["decision"], "denied");
+    assert_eq!(denied.response.audit_annotations["reason"], "CreatorNotAllowed");
+}

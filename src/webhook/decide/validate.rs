@@ -1,0 +1,310 @@
+//! Validation: the final pod (after every mutating webhook) against its identity's rules, and
+//! every pod the webhook sees against the credentials that are not its own.
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec, SecurityContext, WindowsSecurityContextOptions};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, Operation};
+
+use super::airflow_ids::check_airflow_id;
+use super::credentials::{Protected, check_references, references};
+use super::mutate::{credential_spec_name_of, inline_credential_spec, same_json};
+use super::{
+    Checked, Decision, Denial, ResourceView, Subject, check_creator, finish, identity_label, invalid, quoted_name,
+    ready_identity, subject,
+};
+use crate::api::WindowsTaskIdentity;
+use crate::api::identity::CONTAINER_ADMINISTRATOR;
+use crate::names::{self, ENFORCE_LABEL, IDENTITY_LABEL};
+use crate::webhook::access::Access;
+
+/// `/validate-pods`: enforces the identity a labelled pod names (its creator may use it, its
+/// DAG and task match, it runs as the identity's service account with its own credential
+/// spec); keeps every pod, labelled or not, away from other identities' credentials.
+pub fn validate(
+    request: &AdmissionRequest<DynamicObject>,
+    view: &dyn ResourceView,
+    access: Option<&Access>,
+) -> Decision {
+    let subject = match subject(request) {
+        Ok(subject) => subject,
+        Err(message) => return invalid(request, message),
+    };
+    let outcome = check_label_unchanged(&subject).and_then(|()| match &subject.identity_name {
+        Some(name) => validate_labelled(&subject, name, view, access),
+        None => validate_unlabelled(&subject, view),
+    });
+    finish(request, &subject, outcome.map(|()| None))
+}
+
+/// A pod's identity is fixed for its lifetime: the label is neither added, changed nor removed.
+fn check_label_unchanged(subject: &Subject) -> Checked<()> {
+    let Some(old) = &subject.old else { return Ok(()) };
+    let (before, after) = (identity_label(old), subject.identity_name.as_deref());
+    if before == after {
+        return Ok(());
+    }
+    let show = |label: Option<&str>| label.map_or_else(|| "no label".to_owned(), |l| format!("{l:?}"));
+    let denial = Denial::new(
+        "IdentityLabelChanged",
+        format!(
+            "the {IDENTITY_LABEL} label of a running pod cannot be added, changed or removed (it was {}, the update makes it {}); create a new pod instead",
+            show(before),
+            show(after)
+        ),
+    );
+    Err(match before.or(after) {
+        Some(identity) => denial.concerning(identity),
+        None => denial,
+    })
+}
+
+fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, access: Option<&Access>) -> Checked<()> {
+    let pod = &subject.pod;
+    match (&subject.operation, &subject.old) {
+        (Operation::Update, Some(_)) if subject.ephemeral => {
+            check_creator(subject, name, access, "add ephemeral containers to pods of")?;
+            let identity = view.identity(&subject.namespace, name);
+            return check_pod_spec_references(subject, view, identity.as_deref());
+        }
+        // Metadata only (labels other than the identity's, annotations, finalizers): nothing
+        // that reaches a credential changes, and a deleted identity must not hold its pods.
+        (Operation::Update, Some(old)) if old.spec == pod.spec => return Ok(()),
+        (Operation::Update, Some(old)) => {
+            check_unchanged_gmsa(old, pod, name)?;
+            check_creator(subject, name, access, "change pods of")?;
+        }
+        _ => check_creator(subject, name, access, "create pods of")?,
+    }
+    let creating = subject.old.is_none().then_some(pod);
+    let identity = ready_identity(view, &subject.namespace, name, creating)?;
+    let who = quoted_name(&identity);
+    let airflow = &identity.spec.airflow;
+    check_airflow_id(pod, "dag_id", "dag", &airflow.dag_ids, &who)?;
+    check_airflow_id(pod, "task_id", "task", &airflow.task_ids, &who)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let wanted_account = &identity.spec.service_account.name;
+    if spec.service_account_name.as_deref() != Some(wanted_account) {
+        let found = spec.service_account_name.as_deref().unwrap_or("default");
+        return Err(Denial::new(
+            "ServiceAccountMismatch",
+            format!("pod runs as service account {found:?}, but identity {who} allows only {wanted_account:?}"),
+        ));
+    }
+    check_own_gmsa(&spec, &identity, &who)?;
+    check_privileges(&spec, &identity, &who)?;
+    check_pod_spec_references(subject, view, Some(&identity))
+}
+
+fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()> {
+    let spec = subject.pod.spec.clone().unwrap_or_default();
+    let protected = Protected::of_namespace(view, &subject.namespace);
+    if !subject.ephemeral {
+        let account = spec.service_account_name.as_deref().unwrap_or("default");
+        if let Some(owner) = protected.service_account_owners(account, None).first() {
+            return Err(Denial::new(
+                "ServiceAccountOfIdentity",
+                format!(
+                    "pod runs as service account {account:?}, the service account of identity \"{owner}\", but has no {IDENTITY_LABEL} label; in this namespace ({ENFORCE_LABEL}=true) only pods labelled {IDENTITY_LABEL}={owner} may run as it"
+                ),
+            )
+            .concerning(owner));
+        }
+    }
+    for (place, options) in windows_options(&spec) {
+        check_gmsa_content_named(&place, &options)?;
+        if let Some(name) = options.gmsa_credential_spec_name.as_deref()
+            && let Some((namespace, identity)) = names::identity_of_credential_spec(name)
+            && view.identity(namespace, identity).is_some()
+        {
+            return Err(Denial::new(
+                "UnlabelledGmsaUse",
+                format!(
+                    "{place} names credential spec {name:?} of identity \"{identity}\", but the pod has no {IDENTITY_LABEL} label; in this namespace ({ENFORCE_LABEL}=true) only pods labelled {IDENTITY_LABEL}={identity} may use it"
+                ),
+            )
+            .concerning(identity));
+        }
+        if let Some(content) = options.gmsa_credential_spec.as_deref()
+            && let Some((namespace, identity)) = identity_with_account_in(content, view)
+        {
+            return Err(Denial::new(
+                "GmsaAccountOfIdentity",
+                format!(
+                    "{place} sets gmsaCredentialSpec contents naming the gMSA of identity \"{identity}\" (namespace {namespace:?}) under another credential spec name; only pods labelled {IDENTITY_LABEL}={identity} in its namespace may use that gMSA"
+                ),
+            )
+            .concerning(&identity));
+        }
+    }
+    check_references(&references(&spec), &protected, None)
+}
+
+/// Secrets and claims of the pod spec (or of the ephemeral containers being added).
+fn check_pod_spec_references(
+    subject: &Subject,
+    view: &dyn ResourceView,
+    own: Option<&WindowsTaskIdentity>,
+) -> Checked<()> {
+    let spec = subject.pod.spec.clone().unwrap_or_default();
+    let protected = Protected::of_namespace(view, &subject.namespace);
+    check_references(&references(&spec), &protected, own)
+}
+
+/// gMSA contents come with the name of the credential spec they are (the upstream gMSA
+/// webhook's rule too): contents alone would reach a gMSA past the RBAC check on the name.
+fn check_gmsa_content_named(place: &str, options: &WindowsSecurityContextOptions) -> Checked<()> {
+    if options.gmsa_credential_spec.is_some() && options.gmsa_credential_spec_name.is_none() {
+        return Err(Denial::new(
+            "GmsaContentWithoutName",
+            format!(
+                "{place} sets securityContext.windowsOptions.gmsaCredentialSpec without gmsaCredentialSpecName; contents are accepted only with the name of the GMSACredentialSpec they come from"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Only the identity's own credential spec, by name and by contents, at every level.
+fn check_own_gmsa(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> Checked<()> {
+    let own_spec = credential_spec_name_of(identity);
+    let own_content = inline_credential_spec(identity);
+    for (place, options) in windows_options(spec) {
+        check_gmsa_content_named(&place, &options)?;
+        if let Some(found) = options.gmsa_credential_spec_name.as_deref()
+            && found != own_spec
+        {
+            return Err(Denial::new(
+                "GmsaConflict",
+                format!("{place} names credential spec {found:?}, but identity {who} may use only {own_spec:?}"),
+            ));
+        }
+        if let Some(found) = options.gmsa_credential_spec.as_deref()
+            && !same_json(found, &own_content)
+        {
+            return Err(Denial::new(
+                "GmsaConflict",
+                format!(
+                    "{place} sets gmsaCredentialSpec contents other than identity {who}'s credential spec {own_spec:?}; remove them and winflow fills them in"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> Checked<()> {
+    for (place, options) in windows_options(spec) {
+        if options
+            .run_as_user_name
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(CONTAINER_ADMINISTRATOR))
+            && !identity.spec.pod.allow_administrator
+        {
+            return Err(Denial::new(
+                "AdministratorNotAllowed",
+                format!(
+                    "{place} runs as {CONTAINER_ADMINISTRATOR}, which identity {who} does not allow (set spec.pod.allowAdministrator on the identity, or run as ContainerUser)"
+                ),
+            ));
+        }
+        if options.host_process == Some(true) {
+            return Err(Denial::new(
+                "PrivilegedNotAllowed",
+                format!("{place} asks for a HostProcess container, which no identity allows ({who} included)"),
+            ));
+        }
+    }
+    for (place, context) in security_contexts(spec) {
+        if context.privileged == Some(true) {
+            return Err(Denial::new(
+                "PrivilegedNotAllowed",
+                format!("{place} is privileged, which no identity allows ({who} included)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The security context of every container (init, app and ephemeral), with where it is.
+fn security_contexts(spec: &PodSpec) -> Vec<(String, &SecurityContext)> {
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter_map(|c| Some((format!("container {:?}", c.name), c.security_context.as_ref()?)));
+    let ephemeral = spec.ephemeral_containers.iter().flatten().filter_map(|c| {
+        Some((
+            format!("ephemeral container {:?}", c.name),
+            c.security_context.as_ref()?,
+        ))
+    });
+    containers.chain(ephemeral).collect()
+}
+
+/// The pod-level and every container's Windows options, with where they are.
+fn windows_options(spec: &PodSpec) -> Vec<(String, WindowsSecurityContextOptions)> {
+    let pod_level = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.windows_options.clone())
+        .map(|o| ("the pod".to_owned(), o));
+    let containers = security_contexts(spec)
+        .into_iter()
+        .filter_map(|(place, context)| Some((place, context.windows_options.clone()?)));
+    pod_level.into_iter().chain(containers).collect()
+}
+
+/// gMSA fields are fixed for a pod's lifetime.
+fn check_unchanged_gmsa(old: &Pod, new: &Pod, name: &str) -> Checked<()> {
+    let gmsa = |pod: &Pod| {
+        windows_options(&pod.spec.clone().unwrap_or_default())
+            .into_iter()
+            .map(|(place, o)| (place, o.gmsa_credential_spec_name, o.gmsa_credential_spec))
+            .collect::<Vec<_>>()
+    };
+    if gmsa(old) != gmsa(new) {
+        return Err(Denial::new(
+            "GmsaChanged",
+            format!("gMSA fields of a pod of identity \"{name}\" cannot change after creation"),
+        ));
+    }
+    Ok(())
+}
+
+/// The identity (namespace, name), in any namespace, one of whose gMSA accounts the credential
+/// spec contents name (account and domain, case-insensitively, as Active Directory compares).
+fn identity_with_account_in(content: &str, view: &dyn ResourceView) -> Option<(String, String)> {
+    let document: serde_json::Value = serde_json::from_str(content).ok()?;
+    let named: Vec<(String, String)> = document["ActiveDirectoryConfig"]["GroupManagedServiceAccounts"]
+        .as_array()?
+        .iter()
+        .filter_map(|account| {
+            Some((
+                account["Name"].as_str()?.to_ascii_lowercase(),
+                account["Scope"].as_str()?.to_ascii_lowercase(),
+            ))
+        })
+        .collect();
+    view.all_identities().into_iter().find_map(|identity| {
+        let spec = &identity.spec;
+        let domains = [
+            spec.domain.dns_name.to_ascii_lowercase(),
+            spec.domain.netbios_name.to_ascii_lowercase(),
+        ];
+        let uses = std::iter::once(&spec.gmsa.account)
+            .chain(&spec.gmsa.additional_accounts)
+            .any(|account| {
+                let account = account.to_ascii_lowercase();
+                named
+                    .iter()
+                    .any(|(name, scope)| *name == account && domains.contains(scope))
+            });
+        uses.then(|| {
+            (
+                identity.metadata.namespace.clone().unwrap_or_default(),
+                identity.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+    })
+}
