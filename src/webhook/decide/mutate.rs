@@ -35,7 +35,14 @@ pub fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView
         }
         _ => Ok(None),
     };
-    finish(request, &subject, outcome)
+    let mut decision = finish(request, &subject, outcome);
+    // Both webhooks are named pods.winflow.io, and the API server keeps the first value of an
+    // audit annotation key: the validating answer (the final word) writes them unless the
+    // mutating one ends the request with a denial.
+    if decision.audit.allowed {
+        decision.response.audit_annotations.clear();
+    }
+    decision
 }
 
 fn mutated(pod: &Pod, identity: &WindowsTaskIdentity, request_uid: &str) -> Checked<json_patch::Patch> {

@@ -818,12 +818,15 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
 }
 
 #[test]
-fn every_answer_carries_the_audit_annotations() {
+fn every_final_answer_carries_the_audit_annotations() {
     let view = guarded_view();
     let mut executor = pod();
     executor["metadata"]["annotations"] = json!({"dag_id": "finance_daily", "task_id": "copy",
         "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "2"});
-    let allowed = mutate(&request("CREATE", executor.clone(), None), &view);
+    let mutated = mutate(&request("CREATE", executor.clone(), None), &view);
+    assert!(mutated.response.allowed);
+    assert!(mutated.response.audit_annotations.is_empty(), "the validating answer has the final word");
+    let allowed = validate(&request("CREATE", apply(&executor, &mutated), None), &view);
     let annotations = &allowed.response.audit_annotations;
     assert_eq!(annotations["identity"], "finance-reports");
     assert_eq!(annotations["dag_id"], "finance_daily");
@@ -832,7 +835,7 @@ fn every_answer_carries_the_audit_annotations() {
     assert_eq!(annotations["try_number"], "2");
     assert_eq!(annotations["creator"], "system:serviceaccount:airflow:airflow-worker");
     assert_eq!(annotations["decision"], "allowed");
-    assert_eq!(annotations["reason"], "Mutated");
+    assert_eq!(annotations["reason"], "Allowed");
     let denied = super::mutate(
         &request("CREATE", executor, None),
         &view,
