@@ -60,7 +60,51 @@ pub struct WindowsTaskIdentitySpec {
     /// to the tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenSettings>,
+    /// Who may create pods that run as this identity: a pod labelled
+    /// `winflow.io/identity: <name>` is admitted only when its creator may `use` this
+    /// WindowsTaskIdentity. winflow keeps the Role `winflow-<name>-use` that grants exactly
+    /// that, and binds `creators` to it in the RoleBinding of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessSettings>,
 }
+
+/// Who may create this identity's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSettings {
+    /// Who may create this identity's pods: the Airflow scheduler's service account for
+    /// KubernetesExecutor pods, the worker's for KubernetesPodOperator pods. Anyone else can be
+    /// granted by binding the Role `winflow-<name>-use` themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creators: Vec<AccessSubject>,
+}
+
+/// A user, group or service account, as an RBAC RoleBinding names it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSubject {
+    /// `User`, `Group` or `ServiceAccount`.
+    #[schemars(extend("enum" = ["User", "Group", "ServiceAccount"]))]
+    pub kind: String,
+    /// Name of the user, group or service account.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Namespace of a service account (kind `ServiceAccount` only). Defaults to the identity's
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// API group of the subject kind; winflow fills it in as RBAC wants it
+    /// (`rbac.authorization.k8s.io` for User and Group, empty for ServiceAccount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+}
+
+/// Subject kinds a RoleBinding accepts.
+pub const SUBJECT_USER: &str = "User";
+pub const SUBJECT_GROUP: &str = "Group";
+pub const SUBJECT_SERVICE_ACCOUNT: &str = "ServiceAccount";
+/// The API group RBAC wants on User and Group subjects (and none on ServiceAccount subjects).
+pub const RBAC_API_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// An Active Directory domain, as a credential spec names it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

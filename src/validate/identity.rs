@@ -5,7 +5,10 @@ use std::collections::HashSet;
 use globset::Glob;
 
 use super::{Checker, Violation, is_dns_name, parse_duration};
-use crate::api::identity::{CONTAINER_ADMINISTRATOR, WindowsTaskIdentitySpec};
+use crate::api::identity::{
+    CONTAINER_ADMINISTRATOR, RBAC_API_GROUP, SUBJECT_GROUP, SUBJECT_SERVICE_ACCOUNT, SUBJECT_USER,
+    WindowsTaskIdentitySpec,
+};
 use crate::names::{self, MAX_NAME_LENGTH};
 
 /// Checks an identity named `name` in `namespace`.
@@ -20,6 +23,7 @@ pub fn check_identity(namespace: &str, name: &str, spec: &WindowsTaskIdentitySpe
     check_pod(&mut c, spec);
     check_shares(&mut c, spec);
     check_token(&mut c, spec);
+    check_access(&mut c, namespace, spec);
     c.finish()
 }
 
@@ -27,6 +31,7 @@ fn check_derived_names(c: &mut Checker, namespace: &str, name: &str) {
     let longest = [
         names::credential_spec_name(namespace, name),
         names::gmsa_role_name(name),
+        names::use_role_name(name),
         names::pod_templates_config_map_name(name),
     ]
     .into_iter()
@@ -275,6 +280,64 @@ fn check_token(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
     }
 }
 
+fn check_access(c: &mut Checker, namespace: &str, spec: &WindowsTaskIdentitySpec) {
+    let Some(access) = &spec.access else { return };
+    let mut seen = HashSet::new();
+    for (i, creator) in access.creators.iter().enumerate() {
+        let field = format!("spec.access.creators[{i}]");
+        let kind = creator.kind.as_str();
+        let service_account = kind == SUBJECT_SERVICE_ACCOUNT;
+        if ![SUBJECT_USER, SUBJECT_GROUP, SUBJECT_SERVICE_ACCOUNT].contains(&kind) {
+            c.fail(
+                format!("{field}.kind"),
+                format!("{kind:?} is not an RBAC subject kind (allowed: User, Group, ServiceAccount)"),
+            );
+            continue;
+        }
+        if creator.name.is_empty() {
+            c.fail(
+                format!("{field}.name"),
+                format!("the name of the {kind} must not be empty"),
+            );
+        } else if service_account && !is_dns_subdomain(&creator.name) {
+            c.fail(format!("{field}.name"), format!("{:?} is not a valid service account name (allowed: lower-case letters, digits, '-' and '.', at most 253 characters)", creator.name));
+        }
+        match (&creator.namespace, service_account) {
+            (Some(ns), true) if !is_dns_label(ns) => c.fail(
+                format!("{field}.namespace"),
+                format!("{ns:?} is not a namespace name (allowed: lower-case letters, digits and '-', at most 63 characters)"),
+            ),
+            (Some(_), false) => c.fail(
+                format!("{field}.namespace"),
+                format!("is only for kind ServiceAccount (a {kind} is not namespaced); remove it"),
+            ),
+            _ => {}
+        }
+        let wanted_group = if service_account { "" } else { RBAC_API_GROUP };
+        if let Some(group) = &creator.api_group
+            && group != wanted_group
+        {
+            let allowed = if service_account {
+                "empty".to_owned()
+            } else {
+                format!("{RBAC_API_GROUP}, or leave it out")
+            };
+            c.fail(
+                format!("{field}.apiGroup"),
+                format!("{group:?} is not the API group of a {kind} subject (allowed: {allowed})"),
+            );
+        }
+        let subject_namespace = service_account.then(|| creator.namespace.as_deref().unwrap_or(namespace));
+        if !seen.insert((kind, creator.name.as_str(), subject_namespace)) {
+            c.fail(field, format!("{kind} {:?} is listed twice", creator.name));
+        }
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
+}
+
 fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(|l| {
@@ -309,6 +372,7 @@ fn is_guid(guid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::identity::{AccessSettings, AccessSubject};
     use crate::fixtures;
 
     fn violations(spec: &WindowsTaskIdentitySpec) -> Vec<Violation> {
@@ -409,6 +473,82 @@ mod tests {
         assert!(!is_domain_sid("S-1-5-21-1-2-99999999999"));
         assert!(is_guid("244818ae-87ca-4fcd-92ec-e79e5252348a"));
         assert!(!is_guid("244818ae87ca4fcd92ece79e5252348a"));
+    }
+
+    fn creator(kind: &str, name: &str, namespace: Option<&str>, api_group: Option<&str>) -> AccessSubject {
+        AccessSubject {
+            kind: kind.into(),
+            name: name.into(),
+            namespace: namespace.map(Into::into),
+            api_group: api_group.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn creators_are_rbac_subjects() {
+        let mut spec = fixtures::domain_joined_spec();
+        spec.access = Some(AccessSettings {
+            creators: vec![
+                creator("ServiceAccount", "airflow-scheduler", None, None),
+                creator("ServiceAccount", "airflow-worker", Some("airflow-workers"), Some("")),
+                creator("User", "alice@example.com", None, Some("rbac.authorization.k8s.io")),
+                creator("Group", "platform", None, None),
+            ],
+        });
+        assert_eq!(violations(&spec), []);
+    }
+
+    #[test]
+    fn bad_creators_are_named_with_what_is_allowed() {
+        let mut spec = fixtures::domain_joined_spec();
+        spec.access = Some(AccessSettings {
+            creators: vec![
+                creator("user", "alice", None, None),
+                creator("Group", "", None, None),
+                creator("User", "alice", Some("airflow"), None),
+                creator("ServiceAccount", "Airflow_Scheduler", Some("Airflow"), None),
+                creator(
+                    "ServiceAccount",
+                    "airflow-worker",
+                    None,
+                    Some("rbac.authorization.k8s.io"),
+                ),
+                creator("Group", "platform", None, Some("")),
+                // The same service account twice: the namespace defaults to the identity's.
+                creator("ServiceAccount", "airflow-scheduler", None, None),
+                creator("ServiceAccount", "airflow-scheduler", Some("airflow"), None),
+            ],
+        });
+        let v = violations(&spec);
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.access.creators[0].kind",
+                "spec.access.creators[1].name",
+                "spec.access.creators[2].namespace",
+                "spec.access.creators[3].name",
+                "spec.access.creators[3].namespace",
+                "spec.access.creators[4].apiGroup",
+                "spec.access.creators[5].apiGroup",
+                "spec.access.creators[7]",
+            ]
+        );
+        let message = |i: usize| v[i].message.as_str();
+        assert!(
+            message(0).contains("allowed: User, Group, ServiceAccount"),
+            "{}",
+            message(0)
+        );
+        assert!(message(1).contains("must not be empty"), "{}", message(1));
+        assert!(message(2).contains("only for kind ServiceAccount"), "{}", message(2));
+        assert!(message(5).contains("allowed: empty"), "{}", message(5));
+        assert!(
+            message(6).contains("allowed: rbac.authorization.k8s.io"),
+            "{}",
+            message(6)
+        );
+        assert!(message(7).contains("listed twice"), "{}", message(7));
     }
 
     #[test]
