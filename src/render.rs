@@ -71,6 +71,8 @@ fn children_yaml(children: &IdentityChildren) -> Result<Vec<String>, String> {
         yaml(&children.credential_spec)?,
         yaml(&children.role)?,
         yaml(&children.role_binding)?,
+        yaml(&children.use_role)?,
+        yaml(&children.use_role_binding)?,
     ];
     if let Some(sa) = &children.service_account {
         docs.push(yaml(sa)?);
@@ -112,15 +114,43 @@ mod tests {
                 "GMSACredentialSpec/airflow.finance-reports",
                 "Role/winflow-finance-reports-gmsa",
                 "RoleBinding/winflow-finance-reports-gmsa",
+                "Role/winflow-finance-reports-use",
+                "RoleBinding/winflow-finance-reports-use",
                 "ServiceAccount/finance-reports",
                 "ConfigMap/finance-reports-pod-templates",
                 "GMSACredentialSpec/airflow.payroll-export",
                 "Role/winflow-payroll-export-gmsa",
                 "RoleBinding/winflow-payroll-export-gmsa",
+                "Role/winflow-payroll-export-use",
+                "RoleBinding/winflow-payroll-export-use",
                 "ServiceAccount/payroll-export",
                 "ConfigMap/payroll-export-pod-templates",
             ]
         );
+    }
+
+    #[test]
+    fn renders_the_use_role_binding_with_the_creators() {
+        let output = render(include_str!("../examples/identity-azure-key-vault.yaml"), "airflow").unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&output)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let mut identity: WindowsTaskIdentity =
+            serde_yaml_ng::from_str(include_str!("../examples/identity-azure-key-vault.yaml")).unwrap();
+        identity.metadata.namespace = Some("airflow".into());
+        assert_eq!(docs.len(), build::children_for(&identity).unwrap().count());
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "winflow-payroll-export-use")
+            .unwrap();
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([
+                {"kind": "ServiceAccount", "name": "airflow-scheduler", "namespace": "airflow"},
+                {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"},
+            ])
+        );
+        assert_eq!(binding["roleRef"]["name"], "winflow-payroll-export-use");
     }
 
     #[test]
