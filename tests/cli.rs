@@ -43,6 +43,8 @@ fn render_prints_every_object_for_identities_and_shares() {
             "GMSACredentialSpec/airflow.finance-reports",
             "Role/winflow-finance-reports-gmsa",
             "RoleBinding/winflow-finance-reports-gmsa",
+            "Role/winflow-finance-reports-use",
+            "RoleBinding/winflow-finance-reports-use",
             "ServiceAccount/finance-reports",
             "ConfigMap/finance-reports-pod-templates",
             "PersistentVolume/airflow.finance-reports-share",
