@@ -444,8 +444,7 @@ fn raw_config_map(template: &WindowsTaskIdentity, namespace: &str) -> ConfigMap 
 /// Writes the converge of one identity needs: its finalizer, each child, one status write.
 fn minimal_writes(template: &WindowsTaskIdentity, finalizer: bool) -> u64 {
     let children = winflow::build::children_for(&identity_named(template, "x")).expect("valid template");
-    let child_count = 4 + u64::from(children.service_account.is_some());
-    child_count + 1 + u64::from(finalizer)
+    children.count() as u64 + 1 + u64::from(finalizer)
 }
 
 fn is_ready(identity: &WindowsTaskIdentity) -> bool {

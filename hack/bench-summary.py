@@ -43,7 +43,7 @@ if scale:
         last = runs[-1]
         per, minimal = last.get("writes_per_identity"), last.get("minimal_writes_per_identity")
         row("writes", f"per converged identity, N={last.get('identities')} (Events aside)", num(per),
-            f"= {minimal} (5 children, finalizer, status)", per is not None and per == minimal)
+            f"= {minimal} (7 children, finalizer, status)", per is not None and per == minimal)
     restart = economy.get("restart", {})
     if restart:
         count = restart.get("writes_total")

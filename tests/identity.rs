@@ -237,6 +237,18 @@ async fn create_service_account(env: &TestEnv, name: &str) {
 }
 
 async fn may_use(env: &TestEnv, service_account: &str, credential_spec: &str) -> bool {
+    may_use_resource(
+        env,
+        service_account,
+        ("windows.k8s.io", "gmsacredentialspecs"),
+        credential_spec,
+    )
+    .await
+}
+
+/// Whether the API server's authorizer lets service account `service_account` of the test's
+/// namespace `use` the object `name` of `(group, resource)` there.
+async fn may_use_resource(env: &TestEnv, service_account: &str, (group, resource): (&str, &str), name: &str) -> bool {
     let review = LocalSubjectAccessReview {
         metadata: ObjectMeta {
             namespace: Some(env.namespace.clone()),
@@ -250,9 +262,9 @@ async fn may_use(env: &TestEnv, service_account: &str, credential_spec: &str) ->
             ]),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(env.namespace.clone()),
-                group: Some("windows.k8s.io".into()),
-                resource: Some("gmsacredentialspecs".into()),
-                name: Some(credential_spec.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                name: Some(name.into()),
                 verb: Some("use".into()),
                 ..Default::default()
             }),
@@ -305,6 +317,182 @@ async fn only_the_identity_service_account_may_use_its_credential_spec() {
     let subjects = binding.subjects.unwrap();
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].name, "reports");
+    operator.stop().await;
+}
+
+const IDENTITIES: (&str, &str) = ("winflow.io", "windowstaskidentities");
+
+/// winflow's labels and the identity's controller owner reference, on a child of `identity`.
+fn assert_owned_by(meta: &ObjectMeta, identity: &WindowsTaskIdentity) {
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "winflow", "{meta:?}");
+    assert_eq!(labels["winflow.io/identity"], identity.name_any(), "{meta:?}");
+    let owners = meta.owner_references.as_ref().unwrap();
+    assert_eq!(owners.len(), 1, "{meta:?}");
+    let owner = &owners[0];
+    assert_eq!(
+        (owner.api_version.as_str(), owner.kind.as_str(), owner.name.as_str()),
+        (
+            "winflow.io/v1alpha1",
+            "WindowsTaskIdentity",
+            identity.name_any().as_str()
+        )
+    );
+    assert_eq!(Some(&owner.uid), identity.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+}
+
+async fn set_enforce_label(env: &TestEnv, value: Option<&str>) {
+    use k8s_openapi::api::core::v1::Namespace;
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &env.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"winflow.io/enforce": value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Issue 13: the webhook lets a pod use identity N only when its creator may `use`
+/// windowstaskidentities/N; winflow keeps the Role that grants exactly that and binds
+/// `spec.access.creators` to it, and says on the identity whether its namespace is enforced.
+#[tokio::test]
+async fn creators_may_use_the_identity_and_enforced_follows_the_namespace_label() {
+    let env = TestEnv::new("creators").await;
+    let operator = env.start_operator(RESYNC);
+    let mut reports = identity("reports", "svc-reports");
+    reports.spec.access = Some(
+        serde_json::from_value(json!({"creators": [{"kind": "ServiceAccount", "name": "airflow-scheduler"}]})).unwrap(),
+    );
+    create(&env, &reports).await.unwrap();
+    create(&env, &identity("payroll", "svc-payroll")).await.unwrap();
+    let reports = wait_ready(&env, "reports").await;
+    wait_ready(&env, "payroll").await;
+
+    let role = env.api::<Role>().get("winflow-reports-use").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&role.rules).unwrap(),
+        json!([{
+            "apiGroups": ["winflow.io"],
+            "resources": ["windowstaskidentities"],
+            "resourceNames": ["reports"],
+            "verbs": ["use"]
+        }]),
+        "exactly one rule: use of this identity"
+    );
+    assert_owned_by(&role.metadata, &reports);
+    let binding = env.api::<RoleBinding>().get("winflow-reports-use").await.unwrap();
+    assert_eq!(
+        (
+            binding.role_ref.api_group.as_str(),
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("rbac.authorization.k8s.io", "Role", "winflow-reports-use")
+    );
+    assert_eq!(
+        serde_json::to_value(&binding.subjects).unwrap(),
+        json!([{"kind": "ServiceAccount", "name": "airflow-scheduler", "namespace": env.namespace}])
+    );
+    assert_owned_by(&binding.metadata, &reports);
+    // Without creators the binding is there, binding nobody.
+    let payroll_binding = env.api::<RoleBinding>().get("winflow-payroll-use").await.unwrap();
+    assert_eq!(payroll_binding.subjects.unwrap_or_default(), []);
+    let access = support::condition(&reports, "AccessGranted").unwrap();
+    assert!(
+        access.message.contains("Role and RoleBinding winflow-reports-gmsa")
+            && access.message.contains(&format!(
+                "ServiceAccount {}/airflow-scheduler may create this identity's pods through Role and RoleBinding winflow-reports-use",
+                env.namespace
+            )),
+        "{}",
+        access.message
+    );
+
+    // The API server's own authorizer answers, as the webhook's SubjectAccessReview will ask it.
+    assert!(may_use_resource(&env, "airflow-scheduler", IDENTITIES, "reports").await);
+    assert!(!may_use_resource(&env, "airflow-worker", IDENTITIES, "reports").await);
+    assert!(
+        !may_use_resource(&env, "airflow-scheduler", IDENTITIES, "payroll").await,
+        "a creator of one identity's pods may not use another identity"
+    );
+    assert!(
+        !may_use_resource(&env, "reports", IDENTITIES, "reports").await,
+        "the identity's own service account does not create its pods"
+    );
+
+    // Changing the creators changes the binding.
+    env.api::<WindowsTaskIdentity>()
+        .patch(
+            "reports",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"access": {"creators": [
+                {"kind": "ServiceAccount", "name": "airflow-worker"},
+                {"kind": "Group", "name": "finance-operators"}
+            ]}}})),
+        )
+        .await
+        .unwrap();
+    let wanted = json!([
+        {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": env.namespace},
+        {"kind": "Group", "name": "finance-operators", "apiGroup": "rbac.authorization.k8s.io"}
+    ]);
+    wait_until("the binding names the new creators", TIMEOUT, || async {
+        let binding = env.api::<RoleBinding>().get("winflow-reports-use").await.unwrap();
+        (serde_json::to_value(&binding.subjects).unwrap() == wanted).then_some(())
+    })
+    .await;
+    assert!(may_use_resource(&env, "airflow-worker", IDENTITIES, "reports").await);
+    assert!(!may_use_resource(&env, "airflow-scheduler", IDENTITIES, "reports").await);
+
+    // Enforced follows the namespace's label, outside Ready.
+    let enforced = |identity: &WindowsTaskIdentity| {
+        let c = support::condition(identity, "Enforced").expect("an Enforced condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let reports = env.api::<WindowsTaskIdentity>().get("reports").await.unwrap();
+    let (status, reason, message) = enforced(&reports);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NamespaceNotEnforced"));
+    assert!(
+        message.starts_with(&format!(
+            "namespace {:?} is not labelled winflow.io/enforce=true",
+            env.namespace
+        )),
+        "{message}"
+    );
+    set_enforce_label(&env, Some("true")).await;
+    for name in ["reports", "payroll"] {
+        let identity: WindowsTaskIdentity =
+            support::wait_for_condition(&env, name, "Enforced", "True", Some("NamespaceEnforced")).await;
+        assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
+    }
+    set_enforce_label(&env, Some("false")).await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "reports", "Enforced", "False", Some("NamespaceNotEnforced")).await;
+    assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
+    set_enforce_label(&env, Some("true")).await;
+    support::wait_for_condition::<WindowsTaskIdentity>(&env, "reports", "Enforced", "True", None).await;
+    set_enforce_label(&env, None).await;
+    support::wait_for_condition::<WindowsTaskIdentity>(&env, "reports", "Enforced", "False", None).await;
+    // Each change is an Event: Normal when the namespace became enforced, Warning when it
+    // stopped being (the Recorder may count repeats in one Event's series).
+    let events: Api<Event> = env.api();
+    let wanted: BTreeSet<(String, String)> = [("NamespaceEnforced", "Normal"), ("NamespaceNotEnforced", "Warning")]
+        .map(|(reason, type_)| (reason.to_owned(), type_.to_owned()))
+        .into();
+    wait_until("Enforced events", TIMEOUT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let found: BTreeSet<(String, String)> = list
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reports"))
+            .filter(|e| e.note.as_deref().is_some_and(|n| n.starts_with("Enforced: ")))
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
+            .collect();
+        (found == wanted).then_some(())
+    })
+    .await;
     operator.stop().await;
 }
 
@@ -464,6 +652,8 @@ async fn spec_changes_update_children_and_deletion_removes_them() {
         let gone = absent(env.api::<ConfigMap>(), "reports-pod-templates").await
             && absent(env.api::<Role>(), "winflow-reports-gmsa").await
             && absent(env.api::<RoleBinding>(), "winflow-reports-gmsa").await
+            && absent(env.api::<Role>(), "winflow-reports-use").await
+            && absent(env.api::<RoleBinding>(), "winflow-reports-use").await
             && absent(env.api::<ServiceAccount>(), "reports").await;
         gone.then_some(())
     })
@@ -728,7 +918,6 @@ where
 async fn resource_versions(env: &TestEnv, names: &[&str]) -> Vec<Option<String>> {
     let mut versions = Vec::new();
     for name in names {
-        let role = winflow::names::gmsa_role_name(name);
         versions.push(version_of(env.api::<WindowsTaskIdentity>(), name).await);
         versions.push(
             version_of(
@@ -737,8 +926,13 @@ async fn resource_versions(env: &TestEnv, names: &[&str]) -> Vec<Option<String>>
             )
             .await,
         );
-        versions.push(version_of(env.api::<Role>(), &role).await);
-        versions.push(version_of(env.api::<RoleBinding>(), &role).await);
+        for role in [
+            winflow::names::gmsa_role_name(name),
+            winflow::names::use_role_name(name),
+        ] {
+            versions.push(version_of(env.api::<Role>(), &role).await);
+            versions.push(version_of(env.api::<RoleBinding>(), &role).await);
+        }
         versions.push(version_of(env.api::<ServiceAccount>(), name).await);
         versions.push(
             version_of(
@@ -832,10 +1026,28 @@ async fn converging_writes_each_child_once_and_reconciles_once() {
     let writes =
         |kind: &str, verb: &str| count(&format!("winflow_api_writes_total{{kind=\"{kind}\",verb=\"{verb}\"}}"));
     let n = names.len() as u64;
-    let child_kinds = ["GMSACredentialSpec", "Role", "RoleBinding", "ConfigMap"];
-    for kind in child_kinds {
-        assert_eq!(writes(kind, "apply"), n, "one apply per {kind}\n{metrics}");
+    // The gMSA and the use Role and RoleBinding: two of each per identity.
+    let children = [
+        ("GMSACredentialSpec", 1),
+        ("Role", 2),
+        ("RoleBinding", 2),
+        ("ConfigMap", 1),
+    ];
+    for (kind, per_identity) in children {
+        assert_eq!(
+            writes(kind, "apply"),
+            per_identity * n,
+            "one apply per {kind} ({per_identity} per identity)\n{metrics}"
+        );
     }
+    let child_count: u64 = children.iter().map(|(_, per_identity)| per_identity).sum();
+    let mut built = with_worker_account(&names[0], 0);
+    built.metadata.namespace = Some(env.namespace.clone());
+    assert_eq!(
+        child_count as usize,
+        winflow::build::children_for(&built).unwrap().count(),
+        "every child (not the service account, which these identities do not create)"
+    );
     assert_eq!(
         writes("WindowsTaskIdentity", "patch"),
         n,
@@ -847,7 +1059,7 @@ async fn converging_writes_each_child_once_and_reconciles_once() {
         "one status write each\n{metrics}"
     );
     assert_eq!(writes("Event", "create"), n, "one Ready Event each\n{metrics}");
-    let expected_writes = n * (child_kinds.len() as u64 + 3);
+    let expected_writes = n * (child_count + 3);
     assert_eq!(
         operator.total_writes(),
         expected_writes,
@@ -941,14 +1153,10 @@ async fn restarting_the_operator_loses_and_duplicates_nothing() {
         managed_names(env.api::<ConfigMap>()).await,
         expected(&winflow::names::pod_templates_config_map_name)
     );
-    assert_eq!(
-        managed_names(env.api::<Role>()).await,
-        expected(&winflow::names::gmsa_role_name)
-    );
-    assert_eq!(
-        managed_names(env.api::<RoleBinding>()).await,
-        expected(&winflow::names::gmsa_role_name)
-    );
+    let roles = &expected(&winflow::names::gmsa_role_name) | &expected(&winflow::names::use_role_name);
+    assert_eq!(roles.len(), 2 * names.len());
+    assert_eq!(managed_names(env.api::<Role>()).await, roles);
+    assert_eq!(managed_names(env.api::<RoleBinding>()).await, roles);
     assert_eq!(
         managed_names(env.api::<ServiceAccount>()).await,
         expected(&|n| n.to_owned())

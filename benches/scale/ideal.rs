@@ -57,6 +57,8 @@ async fn write_converged(
     apply(&Api::all(client.clone()), &children.credential_spec).await?;
     apply(&namespaced(&client, &namespace), &children.role).await?;
     apply(&namespaced(&client, &namespace), &children.role_binding).await?;
+    apply(&namespaced(&client, &namespace), &children.use_role).await?;
+    apply(&namespaced(&client, &namespace), &children.use_role_binding).await?;
     if let Some(service_account) = &children.service_account {
         apply(&namespaced(&client, &namespace), service_account).await?;
     }

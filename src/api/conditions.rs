@@ -9,6 +9,8 @@ pub const ACCESS_GRANTED: &str = "AccessGranted";
 pub const POD_TEMPLATE_READY: &str = "PodTemplateReady";
 pub const SHARES_READY: &str = "SharesReady";
 pub const TOKEN_READY: &str = "TokenReady";
+/// Whether the identity's namespace is labelled `winflow.io/enforce: "true"`. Outside `Ready`.
+pub const ENFORCED: &str = "Enforced";
 
 pub const REASON_RECONCILED: &str = "Reconciled";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -17,6 +19,8 @@ pub const REASON_NOT_REQUESTED: &str = "NotRequested";
 pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
 pub const REASON_API_ERROR: &str = "ApiError";
 pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
+pub const REASON_NAMESPACE_ENFORCED: &str = "NamespaceEnforced";
+pub const REASON_NAMESPACE_NOT_ENFORCED: &str = "NamespaceNotEnforced";
 
 /// A condition's wanted state, before bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //!
 //! It also tells which watch events are news. An event for the version winflow itself just
 //! wrote changes nothing a reconcile would see, so it triggers none: creating an identity's
-//! five children no longer reconciles the identity five more times. The watch often reports
+//! seven children no longer reconciles the identity seven more times. The watch often reports
 //! a write before its answer arrives, so while winflow writes a child, the versions reported
 //! are held back and compared with the answer's: any other version is someone else's, and
 //! the reconcile looks again at once.

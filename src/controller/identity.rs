@@ -1,5 +1,6 @@
 //! The WindowsTaskIdentity controller: credential spec, RBAC, service account and pod
-//! templates; status and Events; finalizer cleanup of the cluster-scoped credential spec.
+//! templates; status (with the namespace's enforcement) and Events; finalizer cleanup of the
+//! cluster-scoped credential spec.
 
 use std::sync::Arc;
 
@@ -15,14 +16,15 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::{ChildReport, delete_managed_child, ensure_child};
-use super::status::{Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
-use super::{Context, Error, finalizer, report, scoped, watches};
+use super::status::{self, Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
+use super::{Context, Error, Namespaces, finalizer, report, scoped, watches};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::identity::{PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
 use crate::build::{self, IdentityChildren};
 use crate::names::{
-    self, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, WINDOWS_TEMPLATE_KEY,
+    self, ENFORCE_LABEL, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    WINDOWS_TEMPLATE_KEY,
 };
 use crate::task_pod::{self, TaskPod};
 use crate::{pods, validate};
@@ -62,6 +64,27 @@ pub async fn run(
     .modify(task_pod::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
     let _ = ctx.task_pods.set(pod_store);
+    // Namespaces as metadata: reconciles read the winflow.io/enforce label (the Enforced
+    // condition) from this cache, and a change of that label re-checks the namespace's
+    // identities. Only the watched namespace when there is one.
+    let (namespace_store, namespace_writer) = reflector::store();
+    let namespace_watch = watches::events(
+        Api::<Namespaces>::all(client.clone()),
+        match namespace.as_deref() {
+            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            None => watcher::Config::default(),
+        },
+    )
+    .modify(|ns| {
+        ns.metadata.managed_fields = None;
+        ns.metadata.annotations = None;
+    });
+    let enforcement_changes = watches::value_changes(
+        reflector::reflector(namespace_writer, namespace_watch),
+        |ns: &Namespaces| is_enforced(ns),
+    );
+    let _ = ctx.namespaces.set(namespace_store);
+    let in_namespace = store.clone();
     // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
     // secret that appears or changes, re-check the identity at once.
     let secrets = watches::events(
@@ -107,6 +130,9 @@ pub async fn run(
             },
         )
         .watches_stream(secrets, move |secret| identities_using_secret(&referrers, &secret))
+        .watches_stream(enforcement_changes, move |ns| {
+            identities_in_namespace(&in_namespace, &ns.name_any())
+        })
         // Task pods are reported back on the identity their label names, at most once per
         // POD_TRIGGER_PERIOD for each identity: a burst of pod changes is one status write.
         .watches_stream(throttled(task_pods), |pod| {
@@ -167,6 +193,24 @@ fn throttled(
     let identity_of = |pod: &TaskPod| (pod.metadata.namespace.clone(), pod.identity().map(str::to_owned));
     let pods = pods.filter_map(|pod| std::future::ready(pod.ok()));
     super::throttle::per_key(pods, POD_TRIGGER_PERIOD, identity_of).map(Ok)
+}
+
+/// Whether a namespace is labelled `winflow.io/enforce: "true"`.
+fn is_enforced(namespace: &Namespaces) -> bool {
+    let labels = namespace.metadata.labels.as_ref();
+    labels.and_then(|l| l.get(ENFORCE_LABEL)).is_some_and(|v| v == "true")
+}
+
+fn identities_in_namespace(store: &reflector::Store<Guarded>, namespace: &str) -> Vec<ObjectRef<Guarded>> {
+    store
+        .state()
+        .into_iter()
+        .filter_map(|guarded| {
+            let identity = guarded.0.as_ref().ok()?;
+            (identity.metadata.namespace.as_deref() == Some(namespace)).then(|| identity.name_any())
+        })
+        .map(|name| ObjectRef::new(&name).within(namespace))
+        .collect()
 }
 
 /// The identities a Secret matters to: the one whose token it holds (by winflow's labels) and
@@ -234,19 +278,21 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
     // Task pods are reported whether or not the spec is valid: they may still be running.
     let tasks = observe_pods(identity, ctx).await?;
     let recheck = tasks.recheck;
+    let enforced = observe_enforcement(identity, ctx).await;
 
     let children = match build::children_for(identity) {
         Ok(children) => children,
         Err(violations) => {
             let message = validate::describe(&violations);
             warn!(identity = %object_key(&namespace, &name), %message, "invalid spec");
-            update_status(identity, ctx, invalid_spec_conditions(message), None, tasks).await?;
+            let wanted = invalid_spec_conditions(message);
+            update_status(identity, ctx, wanted, None, tasks, enforced).await?;
             return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
         }
     };
     let (wanted, summary, token_wake) = apply_children(identity, &children, ctx).await?;
     let ready = wanted.last().is_some_and(|c| c.status);
-    update_status(identity, ctx, wanted, Some(summary), tasks).await?;
+    update_status(identity, ctx, wanted, Some(summary), tasks, enforced).await?;
     let next = if ready {
         ctx.config.resync_period
     } else {
@@ -330,6 +376,20 @@ async fn apply_children(
         versions,
     )
     .await?;
+    let use_role = ensure_child(
+        &Api::namespaced(client.clone(), &namespace),
+        &children.use_role,
+        metrics,
+        versions,
+    )
+    .await?;
+    let use_role_binding = ensure_child(
+        &Api::namespaced(client.clone(), &namespace),
+        &children.use_role_binding,
+        metrics,
+        versions,
+    )
+    .await?;
     let pod_templates = ensure_child(
         &Api::namespaced(client, &namespace),
         &children.pod_templates,
@@ -338,7 +398,14 @@ async fn apply_children(
     )
     .await?;
 
-    for report in [&credential_spec, &role, &role_binding, &pod_templates] {
+    for report in [
+        &credential_spec,
+        &role,
+        &role_binding,
+        &use_role,
+        &use_role_binding,
+        &pod_templates,
+    ] {
         if report.state == super::apply::ChildState::Applied {
             info!(identity = %object_key(&namespace, &name), kind = %report.kind, child = %report.name, "applied");
         }
@@ -350,6 +417,8 @@ async fn apply_children(
         versions.take_changed_meanwhile(&children.credential_spec),
         versions.take_changed_meanwhile(&children.role),
         versions.take_changed_meanwhile(&children.role_binding),
+        versions.take_changed_meanwhile(&children.use_role),
+        versions.take_changed_meanwhile(&children.use_role_binding),
         versions.take_changed_meanwhile(&children.pod_templates),
         (children.service_account.as_ref()).is_some_and(|sa| versions.take_changed_meanwhile(sa)),
     ]
@@ -358,10 +427,14 @@ async fn apply_children(
     // After the service account: a workload-identity token is requested in its name.
     let token = crate::token::reconcile(identity, &ctx.client, &ctx.tokens, &ctx.metrics).await?;
     let service_account_name = identity.spec.service_account.name.clone();
+    let creators = subjects_of(&children.use_role_binding);
     let wanted = identity_conditions(&Observed {
         credential_spec: &credential_spec,
         role: &role,
         role_binding: &role_binding,
+        use_role: &use_role,
+        use_role_binding: &use_role_binding,
+        creators: &creators,
         service_account_name: &service_account_name,
         service_account,
         pod_templates: &pod_templates,
@@ -385,6 +458,33 @@ async fn apply_children(
         token.wake
     };
     Ok((wanted, summary, wake))
+}
+
+/// A RoleBinding's subjects as `Kind name`, service accounts as `ServiceAccount namespace/name`.
+fn subjects_of(binding: &RoleBinding) -> Vec<String> {
+    let subjects = binding.subjects.iter().flatten();
+    subjects
+        .map(|s| match &s.namespace {
+            Some(ns) => format!("{} {ns}/{}", s.kind, s.name),
+            None => format!("{} {}", s.kind, s.name),
+        })
+        .collect()
+}
+
+/// Whether the identity's namespace is labelled `winflow.io/enforce: "true"`, from the
+/// namespace cache, as the `Enforced` condition.
+async fn observe_enforcement(identity: &WindowsTaskIdentity, ctx: &Context) -> ConditionState {
+    let namespace = identity.namespace().unwrap_or_default();
+    let store = ctx
+        .namespaces
+        .get()
+        .expect("the identity controller sets the namespace cache before reconciling");
+    // Until the first list is in, an empty cache would report every namespace unlabelled.
+    super::store_synced(store).await;
+    let enforced = store
+        .get(&ObjectRef::new(&namespace))
+        .is_some_and(|ns| is_enforced(&ns));
+    status::enforced_condition(&namespace, enforced)
 }
 
 /// The state of every share the identity mounts, from the shares' own `Ready` conditions.
@@ -483,6 +583,7 @@ async fn update_status(
     mut wanted: Vec<ConditionState>,
     summary: Option<WindowsTaskIdentityStatus>,
     tasks: TaskPods,
+    enforced: ConditionState,
 ) -> Result<(), Error> {
     let key = object_key(&identity.namespace().unwrap_or_default(), &identity.name_any());
     let uid = identity.uid().unwrap_or_default();
@@ -491,8 +592,10 @@ async fn update_status(
     let generation = identity.metadata.generation;
     let mut next = summary.unwrap_or_else(|| previous.clone());
     next.observed_generation = generation;
-    // TasksHealthy is reported beside the configuration conditions, never inside Ready.
+    // TasksHealthy and Enforced are reported beside the configuration conditions, never
+    // inside Ready.
     wanted.push(tasks.healthy);
+    wanted.push(enforced);
     next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
     next.pods = Some(tasks.status);
     if next == previous {

@@ -60,6 +60,9 @@ pub struct Context {
     /// Task pods (label `winflow.io/identity`), as the identity controller's watch keeps them;
     /// set when that controller starts.
     pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<crate::task_pod::TaskPod>>,
+    /// Namespaces (metadata only), as the identity controller's watch keeps them, for the
+    /// `Enforced` condition; set when that controller starts.
+    pub namespaces: std::sync::OnceLock<kube::runtime::reflector::Store<Namespaces>>,
     /// The OIDC client and each identity's token refresh failures.
     pub tokens: crate::token::Tokens,
     /// Identity children known to hold what winflow wants, kept by their watches.
@@ -82,12 +85,16 @@ impl Context {
             config,
             backoff: backoff::Backoff::default(),
             task_pods: std::sync::OnceLock::new(),
+            namespaces: std::sync::OnceLock::new(),
             tokens,
             child_versions: child_versions::ChildVersions::default(),
             written_status: written::WrittenStatus::default(),
         }
     }
 }
+
+/// What the namespace cache holds of each namespace.
+pub type Namespaces = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
 
 /// Errors that end a reconciliation early; it is retried with backoff. Their `metric_label`
 /// is the `result` of the reconcile metric.

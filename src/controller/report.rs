@@ -43,7 +43,8 @@ where
 
 /// Conditions whose status or reason changed, as Events: Normal when they became true,
 /// Warning otherwise. A new resource is announced once, by `Ready`, rather than once per
-/// condition. Event failures are logged, never fatal.
+/// condition; `Enforced` describes the namespace rather than the resource, so its first value
+/// is no news either (only its changes are). Event failures are logged, never fatal.
 pub async fn publish_transitions(
     recorder: &Recorder,
     metrics: &Metrics,
@@ -56,7 +57,10 @@ pub async fn publish_transitions(
         if old.is_some_and(|o| o.status == condition.status && o.reason == condition.reason) {
             continue;
         }
-        if old.is_none() && condition.status == "True" && condition.type_ != conditions::READY {
+        if old.is_none()
+            && ((condition.status == "True" && condition.type_ != conditions::READY)
+                || condition.type_ == conditions::ENFORCED)
+        {
             continue;
         }
         let event = Event {

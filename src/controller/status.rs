@@ -2,6 +2,7 @@
 
 use crate::api::conditions::*;
 use crate::controller::apply::{ChildReport, ChildState};
+use crate::names::{ENFORCE_LABEL, IDENTITY_LABEL};
 
 /// Whether the identity's service account is there to be bound.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub struct Observed<'a> {
     pub credential_spec: &'a ChildReport,
     pub role: &'a ChildReport,
     pub role_binding: &'a ChildReport,
+    pub use_role: &'a ChildReport,
+    pub use_role_binding: &'a ChildReport,
+    /// The subjects of the use RoleBinding, as `Kind name` (`ServiceAccount namespace/name`).
+    pub creators: &'a [String],
     pub service_account_name: &'a str,
     pub service_account: ServiceAccountState,
     pub pod_templates: &'a ChildReport,
@@ -76,13 +81,24 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
             };
             from_children(
                 ACCESS_GRANTED,
-                &[&sa, observed.role, observed.role_binding],
+                &[
+                    &sa,
+                    observed.role,
+                    observed.role_binding,
+                    observed.use_role,
+                    observed.use_role_binding,
+                ],
                 access_message(observed, ""),
             )
         }
         ServiceAccountState::ExistingUnmanaged => from_children(
             ACCESS_GRANTED,
-            &[observed.role, observed.role_binding],
+            &[
+                observed.role,
+                observed.role_binding,
+                observed.use_role,
+                observed.use_role_binding,
+            ],
             access_message(
                 observed,
                 " (an existing service account that winflow uses but does not manage)",
@@ -130,10 +146,46 @@ pub fn shares_condition(shares: &[(String, ShareState)]) -> ConditionState {
 }
 
 fn access_message(observed: &Observed<'_>, note: &str) -> String {
+    let creators = if observed.creators.is_empty() {
+        format!(
+            "nobody is bound to Role {} by spec.access.creators (bind it to who may create this identity's pods)",
+            observed.use_role.name
+        )
+    } else {
+        format!(
+            "{} may create this identity's pods through Role and RoleBinding {}",
+            observed.creators.join(", "),
+            observed.use_role.name
+        )
+    };
     format!(
-        "service account {}{note} may use GMSACredentialSpec {} through Role and RoleBinding {}",
+        "service account {}{note} may use GMSACredentialSpec {} through Role and RoleBinding {}; {creators}",
         observed.service_account_name, observed.credential_spec.name, observed.role.name
     )
+}
+
+/// `Enforced`: whether pods without the identity label are checked in the identity's namespace
+/// too. Reported beside the configuration conditions, never inside `Ready`.
+pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
+    if enforced {
+        ConditionState::new(
+            ENFORCED,
+            true,
+            REASON_NAMESPACE_ENFORCED,
+            format!(
+                "namespace {namespace:?} is labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are checked too: none of them can reach this identity's credentials"
+            ),
+        )
+    } else {
+        ConditionState::new(
+            ENFORCED,
+            false,
+            REASON_NAMESPACE_NOT_ENFORCED,
+            format!(
+                "namespace {namespace:?} is not labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are not checked: they could mount this identity's token Secret, its shares' claims or credentials Secrets, run as its service account or set its credential spec; label the namespace to close that"
+            ),
+        )
+    }
 }
 
 /// `Ready` is true when every configuration condition is; otherwise it carries the first
@@ -184,6 +236,9 @@ mod tests {
             credential_spec: cs,
             role,
             role_binding: rb,
+            use_role: role,
+            use_role_binding: rb,
+            creators: &[],
             service_account_name: "reports",
             service_account: sa,
             pod_templates: cm,
@@ -227,6 +282,93 @@ mod tests {
         assert!(
             access.status && access.message.contains("does not manage"),
             "{access:?}"
+        );
+    }
+
+    #[test]
+    fn access_names_both_roles_and_the_creators() {
+        let ok = |name: &str| ChildReport {
+            kind: "Role".into(),
+            name: name.into(),
+            state: ChildState::UpToDate,
+        };
+        let (cs, gmsa, use_role) = (
+            ok("airflow.reports"),
+            ok("winflow-reports-gmsa"),
+            ok("winflow-reports-use"),
+        );
+        let creators = [
+            "ServiceAccount airflow/airflow-scheduler".to_owned(),
+            "Group platform".to_owned(),
+        ];
+        let mut o = observed(
+            &cs,
+            &gmsa,
+            &gmsa,
+            &cs,
+            ServiceAccountState::Managed(ChildState::UpToDate),
+        );
+        o.use_role = &use_role;
+        o.use_role_binding = &use_role;
+        o.creators = &creators;
+        let access = identity_conditions(&o)
+            .into_iter()
+            .find(|c| c.type_ == ACCESS_GRANTED)
+            .unwrap();
+        assert_eq!(
+            access.message,
+            "service account reports may use GMSACredentialSpec airflow.reports through Role and RoleBinding winflow-reports-gmsa; ServiceAccount airflow/airflow-scheduler, Group platform may create this identity's pods through Role and RoleBinding winflow-reports-use"
+        );
+        o.creators = &[];
+        let access = identity_conditions(&o)
+            .into_iter()
+            .find(|c| c.type_ == ACCESS_GRANTED)
+            .unwrap();
+        assert!(
+            access.message.ends_with("nobody is bound to Role winflow-reports-use by spec.access.creators (bind it to who may create this identity's pods)"),
+            "{}",
+            access.message
+        );
+    }
+
+    #[test]
+    fn a_refused_use_role_denies_access_and_ready() {
+        let ok = report("X", ChildState::UpToDate);
+        let refused = ChildReport {
+            kind: "Role".into(),
+            name: "winflow-reports-use".into(),
+            state: ChildState::Rejected("the API server refused Role winflow-reports-use: forbidden".into()),
+        };
+        let mut o = observed(&ok, &ok, &ok, &ok, ServiceAccountState::ExistingUnmanaged);
+        o.use_role = &refused;
+        let conditions = identity_conditions(&o);
+        let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
+        assert_eq!((access.status, access.reason), (false, REASON_API_ERROR));
+        assert!(
+            access.message.contains("Role winflow-reports-use"),
+            "{}",
+            access.message
+        );
+        let ready = conditions.last().unwrap();
+        assert_eq!((ready.type_, ready.status), (READY, false));
+    }
+
+    #[test]
+    fn enforced_says_what_an_unlabelled_namespace_leaves_open() {
+        let on = enforced_condition("airflow", true);
+        assert_eq!(
+            (on.type_, on.status, on.reason),
+            (ENFORCED, true, REASON_NAMESPACE_ENFORCED)
+        );
+        let off = enforced_condition("airflow", false);
+        assert_eq!((off.status, off.reason), (false, REASON_NAMESPACE_NOT_ENFORCED));
+        assert!(
+            off.message
+                .starts_with("namespace \"airflow\" is not labelled winflow.io/enforce=true")
+                && off.message.contains("token Secret")
+                && off.message.ends_with("label the namespace to close that"),
+            "{}",
+            off.message
         );
     }
 

@@ -4,6 +4,7 @@
 //! "resource version too old" before it lists again, so a controller with ten watches sat
 //! idle for ten backoff periods after a 15 s outage.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::{Stream, StreamExt};
@@ -52,6 +53,47 @@ where
 }
 
 const LIST_PAGE_SIZE: u32 = 100;
+
+/// The objects of a watch whose `value` changed since the watch last reported them, and those
+/// first reported after the initial list (created, or first seen on a relist). The initial list
+/// itself yields nothing: everything a trigger would re-check is reconciled at start anyway,
+/// from caches that wait for their initial list. Deletions yield nothing.
+pub(crate) fn value_changes<K, V>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    value: impl Fn(&K) -> V + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    V: PartialEq + Send + 'static,
+{
+    let mut seen: HashMap<(Option<String>, Option<String>), V> = HashMap::new();
+    let mut listed = false;
+    events.filter_map(move |event| {
+        let key = |object: &K| (object.meta().namespace.clone(), object.meta().name.clone());
+        let trigger = match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                let now = value(&object);
+                let changed = match seen.get(&key(&object)) {
+                    Some(before) => *before != now,
+                    None => listed,
+                };
+                seen.insert(key(&object), now);
+                changed.then_some(Ok(object))
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                seen.remove(&key(&object));
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                listed = true;
+                None
+            }
+            Ok(watcher::Event::Init) => None,
+            Err(error) => Some(Err(error)),
+        };
+        std::future::ready(trigger)
+    })
+}
 
 /// The API server no longer has the version the watch was at (410 Gone).
 fn is_gone(error: &watcher::Error) -> bool {
@@ -110,6 +152,54 @@ mod tests {
         );
         assert_ne!(key(&object(1, "a", false)), key(&object(2, "a", false)), "new spec");
         assert_ne!(key(&object(1, "a", false)), key(&object(1, "a", true)), "deletion");
+    }
+
+    #[tokio::test]
+    async fn value_changes_are_changes_and_objects_new_after_the_initial_list() {
+        use k8s_openapi::api::core::v1::Namespace;
+        use watcher::Event;
+        let namespace = |name: &str, enforced: bool| Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: enforced.then(|| [("winflow.io/enforce".to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(namespace("airflow", false))),
+            Ok(Event::InitApply(namespace("etl", true))),
+            Ok(Event::InitDone),
+            // Other changes of a namespace are no news.
+            Ok(Event::Apply(namespace("airflow", false))),
+            Ok(Event::Apply(namespace("airflow", true))),
+            Ok(Event::Apply(namespace("airflow", true))),
+            Ok(Event::Apply(namespace("reports", false))),
+            Ok(Event::Delete(namespace("etl", true))),
+            // A relist reports what changed meanwhile, and what it had not seen.
+            Ok(Event::Init),
+            Ok(Event::InitApply(namespace("airflow", false))),
+            Ok(Event::InitApply(namespace("reports", false))),
+            Ok(Event::InitApply(namespace("etl", true))),
+            Ok(Event::InitDone),
+        ];
+        let enforced = |ns: &Namespace| {
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("winflow.io/enforce").cloned())
+        };
+        let triggers: Vec<(String, bool)> = value_changes(futures::stream::iter(events), enforced)
+            .map(|ns| {
+                let ns = ns.unwrap();
+                let on = enforced(&ns).is_some();
+                (ns.metadata.name.unwrap(), on)
+            })
+            .collect()
+            .await;
+        let expected = [("airflow", true), ("reports", false), ("airflow", false), ("etl", true)];
+        assert_eq!(triggers, expected.map(|(n, on)| (n.to_owned(), on)));
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub async fn wait_all_ready(env: &TestEnv, count: usize, timeout: Duration) {
 }
 
 /// What is wrong with the children winflow manages in the test's namespace: every kind must
-/// hold exactly one object per identity, named as winflow names it and owned by that
-/// identity (its current uid). Empty when all is well.
+/// hold exactly the objects winflow names for each identity (two Roles and RoleBindings, one
+/// of every other kind), each owned by that identity (its current uid). Empty when all is well.
 pub async fn child_problems(env: &TestEnv) -> Vec<String> {
     let identities: BTreeMap<String, String> = env
         .api::<WindowsTaskIdentity>()
@@ -85,11 +85,13 @@ pub async fn child_problems(env: &TestEnv) -> Vec<String> {
         .map(|i| (i.name_any(), i.uid().unwrap_or_default()))
         .collect();
     let mut problems = Vec::new();
-    problems.extend(check_kind::<ConfigMap>(env, &identities, winflow::names::pod_templates_config_map_name).await);
-    problems.extend(check_kind::<Role>(env, &identities, winflow::names::gmsa_role_name).await);
-    problems.extend(check_kind::<RoleBinding>(env, &identities, winflow::names::gmsa_role_name).await);
+    let config_map = |i: &str| vec![winflow::names::pod_templates_config_map_name(i)];
+    let roles = |i: &str| vec![winflow::names::gmsa_role_name(i), winflow::names::use_role_name(i)];
+    problems.extend(check_kind::<ConfigMap>(env, &identities, config_map).await);
+    problems.extend(check_kind::<Role>(env, &identities, roles).await);
+    problems.extend(check_kind::<RoleBinding>(env, &identities, roles).await);
     // The example identity's service account has the identity's name (`example_identity`).
-    problems.extend(check_kind::<ServiceAccount>(env, &identities, str::to_owned).await);
+    problems.extend(check_kind::<ServiceAccount>(env, &identities, |i: &str| vec![i.to_owned()]).await);
     let specs: Vec<GMSACredentialSpec> = credential_specs(env).await;
     let mut seen = BTreeMap::<String, usize>::new();
     for spec in &specs {
@@ -130,7 +132,7 @@ pub async fn credential_specs(env: &TestEnv) -> Vec<GMSACredentialSpec> {
 async fn check_kind<K>(
     env: &TestEnv,
     identities: &BTreeMap<String, String>,
-    name_of: impl Fn(&str) -> String,
+    names_of: impl Fn(&str) -> Vec<String>,
 ) -> Vec<String>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
@@ -146,7 +148,8 @@ where
         .unwrap()
         .items;
     let mut problems = Vec::new();
-    let mut by_identity = BTreeMap::<String, usize>::new();
+    // (identity, object name) -> how many objects of that name it owns
+    let mut by_identity = BTreeMap::<(String, String), usize>::new();
     for object in &objects {
         let owner = object
             .owner_references()
@@ -157,8 +160,8 @@ where
             continue;
         };
         match identities.get(&owner.name) {
-            Some(uid) if *uid == owner.uid && object.name_any() == name_of(&owner.name) => {
-                *by_identity.entry(owner.name.clone()).or_default() += 1;
+            Some(uid) if *uid == owner.uid && names_of(&owner.name).contains(&object.name_any()) => {
+                *by_identity.entry((owner.name.clone(), object.name_any())).or_default() += 1;
             }
             Some(_) => problems.push(format!(
                 "{kind} {} is owned by a stale or misnamed {}",
@@ -173,9 +176,11 @@ where
         }
     }
     for name in identities.keys() {
-        let count = by_identity.get(name).copied().unwrap_or(0);
-        if count != 1 {
-            problems.push(format!("identity {name} has {count} {kind}s"));
+        for child in names_of(name) {
+            let count = by_identity.get(&(name.clone(), child.clone())).copied().unwrap_or(0);
+            if count != 1 {
+                problems.push(format!("identity {name} has {count} {kind}s named {child}"));
+            }
         }
     }
     problems
