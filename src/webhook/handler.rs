@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
-use kube::core::{DeserializeGuard, DynamicObject};
+use kube::core::{DeserializeGuard, DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::access::AccessReviewer;
-use super::decide::{self, Audit, ResourceView};
+use super::decide::{self, Audit, Decision, ResourceView};
 use super::denial_count::DenialCounts;
 use super::denial_events::DenialEvents;
 use super::server::{AdmissionHandler, ReviewKind};
@@ -116,6 +116,8 @@ impl ResourceView for ResourceCache {
 
 /// winflow's admission webhook.
 pub struct PodWebhook {
+    /// Reads the pod of a 1.20 ephemeral-containers request (its labels only).
+    pub client: Client,
     pub resources: ResourceCache,
     pub access: AccessReviewer,
     pub metrics: Metrics,
@@ -132,16 +134,7 @@ impl AdmissionHandler for PodWebhook {
     ) -> BoxFuture<'a, AdmissionResponse> {
         Box::pin(async move {
             let started = Instant::now();
-            let access = match decide::identity_to_authorize(kind, request) {
-                Some((namespace, identity)) => {
-                    Some(self.access.may_use(&request.user_info, &namespace, &identity).await)
-                }
-                None => None,
-            };
-            let (webhook, decision) = match kind {
-                ReviewKind::Mutate => ("mutate", decide::mutate(request, &self.resources, access.as_ref())),
-                ReviewKind::Validate => ("validate", decide::validate(request, &self.resources, access.as_ref())),
-            };
+            let (webhook, decision) = self.decide(kind, request).await;
             self.metrics.admission_decided(
                 webhook,
                 decision.audit.allowed,
@@ -154,6 +147,43 @@ impl AdmissionHandler for PodWebhook {
             }
             decision.response
         })
+    }
+}
+
+impl PodWebhook {
+    /// The I/O a decision needs (the pod's labels for a 1.20 ephemeral-containers request, the
+    /// authorizer's answer about the requester), then the decision.
+    async fn decide(&self, kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> (&'static str, Decision) {
+        let webhook = match kind {
+            ReviewKind::Mutate => "mutate",
+            ReviewKind::Validate => "validate",
+            ReviewKind::ValidateEphemeral => "validate-ephemeral",
+        };
+        let looked_up;
+        let request = match decide::pod_to_look_up(request) {
+            None => request,
+            Some((namespace, name)) => {
+                let pods: Api<PartialObjectMeta<Pod>> = Api::namespaced(self.client.clone(), &namespace);
+                match pods.get_metadata(&name).await {
+                    Ok(pod) => {
+                        looked_up = decide::with_pod_labels(request, pod.metadata.labels.unwrap_or_default());
+                        &looked_up
+                    }
+                    Err(error) => return (webhook, decide::pod_lookup_failed(request, &error.to_string())),
+                }
+            }
+        };
+        let access = match decide::identity_to_authorize(kind, request) {
+            Some((namespace, identity)) => Some(self.access.may_use(&request.user_info, &namespace, &identity).await),
+            None => None,
+        };
+        let view = &self.resources;
+        let decision = match kind {
+            ReviewKind::Mutate => decide::mutate(request, view, access.as_ref()),
+            ReviewKind::Validate => decide::validate(request, view, access.as_ref()),
+            ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access.as_ref()),
+        };
+        (webhook, decision)
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn start(
     let denial_counts = Arc::new(denial_count::DenialCounts::default());
     tokio::spawn(denial_counts.clone().run(client.clone(), metrics.clone()));
     let webhook = Arc::new(handler::PodWebhook {
+        client: client.clone(),
         resources,
         access: access::AccessReviewer::new(client.clone()),
         metrics,

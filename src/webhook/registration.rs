@@ -126,14 +126,14 @@ pub fn mutating_configuration(registration: &Registration) -> MutatingWebhookCon
 }
 
 pub fn validating_configuration(registration: &Registration) -> ValidatingWebhookConfiguration {
-    let webhook = |name: &str, namespace_selector, object_selector, rules| ValidatingWebhook {
+    let webhook = |name: &str, path: &str, namespace_selector, object_selector, rules| ValidatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
-        client_config: client_config(registration, "/validate-pods"),
+        client_config: client_config(registration, path),
         failure_policy: Some(registration.failure_policy.clone()),
         match_policy: Some("Equivalent".to_owned()),
         namespace_selector,
-        object_selector: Some(object_selector),
+        object_selector,
         rules: Some(rules),
         side_effects: "None".to_owned(),
         timeout_seconds: Some(10),
@@ -144,16 +144,27 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
         webhooks: Some(vec![
             webhook(
                 "pods.winflow.io",
+                "/validate-pods",
                 registration.namespace_selector.clone(),
-                label_exists(true),
-                // An ephemeral container added to an identity's pod runs as the identity too.
-                pod_rules(&[(&["CREATE", "UPDATE"], &["pods", "pods/ephemeralcontainers"])]),
+                Some(label_exists(true)),
+                pod_rules(&[(&["CREATE", "UPDATE"], &["pods"])]),
             ),
             webhook(
                 "enforce.pods.winflow.io",
+                "/validate-pods",
                 Some(enforced_namespaces(registration.namespace_selector.as_ref())),
-                label_exists(false),
+                Some(label_exists(false)),
                 pod_rules(&[(&["CREATE"], &["pods"]), (&["UPDATE"], &["pods/ephemeralcontainers"])]),
+            ),
+            // An ephemeral container added to an identity's pod runs as the identity. Before
+            // Kubernetes 1.22 the request carries no pod labels, so every pod's is sent (adding
+            // one is a rare, manual act) and winflow looks the pod up.
+            webhook(
+                "ephemeral.pods.winflow.io",
+                "/validate-ephemeral-containers",
+                registration.namespace_selector.clone(),
+                None,
+                pod_rules(&[(&["UPDATE"], &["pods/ephemeralcontainers"])]),
             ),
         ]),
     }
@@ -212,7 +223,7 @@ mod tests {
         });
         let config = validating_configuration(&reg);
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks.len(), 3);
         assert_eq!(
             hooks[0].client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate-pods")
@@ -248,10 +259,7 @@ mod tests {
         let strings = |items: &[&str]| items.iter().map(|i| i.to_string()).collect::<Vec<_>>();
         assert_eq!(
             resources(&hooks[0]),
-            [(
-                strings(&["CREATE", "UPDATE"]),
-                strings(&["pods", "pods/ephemeralcontainers"])
-            )]
+            [(strings(&["CREATE", "UPDATE"]), strings(&["pods"]))]
         );
         assert_eq!(
             resources(enforce),
@@ -259,6 +267,20 @@ mod tests {
                 (strings(&["CREATE"]), strings(&["pods"])),
                 (strings(&["UPDATE"]), strings(&["pods/ephemeralcontainers"]))
             ]
+        );
+        let ephemeral = &hooks[2];
+        assert_eq!(
+            resources(ephemeral),
+            [(strings(&["UPDATE"]), strings(&["pods/ephemeralcontainers"]))]
+        );
+        assert!(
+            ephemeral.object_selector.is_none(),
+            "1.20 sends no pod labels with ephemeral containers"
+        );
+        assert_eq!(ephemeral.namespace_selector, reg.namespace_selector);
+        assert_eq!(
+            ephemeral.client_config.service.as_ref().unwrap().path.as_deref(),
+            Some("/validate-ephemeral-containers")
         );
     }
 }

@@ -50,6 +50,9 @@ const CLOSE: (header::HeaderName, &str) = (header::CONNECTION, "close");
 pub enum ReviewKind {
     Mutate,
     Validate,
+    /// Ephemeral containers added to any pod: Kubernetes before 1.22 sends them without the
+    /// pod's labels, so no object selector can pick out an identity's pods.
+    ValidateEphemeral,
 }
 
 /// The decisions (winflow's webhook::handler implements it). Asynchronous: a decision may
@@ -196,6 +199,12 @@ fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
                 review(state, ReviewKind::Validate, request)
             }),
         )
+        .route(
+            "/validate-ephemeral-containers",
+            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
+                review(state, ReviewKind::ValidateEphemeral, request)
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(handler)
@@ -205,7 +214,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [CLOSE],
-        "not found: admission reviews go to POST /mutate-pods or POST /validate-pods\n",
+        "not found: admission reviews go to POST /mutate-pods, /validate-pods or /validate-ephemeral-containers\n",
     )
         .into_response()
 }

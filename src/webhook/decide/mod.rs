@@ -11,7 +11,7 @@ mod mutate;
 mod tests;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EphemeralContainer, Pod, PodSpec};
@@ -28,7 +28,7 @@ use crate::names::{IDENTITY_LABEL, use_role_name};
 
 pub use airflow_ids::airflow_id;
 pub use mutate::{inline_credential_spec, mutate};
-pub use validate::validate;
+pub use validate::{validate, validate_ephemeral};
 
 /// Read-only access to winflow's resources, as the webhook's caches hold them.
 pub trait ResourceView {
@@ -192,19 +192,61 @@ fn identity_label(pod: &Pod) -> Option<&str> {
 }
 
 /// The identity whose `use` the request's user must hold, if any: the creator of a labelled
-/// pod, whoever adds an ephemeral container to one, and whoever changes a labelled pod's spec
-/// (its image, say). Asked by the handler before deciding.
+/// pod, whoever changes a labelled pod's spec (its image, say), and whoever adds an ephemeral
+/// container to one. Asked by the handler before deciding.
 pub fn identity_to_authorize(kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
     let subject = subject(request).ok()?;
     let name = subject.identity_name.clone()?;
-    let needed = match (&subject.operation, kind) {
-        (Operation::Create, _) => true,
-        (Operation::Update, ReviewKind::Validate) => {
-            subject.ephemeral || subject.old.as_ref().is_some_and(|old| old.spec != subject.pod.spec)
+    let needed = match (&subject.operation, kind, subject.ephemeral) {
+        (Operation::Create, ReviewKind::Mutate | ReviewKind::Validate, false) => true,
+        (Operation::Update, ReviewKind::Validate, false) => {
+            subject.old.as_ref().is_some_and(|old| old.spec != subject.pod.spec)
         }
+        (Operation::Update, ReviewKind::ValidateEphemeral, true) => true,
         _ => false,
     };
     needed.then_some((subject.namespace, name))
+}
+
+/// The pod whose labels an ephemeral-containers request lacks: Kubernetes before 1.22 sends
+/// an `EphemeralContainers` object that carries the pod's name but not its labels. The handler
+/// looks them up and puts them in with [`with_pod_labels`].
+pub fn pod_to_look_up(request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
+    let object = request.object.as_ref()?;
+    let is_ephemeral_containers = object.types.as_ref().is_some_and(|t| t.kind == "EphemeralContainers");
+    (request.sub_resource.as_deref() == Some("ephemeralcontainers") && is_ephemeral_containers).then(|| {
+        (
+            request.namespace.clone().unwrap_or_default(),
+            object.metadata.name.clone().unwrap_or_else(|| request.name.clone()),
+        )
+    })
+}
+
+/// The request with the pod's labels in its objects.
+pub fn with_pod_labels(
+    request: &AdmissionRequest<DynamicObject>,
+    labels: BTreeMap<String, String>,
+) -> AdmissionRequest<DynamicObject> {
+    let mut request = request.clone();
+    for object in [request.object.as_mut(), request.old_object.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        object.metadata.labels = Some(labels.clone());
+    }
+    request
+}
+
+/// A request that could not be decided because the pod it concerns could not be read: denied.
+pub fn pod_lookup_failed(request: &AdmissionRequest<DynamicObject>, error: &str) -> Decision {
+    let message = format!(
+        "winflow could not read pod {:?} to find out whose identity it runs as ({error}); ephemeral containers are added once it can",
+        request.name
+    );
+    let mut decision = invalid(request, message);
+    decision.audit.reason = "PodLookupFailed";
+    decision.response.audit_annotations = decision.audit.annotations();
+    decision
 }
 
 /// The creator's `use` of the identity, as the handler found it; fail closed.

@@ -7,7 +7,7 @@ use crate::fixtures;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::admission::AdmissionReview;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 struct View(
     HashMap<(String, String), Arc<WindowsTaskIdentity>>,
@@ -611,7 +611,12 @@ fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
         expected
     );
     let debug = request_as("UPDATE", running.clone(), Some(running), Some("ephemeralcontainers"));
-    assert_eq!(asked(ReviewKind::Validate, &debug), expected);
+    assert_eq!(asked(ReviewKind::ValidateEphemeral, &debug), expected);
+    assert_eq!(
+        asked(ReviewKind::Validate, &debug),
+        None,
+        "the enforcement webhook does not ask"
+    );
     assert_eq!(
         asked(
             ReviewKind::Validate,
@@ -785,36 +790,67 @@ fn ephemeral_containers(metadata: &Value, containers: Value) -> Value {
 fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
     let view = guarded_view();
     let running = mutated_pod(&view, pod());
-    let before = ephemeral_containers(&running["metadata"], json!([]));
+    // As Kubernetes 1.20 sends it: no labels; the handler looks them up and puts them in.
+    let mut bare = running["metadata"].clone();
+    bare.as_object_mut().unwrap().remove("labels");
+    let before = ephemeral_containers(&bare, json!([]));
     let debug = json!([{"name": "debug", "image": "busybox", "targetContainerName": "base"}]);
-    let after = ephemeral_containers(&running["metadata"], debug);
     let review = request_as(
         "UPDATE",
-        after.clone(),
-        Some(before.clone()),
+        ephemeral_containers(&bare, debug),
+        Some(before),
         Some("ephemeralcontainers"),
     );
+    assert_eq!(
+        pod_to_look_up(&review),
+        Some(("airflow".to_owned(), "copy-reports-x1".to_owned()))
+    );
+    let labels: BTreeMap<String, String> = serde_json::from_value(running["metadata"]["labels"].clone()).unwrap();
+    let review = with_pod_labels(&review, labels);
+    assert_eq!(pod_to_look_up(&request("CREATE", pod(), None)), None);
+
     let denied = Access::Denied(String::new());
-    let decision = super::validate(&review, &view, Some(&denied));
+    let decision = super::validate_ephemeral(&review, &view, Some(&denied));
     let (reason, message) = denial(&decision);
     assert_eq!(reason, "CreatorNotAllowed");
     assert!(
         message.contains("add ephemeral containers to pods of identity \"finance-reports\""),
         "{message}"
     );
+    let allowed = super::validate_ephemeral(&review, &view, Some(&Access::Allowed));
     assert!(
-        validate(&review, &view).response.allowed,
+        allowed.response.allowed,
         "a creator who may use the identity may debug its pod"
     );
+    // The enforcement webhook leaves an identity's pods to the ephemeral-containers webhook.
+    assert!(validate(&review, &view).response.allowed);
 
     let stealing = json!([{"name": "debug", "image": "busybox",
         "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "payroll-export-token", "key": "access_token"}}}]}]);
-    let after = ephemeral_containers(&running["metadata"], stealing);
-    let review = request_as("UPDATE", after, Some(before), Some("ephemeralcontainers"));
-    let decision = validate(&review, &view);
+    let before = ephemeral_containers(&running["metadata"], json!([]));
+    let review = request_as(
+        "UPDATE",
+        ephemeral_containers(&running["metadata"], stealing.clone()),
+        Some(before.clone()),
+        Some("ephemeralcontainers"),
+    );
+    let decision = super::validate_ephemeral(&review, &view, Some(&Access::Allowed));
     let (reason, message) = denial(&decision);
     assert_eq!(reason, "TokenSecretNotOwn");
     assert!(message.contains("ephemeral container \"debug\""), "{message}");
+    // In an unlabelled pod of an enforcement namespace, the enforcement webhook denies it.
+    let plain = unlabelled(base_with(json!({})));
+    let review = request_as(
+        "UPDATE",
+        ephemeral_containers(&plain["metadata"], stealing),
+        Some(ephemeral_containers(&plain["metadata"], json!([]))),
+        Some("ephemeralcontainers"),
+    );
+    assert_eq!(denial(&validate(&review, &view)).0, "TokenSecretNotOwn");
+    assert!(
+        super::validate_ephemeral(&review, &view, None).response.allowed,
+        "not an identity's pod"
+    );
 }
 
 #[test]
@@ -825,7 +861,10 @@ fn every_final_answer_carries_the_audit_annotations() {
         "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "2"});
     let mutated = mutate(&request("CREATE", executor.clone(), None), &view);
     assert!(mutated.response.allowed);
-    assert!(mutated.response.audit_annotations.is_empty(), "the validating answer has the final word");
+    assert!(
+        mutated.response.audit_annotations.is_empty(),
+        "the validating answer has the final word"
+    );
     let allowed = validate(&request("CREATE", apply(&executor, &mutated), None), &view);
     let annotations = &allowed.response.audit_annotations;
     assert_eq!(annotations["identity"], "finance-reports");

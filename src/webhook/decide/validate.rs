@@ -30,9 +30,50 @@ pub fn validate(
         Err(message) => return invalid(request, message),
     };
     let outcome = check_label_unchanged(&subject).and_then(|()| match &subject.identity_name {
+        // The ephemeral-containers webhook judges those of an identity's pod; this one sees
+        // them only in an enforcement namespace, for a 1.20 request without the pod's labels.
+        Some(_) if subject.ephemeral => Ok(()),
         Some(name) => validate_labelled(&subject, name, view, access),
         None => validate_unlabelled(&subject, view),
     });
+    finish(request, &subject, outcome.map(|()| None))
+}
+
+/// `/validate-ephemeral-containers`: an ephemeral container added to an identity's pod runs
+/// as the identity, so whoever adds it must be allowed to use the identity, and it reaches no
+/// credential the pod's own containers could not. Other pods' are left to the enforcement
+/// webhook.
+pub fn validate_ephemeral(
+    request: &AdmissionRequest<DynamicObject>,
+    view: &dyn ResourceView,
+    access: Option<&Access>,
+) -> Decision {
+    let subject = match subject(request) {
+        Ok(subject) if subject.ephemeral => subject,
+        Ok(_) => {
+            return invalid(
+                request,
+                "only pods/ephemeralcontainers requests are reviewed here".to_owned(),
+            );
+        }
+        Err(message) => return invalid(request, message),
+    };
+    let outcome = match subject.identity_name.as_deref() {
+        None => Ok(()),
+        Some(name) => check_label_unchanged(&subject)
+            .and_then(|()| check_creator(&subject, name, access, "add ephemeral containers to pods of"))
+            .and_then(|()| {
+                let identity = view.identity(&subject.namespace, name);
+                if let Some(identity) = &identity {
+                    check_privileges(
+                        &subject.pod.spec.clone().unwrap_or_default(),
+                        identity,
+                        &quoted_name(identity),
+                    )?;
+                }
+                check_pod_spec_references(&subject, view, identity.as_deref())
+            }),
+    };
     finish(request, &subject, outcome.map(|()| None))
 }
 
@@ -61,11 +102,6 @@ fn check_label_unchanged(subject: &Subject) -> Checked<()> {
 fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, access: Option<&Access>) -> Checked<()> {
     let pod = &subject.pod;
     match (&subject.operation, &subject.old) {
-        (Operation::Update, Some(_)) if subject.ephemeral => {
-            check_creator(subject, name, access, "add ephemeral containers to pods of")?;
-            let identity = view.identity(&subject.namespace, name);
-            return check_pod_spec_references(subject, view, identity.as_deref());
-        }
         // Metadata only (labels other than the identity's, annotations, finalizers): nothing
         // that reaches a credential changes, and a deleted identity must not hold its pods.
         (Operation::Update, Some(old)) if old.spec == pod.spec => return Ok(()),

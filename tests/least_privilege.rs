@@ -1,0 +1,575 @@
+//! Least privilege, tried as an attacker with `create pods` in an Airflow namespace would: a
+//! real API server calls the webhook over TLS for pods created under impersonation, and every
+//! way to an identity's credentials other than its own pods is denied with its own reason,
+//! while the legitimate paths (the Airflow service accounts granted `use`, the identity's own
+//! token as winflow injects it, a listed share) are admitted. One test per row of the README's
+//! threat model.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
+use support::{TestEnv, wait_until};
+use winflow::api::WindowsTaskIdentity;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn create_pod(client: &Client, namespace: &str, pod: Value) -> Result<Pod, String> {
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A pod of `identity` for `dag_id`, as the KubernetesPodOperator builds it.
+fn task_pod(name: &str, identity: &str, dag_id: &str, task_id: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {
+            "winflow.io/identity": identity, "dag_id": dag_id, "task_id": task_id, "kubernetes_pod_operator": "True"}},
+        "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
+                 "containers": [{"name": "base", "image": "registry.example.com/tools:1"}]}
+    })
+}
+
+fn plain_pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "reports"}},
+        "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
+                 "containers": [{"name": "base", "image": "registry.example.com/tools:1"}]}
+    })
+}
+
+/// `pod` with `extra` merged into its spec (`env` and `envFrom` into its container).
+fn with(mut pod: Value, extra: &Value) -> Value {
+    for (key, value) in extra.as_object().unwrap() {
+        if key == "env" || key == "envFrom" {
+            pod["spec"]["containers"][0][key] = value.clone();
+        } else {
+            pod["spec"][key] = value.clone();
+        }
+    }
+    pod
+}
+
+/// The four ways a pod reaches a Secret.
+fn secret_references(secret: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "secret volume",
+            json!({"volumes": [{"name": "v", "secret": {"secretName": secret}}]}),
+        ),
+        (
+            "projected volume",
+            json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": secret}}]}}]}),
+        ),
+        (
+            "env secretKeyRef",
+            json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": secret, "key": "access_token"}}}]}),
+        ),
+        (
+            "envFrom secretRef",
+            json!({"envFrom": [{"secretRef": {"name": secret}}]}),
+        ),
+    ]
+}
+
+/// The example identity `payroll-export` (Ready without a token), whose `access.creators` are
+/// the Airflow scheduler's and worker's service accounts.
+async fn payroll_identity(env: &TestEnv) {
+    support::apply_file(env, "examples/identity-azure-key-vault.yaml").await;
+    let _: WindowsTaskIdentity = support::wait_for_condition(env, "payroll-export", "Ready", "True", None).await;
+}
+
+/// Lets `accounts` of the namespace create, read and delete pods and add ephemeral containers:
+/// what `create pods` alone gives, without any `use` of an identity.
+async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "pod-creator"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "delete"]},
+            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "update", "patch"]}
+        ]
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let subjects: Vec<Value> = accounts
+        .iter()
+        .map(|a| json!({"kind": "ServiceAccount", "name": a, "namespace": env.namespace}))
+        .collect();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "pod-creator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-creator"},
+        "subjects": subjects
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    for account in accounts {
+        let sa: k8s_openapi::api::core::v1::ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
+        env.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates a pod, retrying while the webhook configuration is still being picked up (a
+/// probe pod that winflow must deny is admitted until then).
+async fn when_webhook_active(env: &TestEnv) {
+    wait_until("webhook active", TIMEOUT, || async {
+        let probe = task_pod("probe", "payroll-export", "not_allowed", "export_ledger");
+        match create_pod(&env.client, &env.namespace, probe).await {
+            Err(e) if e.contains("payroll-export") => Some(()),
+            Ok(_) => {
+                let _ = env.api::<Pod>().delete("probe", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+}
+
+/// The reason of a denial in the webhook's metrics, by counting the metric before and after.
+fn denied_for(webhook: &support::webhook::Webhook, reason: &str) -> u64 {
+    ["mutate", "validate"]
+        .iter()
+        .map(|hook| {
+            support::metric_sum(
+                &webhook.metrics,
+                &format!(
+                    r#"winflow_admission_decisions_total{{webhook="{hook}",decision="denied",reason="{reason}"}}"#
+                ),
+            )
+        })
+        .sum()
+}
+
+/// `PUT pods/<name>/ephemeralcontainers` as Kubernetes 1.20 serves it (an `EphemeralContainers`
+/// object), adding one debug container with `extra` fields.
+async fn add_ephemeral_container(client: &Client, namespace: &str, pod: &str, extra: Value) -> Result<(), String> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/ephemeralcontainers");
+    let current: Value = client
+        .request(http::Request::get(&path).body(Vec::new()).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut container = json!({"name": "debug", "image": "busybox", "targetContainerName": "base",
+        "imagePullPolicy": "IfNotPresent", "terminationMessagePolicy": "File"});
+    for (key, value) in extra.as_object().unwrap() {
+        container[key] = value.clone();
+    }
+    let mut body = current;
+    body["ephemeralContainers"] = json!([container]);
+    let request = http::Request::put(&path)
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    client
+        .request::<Value>(request)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says_who() {
+    let env = TestEnv::new("lp-creator").await;
+    let operator = env.start_operator(Duration::from_secs(300));
+    payroll_identity(&env).await;
+    let webhook = support::webhook::start_webhook(&env).await;
+    when_webhook_active(&env).await;
+    grant_pod_rights(&env, &["airflow-worker", "airflow-scheduler", "intruder"]).await;
+    let ns = env.namespace.clone();
+
+    // Row 1: create pods, a matching dag_id, the identity's label; but no `use`.
+    let intruder = env.client_as_service_account("intruder").await;
+    let err = create_pod(
+        &intruder,
+        &ns,
+        task_pod("stolen", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap_err();
+    for part in [
+        format!("system:serviceaccount:{ns}:intruder"),
+        "identity \"payroll-export\"".to_owned(),
+        "verb use on windowstaskidentities.winflow.io".to_owned(),
+        "winflow-payroll-export-use".to_owned(),
+    ] {
+        assert!(err.contains(&part), "{part}: {err}");
+    }
+    assert!(denied_for(&webhook, "CreatorNotAllowed") >= 1);
+
+    // The worker's service account is listed in spec.access.creators: its KubernetesPodOperator
+    // pod is admitted with the gMSA filled in.
+    let worker = env.client_as_service_account("airflow-worker").await;
+    let pod = create_pod(
+        &worker,
+        &ns,
+        task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
+    let options = pod.spec.unwrap().security_context.unwrap().windows_options.unwrap();
+    assert_eq!(options.gmsa_credential_spec_name, Some(format!("{ns}.payroll-export")));
+    // The scheduler's, for a KubernetesExecutor worker pod.
+    let scheduler = env.client_as_service_account("airflow-scheduler").await;
+    let mut executor = task_pod("upload-1", "payroll-export", "payroll_export", "upload");
+    executor["metadata"]["labels"]["winflow.io/role"] = json!("executor");
+    executor["metadata"]["annotations"] = json!({"dag_id": "payroll_export", "task_id": "upload",
+        "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "1"});
+    create_pod(&scheduler, &ns, executor).await.unwrap();
+
+    // Row 7: an ephemeral container on the identity's running pod runs as the identity too.
+    let err = add_ephemeral_container(&intruder, &ns, "export-1", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("may not add ephemeral containers to pods of identity \"payroll-export\""),
+        "{err}"
+    );
+    add_ephemeral_container(&worker, &ns, "export-1", json!({}))
+        .await
+        .unwrap();
+
+    // Denials are counted on the identity and told there as Events, reason the rule.
+    let denied = wait_until("status.pods.denied counts the denials", TIMEOUT, || async {
+        let identity = env.api::<WindowsTaskIdentity>().get("payroll-export").await.ok()?;
+        let denied = identity.status?.pods?.denied;
+        (denied >= 3).then_some(denied)
+    })
+    .await;
+    assert!(denied >= 3, "probe, stolen pod and ephemeral container: {denied}");
+    let events = wait_until("denial Event", TIMEOUT, || async {
+        let events = Api::<Event>::namespaced(env.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let found: Vec<Event> = events
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("CreatorNotAllowed"))
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert!(events[0].note.as_deref().unwrap_or_default().contains("intruder"));
+
+    // The API server's audit log holds winflow's annotations next to both requests.
+    let audit = wait_until("audit annotations in the API server's audit log", TIMEOUT, || async {
+        let text = std::fs::read_to_string(support::audit_log_path()).ok()?;
+        let pod_creates: Vec<Value> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == "pods"
+                    && e["objectRef"]["namespace"] == ns.as_str()
+                    && e["annotations"]["pods.winflow.io/decision"].is_string()
+            })
+            .collect();
+        let find = |name: &str| pod_creates.iter().find(|e| e["objectRef"]["name"] == name).cloned();
+        Some((find("stolen")?, find("export-1")?, find("upload-1")?))
+    })
+    .await;
+    let (stolen, admitted, upload) = audit;
+    let annotation = |event: &Value, key: &str| {
+        event["annotations"][format!("pods.winflow.io/{key}")]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(annotation(&stolen, "decision"), "denied");
+    assert_eq!(annotation(&stolen, "reason"), "CreatorNotAllowed");
+    assert_eq!(
+        annotation(&stolen, "creator"),
+        format!("system:serviceaccount:{ns}:intruder")
+    );
+    assert_eq!(annotation(&stolen, "identity"), "payroll-export");
+    assert_eq!(annotation(&admitted, "decision"), "allowed");
+    assert_eq!(
+        annotation(&admitted, "creator"),
+        format!("system:serviceaccount:{ns}:airflow-worker")
+    );
+    assert_eq!(annotation(&admitted, "dag_id"), "payroll_export");
+    assert_eq!(annotation(&admitted, "task_id"), "export_ledger");
+    assert_eq!(annotation(&upload, "run_id"), "scheduled__2026-12-01T00:00:00+00:00");
+    assert_eq!(annotation(&upload, "try_number"), "1");
+    assert_eq!(
+        annotation(&upload, "creator"),
+        format!("system:serviceaccount:{ns}:airflow-scheduler")
+    );
+    operator.stop().await;
+}
+
+/// A second identity with an OIDC token (client secret), issued by a local provider.
+async fn tokened_identity(env: &TestEnv, provider: &OidcProvider) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tokened-oidc"}, "stringData": {"client-secret": "s3cret-for-tests"}
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/identity-azure-key-vault.yaml"
+    ))
+    .unwrap();
+    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&text).unwrap();
+    identity.metadata.name = Some("tokened".into());
+    identity.spec.service_account.name = "tokened".into();
+    identity.spec.access = None;
+    identity.spec.token = Some(
+        serde_json::from_value(json!({
+            "issuerUrl": provider.issuer(), "clientId": "tokened",
+            "clientSecretRef": {"name": "tokened-oidc", "key": "client-secret"}, "minValidity": "1m"
+        }))
+        .unwrap(),
+    );
+    env.api::<WindowsTaskIdentity>()
+        .create(&PostParams::default(), &identity)
+        .await
+        .unwrap();
+    let _: WindowsTaskIdentity = support::wait_for_condition(env, "tokened", "Ready", "True", None).await;
+}
+
+/// An identity whose nodes get the host account from a Kubernetes Secret; it need not be Ready.
+async fn host_account_identity(env: &TestEnv) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/identity-azure-key-vault.yaml"
+    ))
+    .unwrap();
+    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&text).unwrap();
+    identity.metadata.name = Some("hosted".into());
+    identity.spec.service_account.name = "hosted".into();
+    identity.spec.access = None;
+    let host = identity.spec.host_account.as_mut().unwrap();
+    host.azure_key_vault = None;
+    host.kubernetes_secret = Some(serde_json::from_value(json!({"name": "hosted-ccg"})).unwrap());
+    env.api::<WindowsTaskIdentity>()
+        .create(&PostParams::default(), &identity)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
+    let env = TestEnv::new("lp-credentials").await;
+    let provider = OidcProvider::start(ProviderConfig {
+        access_token_ttl_seconds: 3600,
+        clients: vec![ClientConfig {
+            client_id: "tokened".into(),
+            client_secret: "s3cret-for-tests".into(),
+            scope: String::new(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let operator = env.start_operator(Duration::from_secs(300));
+    payroll_identity(&env).await;
+    tokened_identity(&env, &provider).await;
+    host_account_identity(&env).await;
+    support::apply_file(&env, "examples/share-reports.yaml").await;
+    support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
+    let _: WindowsTaskIdentity = support::wait_for_condition(&env, "finance-reports", "Ready", "True", None).await;
+    let webhook = support::webhook::start_webhook(&env).await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let enforce = json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}});
+    namespaces
+        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(&enforce))
+        .await
+        .unwrap();
+    when_webhook_active(&env).await;
+    let ns = env.namespace.clone();
+    let client = env.client.clone();
+    // Unlabelled pods reach the webhook once the API server has seen the namespace label.
+    wait_until("enforcement active", TIMEOUT, || async {
+        let probe = with(
+            plain_pod("probe-plain"),
+            &json!({"serviceAccountName": "payroll-export"}),
+        );
+        match create_pod(&client, &ns, probe).await {
+            Err(e) if e.contains("ServiceAccount") || e.contains("service account") => Some(()),
+            Ok(_) => {
+                let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+
+    let mut n = 0;
+    let hook = &webhook;
+    let mut expect_denied = |pod: Value, reason: &str, found: &[&str]| {
+        n += 1;
+        let mut pod = pod;
+        pod["metadata"]["name"] = json!(format!("p{n}"));
+        let (client, ns, reason, found) = (
+            client.clone(),
+            ns.clone(),
+            reason.to_owned(),
+            found.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        async move {
+            let before = denied_for(hook, &reason);
+            let err = create_pod(&client, &ns, pod).await.unwrap_err();
+            for part in &found {
+                assert!(err.contains(part.as_str()), "{reason}: {part} in {err}");
+            }
+            assert_eq!(denied_for(hook, &reason), before + 1, "{reason}: {err}");
+        }
+    };
+
+    // Row 2: another identity's token Secret, in each of the four ways, from a pod of another
+    // identity and from an unlabelled pod.
+    for (way, reference) in secret_references("tokened-token") {
+        let labelled = with(
+            task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
+            &reference,
+        );
+        expect_denied(
+            labelled,
+            "TokenSecretNotOwn",
+            &["Secret \"tokened-token\"", "identity \"tokened\""],
+        )
+        .await;
+        expect_denied(
+            with(plain_pod("x"), &reference),
+            "TokenSecretNotOwn",
+            &["tokened-token", way.split(' ').next().unwrap()],
+        )
+        .await;
+    }
+    // ... while the identity's own pod gets it, as winflow injects it.
+    let own = create_pod(
+        &env.client,
+        &ns,
+        task_pod("own-token", "tokened", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
+    let base = &own.spec.unwrap().containers[0];
+    let token_env = base
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "WINFLOW_ACCESS_TOKEN")
+        .unwrap();
+    let key = token_env.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!(key.name, "tokened-token");
+
+    // Row 3: a share's claim, from pods whose identity does not list it.
+    let claim = json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "finance-reports-share"}}]});
+    expect_denied(
+        with(plain_pod("x"), &claim),
+        "ShareNotListed",
+        &["volume \"data\"", "finance-reports-share"],
+    )
+    .await;
+    let other = with(
+        task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
+        &claim,
+    );
+    expect_denied(
+        other,
+        "ShareNotListed",
+        &["identity \"payroll-export\" lists no shares"],
+    )
+    .await;
+    // ... while the identity that lists it mounts it.
+    let listed = create_pod(
+        &env.client,
+        &ns,
+        task_pod("listed", "finance-reports", "finance_daily", "copy"),
+    )
+    .await
+    .unwrap();
+    let volumes = listed.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == "finance-reports-share")
+    }));
+
+    // Row 4: Secrets meant for the node or winflow only, in each of the four ways.
+    for (secret, reason) in [
+        ("smb-finance", "ShareCredentialsReference"),
+        ("tokened-oidc", "ClientSecretReference"),
+        ("hosted-ccg", "HostAccountSecretReference"),
+    ] {
+        for (_, reference) in secret_references(secret) {
+            expect_denied(with(plain_pod("x"), &reference), reason, &[secret]).await;
+            let labelled = with(task_pod("x", "finance-reports", "finance_daily", "copy"), &reference);
+            expect_denied(labelled, reason, &[secret]).await;
+        }
+    }
+
+    // Row 5: a credential spec's contents without its name, or under another name.
+    let finance = env.api::<WindowsTaskIdentity>().get("finance-reports").await.unwrap();
+    let forged = winflow::webhook::decide::inline_credential_spec(&finance);
+    let content_only = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpec": forged}}});
+    expect_denied(
+        with(plain_pod("x"), &content_only),
+        "GmsaContentWithoutName",
+        &["gmsaCredentialSpecName"],
+    )
+    .await;
+    let renamed = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpecName": "webapp-gmsa", "gmsaCredentialSpec": forged}}});
+    expect_denied(
+        with(plain_pod("x"), &renamed),
+        "GmsaAccountOfIdentity",
+        &["identity \"finance-reports\""],
+    )
+    .await;
+
+    // Row 6: an identity's service account, without being its pod.
+    let account = json!({"serviceAccountName": "finance-reports"});
+    expect_denied(
+        with(plain_pod("x"), &account),
+        "ServiceAccountOfIdentity",
+        &["winflow.io/identity=finance-reports"],
+    )
+    .await;
+
+    // The identity label is fixed for a pod's lifetime: not added on UPDATE.
+    let plain = create_pod(&env.client, &ns, plain_pod("plain")).await.unwrap();
+    let relabel = json!({"metadata": {"labels": {"winflow.io/identity": "payroll-export"}}});
+    let err = env
+        .api::<Pod>()
+        .patch("plain", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be added, changed or removed"), "{err}");
+    assert!(plain.metadata.labels.unwrap().get("winflow.io/identity").is_none());
+    // Nor does an ephemeral container of an unlabelled pod read a token.
+    let steal = json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "tokened-token", "key": "access_token"}}}]});
+    let err = add_ephemeral_container(&env.client, &ns, "plain", steal)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("ephemeral container \"debug\"") && err.contains("tokened-token"),
+        "{err}"
+    );
+    assert!(denied_for(&webhook, "IdentityLabelChanged") >= 1);
+    operator.stop().await;
+}
