@@ -830,15 +830,26 @@ async fn the_installed_charts_rbac_is_enough_for_the_examples_and_no_more() {
         "system:authenticated".to_owned(),
     ];
     let operator_client = env.client_as(&user, &groups).await;
+    // Labelled, so that every condition, Enforced too (read from a namespace watch), is True.
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}})),
+        )
+        .await
+        .unwrap();
     let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
     support::apply_file(&env, "examples/share-reports.yaml").await;
     support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     for name in ["finance-reports", "payroll-export"] {
         let identity: WindowsTaskIdentity = support::wait_for_condition(&env, name, "Ready", "True", None).await;
+        let conditions = identity.status.unwrap().conditions;
+        assert!(conditions.iter().all(|c| c.status == "True"), "{name}: {conditions:?}");
         assert!(
-            identity.status.unwrap().conditions.iter().all(|c| c.status == "True"),
-            "{name}"
+            conditions.iter().any(|c| c.type_ == "Enforced"),
+            "{name}: {conditions:?}"
         );
     }
     let _: WindowsShare =
@@ -963,6 +974,30 @@ async fn the_installed_charts_rbac_is_enough_for_the_examples_and_no_more() {
         (
             "list webhook configurations",
             may(c, who, "list", validating, None, None).await,
+            false,
+        ),
+        // The webhook's SubjectAccessReviews, not exercised by the in-process operator either.
+        (
+            "create SubjectAccessReviews",
+            may(
+                c,
+                who,
+                "create",
+                ("authorization.k8s.io", "subjectaccessreviews"),
+                None,
+                None,
+            )
+            .await,
+            true,
+        ),
+        (
+            "create pods",
+            may(c, who, "create", ("", "pods"), here, None).await,
+            false,
+        ),
+        (
+            "update a namespace's labels",
+            may(c, who, "patch", ("", "namespaces"), None, Some(&ns)).await,
             false,
         ),
     ];

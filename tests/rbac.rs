@@ -6,8 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
@@ -60,9 +61,33 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
     support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     for name in ["finance-reports", "payroll-export"] {
-        let identity: WindowsTaskIdentity = support::wait_for_condition(&env, name, "Ready", "True", None).await;
-        assert!(identity.status.unwrap().conditions.iter().all(|c| c.status == "True"));
+        let _: WindowsTaskIdentity = support::wait_for_condition(&env, name, "Ready", "True", None).await;
     }
+    // Enforced reads the namespace's label through the namespace watch.
+    set_enforce_label(&env).await;
+    for name in ["finance-reports", "payroll-export"] {
+        let identity: WindowsTaskIdentity =
+            support::wait_for_condition(&env, name, "Enforced", "True", Some("NamespaceEnforced")).await;
+        let conditions = identity.status.unwrap().conditions;
+        assert!(conditions.iter().all(|c| c.status == "True"), "{name}: {conditions:?}");
+    }
+    // The webhook's question to the API server: may this pod's creator use the identity?
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": format!("system:serviceaccount:{}:airflow-scheduler", env.namespace),
+            "resourceAttributes": {"namespace": env.namespace, "group": "winflow.io",
+                "resource": "windowstaskidentities", "name": "payroll-export", "verb": "use"}
+        }
+    }))
+    .unwrap();
+    let answer = Api::<SubjectAccessReview>::all(operator_client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("the operator may ask SubjectAccessReviews");
+    assert!(
+        answer.status.unwrap().allowed,
+        "examples/identity-azure-key-vault.yaml's creators may use it"
+    );
     let _: WindowsShare =
         support::wait_for_condition(&env, "finance-reports-share", "Ready", "True", Some("Bound")).await;
 
@@ -105,6 +130,16 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
             .delete(ns, &DeleteParams::default())
             .await
     ));
+    // It reads namespaces' labels; it may not set them.
+    assert!(is_forbidden(
+        Api::<Namespace>::all(operator_client.clone())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"winflow.io/enforce": null}}}))
+            )
+            .await
+    ));
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "probe"},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}
@@ -135,15 +170,40 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
     operator.stop().await;
 }
 
+/// deploy/rbac.yaml's rules without verb `use` on `resource`.
+fn without_use_on(resource: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
+    move |rules| {
+        let mut found = false;
+        for rule in rules.iter_mut() {
+            if rule.resources.iter().flatten().any(|r| r == resource) && rule.verbs.iter().any(|v| v == "use") {
+                rule.verbs.retain(|verb| verb != "use");
+                found = true;
+            }
+        }
+        assert!(found, "deploy/rbac.yaml grants use on {resource}");
+        rules.retain(|rule| !rule.verbs.is_empty());
+    }
+}
+
+async fn label_namespace(env: &TestEnv, labels: serde_json::Value) {
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &env.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn set_enforce_label(env: &TestEnv) {
+    label_namespace(env, serde_json::json!({"winflow.io/enforce": "true"})).await;
+}
+
 #[tokio::test]
 async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_says_why() {
     let env = TestEnv::new("rbac-no-use").await;
-    let operator_client = install_operator_rbac(&env, |rules| {
-        for rule in rules.iter_mut() {
-            rule.verbs.retain(|verb| verb != "use");
-        }
-    })
-    .await;
+    let operator_client = install_operator_rbac(&env, without_use_on("gmsacredentialspecs")).await;
     let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let identity: WindowsTaskIdentity =
@@ -167,6 +227,41 @@ async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_sa
     assert_eq!(
         support::condition(&identity, "PodTemplateReady").unwrap().status,
         "True"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn without_use_on_identities_the_use_role_is_refused_and_the_identity_says_why() {
+    let env = TestEnv::new("rbac-no-use-identity").await;
+    let operator_client = install_operator_rbac(&env, without_use_on("windowstaskidentities")).await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
+    let access = support::condition(&identity, "AccessGranted").unwrap();
+    assert!(
+        access.message.contains("Role winflow-payroll-export-use")
+            && (access.message.contains("escalat") || access.message.contains("not currently held")),
+        "{}",
+        access.message
+    );
+    let ready = support::condition(&identity, "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ApiError"));
+    // The credential spec's Role is in place.
+    assert!(
+        env.api::<Role>()
+            .get_opt("winflow-payroll-export-gmsa")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        env.api::<Role>()
+            .get_opt("winflow-payroll-export-use")
+            .await
+            .unwrap()
+            .is_none()
     );
     operator.stop().await;
 }
