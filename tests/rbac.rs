@@ -185,19 +185,16 @@ fn without_use_on(resource: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
     }
 }
 
-async fn label_namespace(env: &TestEnv, labels: serde_json::Value) {
+/// Labels the test's namespace `winflow.io/enforce: "true"`.
+async fn set_enforce_label(env: &TestEnv) {
     Api::<Namespace>::all(env.client.clone())
         .patch(
             &env.namespace,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}})),
         )
         .await
         .unwrap();
-}
-
-async fn set_enforce_label(env: &TestEnv) {
-    label_namespace(env, serde_json::json!({"winflow.io/enforce": "true"})).await;
 }
 
 #[tokio::test]

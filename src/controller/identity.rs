@@ -79,10 +79,8 @@ pub async fn run(
         ns.metadata.managed_fields = None;
         ns.metadata.annotations = None;
     });
-    let enforcement_changes = watches::value_changes(
-        reflector::reflector(namespace_writer, namespace_watch),
-        |ns: &Namespaces| is_enforced(ns),
-    );
+    let enforcement_changes =
+        watches::value_changes(reflector::reflector(namespace_writer, namespace_watch), is_enforced);
     let _ = ctx.namespaces.set(namespace_store);
     let in_namespace = store.clone();
     // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
