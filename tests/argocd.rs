@@ -40,6 +40,12 @@ const CASES: &[(&str, &str, &str)] = &[
         "Healthy",
         "in place; warning: TasksHealthy=False, AuthenticationFailures: task pod payroll-export-upload (dag payroll_export, task upload) failed with LogonFailure",
     ),
+    // Enforced=False (the namespace lacks winflow.io/enforce=true) is not part of Ready.
+    (
+        "windowstaskidentity-healthy-namespace-not-enforced.json",
+        "Healthy",
+        "the credential spec, access rights and pod templates are in place",
+    ),
     (
         "windowstaskidentity-progressing-no-status.json",
         "Progressing",

@@ -11,7 +11,9 @@
 -- 2. Ready=True: Healthy, with Ready's message. TasksHealthy is not part of Ready: when it is
 --    False (task pods failed to authenticate recently) the identity stays Healthy and the
 --    message names the failure; a token refresh in Backoff (the current token is still
---    valid) is mentioned the same way.
+--    valid) is mentioned the same way. Enforced is not part of Ready either: it says whether
+--    the namespace is labelled winflow.io/enforce=true, a choice of the cluster's operators,
+--    so Enforced=False leaves the health as it is.
 -- 3. Ready=False with a reason that clears by itself once something else is in place, with no
 --    change to the identity: Progressing, "<reason>: <message>".
 --      ShareNotReady          a WindowsShare in spec.shares does not exist or is not Ready
