@@ -254,7 +254,8 @@ async fn every_replica_serves_the_webhook() {
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "name": "task", "namespace": env.namespace, "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:airflow:worker"},
+                // The Airflow worker, a creator the example identity lists in spec.access.
+                "userInfo": {"username": format!("system:serviceaccount:{}:airflow-worker", env.namespace)},
                 "object": {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": "task", "namespace": env.namespace,
                         "labels": {"winflow.io/identity": "served", "dag_id": dag, "task_id": "upload"}},

@@ -255,6 +255,25 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     })
     .await;
     assert!(denied >= 3, "probe, stolen pod and ephemeral container: {denied}");
+    // The controller's own status writes (a new pod changes the counts) keep the webhook's.
+    create_pod(
+        &worker,
+        &ns,
+        task_pod("export-2", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
+    let pods = wait_until("the controller counts the new pod", TIMEOUT, || async {
+        let identity = env.api::<WindowsTaskIdentity>().get("payroll-export").await.ok()?;
+        let pods = identity.status?.pods?;
+        (pods.pending >= 3).then_some(pods)
+    })
+    .await;
+    assert!(
+        pods.denied >= denied,
+        "{} denials after the controller wrote, {denied} before",
+        pods.denied
+    );
     let events = wait_until("denial Event", TIMEOUT, || async {
         let events = Api::<Event>::namespaced(env.client.clone(), &ns)
             .list(&ListParams::default())

@@ -245,7 +245,10 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("cannot change"), "{err}");
+    assert!(
+        err.contains("cannot be added, changed or removed") && err.contains(r#"it was "payroll-export""#),
+        "{err}"
+    );
 
     // An identity that is not Ready admits no pods, and says why.
     let text = std::fs::read_to_string(format!("{}/examples/identity-azure-key-vault.yaml", support::REPO)).unwrap();

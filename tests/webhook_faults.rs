@@ -244,7 +244,8 @@ fn review(namespace: &str, uid: &str) -> Value {
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "name": "fault-test", "namespace": namespace, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:airflow:airflow-scheduler"},
+            // The Airflow scheduler, a creator the example identity lists in spec.access.
+            "userInfo": {"username": format!("system:serviceaccount:{namespace}:airflow-scheduler")},
             "object": {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "fault-test", "namespace": namespace, "labels": {
                     "winflow.io/identity": "payroll-export", "dag_id": "payroll_export", "task_id": "upload"}},

@@ -600,7 +600,7 @@ async fn update_status(
         return Ok(());
     }
     let api = identities_api(ctx, &identity.namespace().unwrap_or_default());
-    match report::write_status(&api, &identity.name_any(), &next, &ctx.metrics).await {
+    match report::write_status(&api, &identity.name_any(), &without_denials(&next), &ctx.metrics).await {
         // Deleted since the cache saw it: no status to keep, no Events to tell.
         Err(e) if finalizer::is_not_found(&e) => return Ok(()),
         result => result?,
@@ -616,4 +616,15 @@ async fn update_status(
     )
     .await;
     Ok(())
+}
+
+/// The status as the controller writes it: `pods.denied` is the webhook's field (every replica
+/// adds its denials with the resourceVersion it read, see `webhook::denial_count`), so the
+/// controller never sends it and a stale cache cannot write an older count over a newer one.
+fn without_denials(status: &WindowsTaskIdentityStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).expect("the status serializes");
+    if let Some(pods) = body.get_mut("pods").and_then(serde_json::Value::as_object_mut) {
+        pods.remove("denied");
+    }
+    body
 }
