@@ -185,6 +185,101 @@ fn without_use_on(resource: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
     }
 }
 
+/// deploy/rbac.yaml's rules without the rule on `resource`.
+fn without_rule_on(resource: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
+    move |rules| {
+        let before = rules.len();
+        rules.retain(|rule| !rule.resources.iter().flatten().any(|r| r == resource));
+        assert_eq!(rules.len(), before - 1, "deploy/rbac.yaml has one rule on {resource}");
+    }
+}
+
+/// A task pod of the payroll example, for DAG `payroll_export`.
+fn payroll_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"winflow.io/identity": "payroll-export",
+            "dag_id": "payroll_export", "task_id": "export_ledger"}},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "base", "image": "registry.example.com/payroll/export-win:2.0"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_subject_access_reviews() {
+    let env = TestEnv::new("rbac-webhook").await;
+    let operator_client = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
+    let webhook = support::webhook::start_webhook_as(&env, operator_client.clone()).await;
+    let pods: Api<Pod> = env.api();
+    // The webhook's caches, its SubjectAccessReview and its pod lookup all under winflow's RBAC.
+    let admitted = wait_until("the webhook mutates", TIMEOUT, || async {
+        let pod = pods
+            .create(&PostParams::default(), &payroll_pod("export-1"))
+            .await
+            .ok()?;
+        let named = pod
+            .spec
+            .as_ref()?
+            .security_context
+            .as_ref()?
+            .windows_options
+            .as_ref()?
+            .gmsa_credential_spec_name
+            .clone();
+        if named.is_none() {
+            let _ = pods.delete("export-1", &DeleteParams::default()).await;
+        }
+        named
+    })
+    .await;
+    assert_eq!(admitted, format!("{}.payroll-export", env.namespace));
+    let path = format!("/api/v1/namespaces/{}/pods/export-1/ephemeralcontainers", env.namespace);
+    let mut debug: serde_json::Value = env
+        .client
+        .request(http::Request::get(&path).body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    debug["ephemeralContainers"] = serde_json::json!([{"name": "debug", "image": "busybox",
+        "imagePullPolicy": "IfNotPresent", "terminationMessagePolicy": "File"}]);
+    let put = http::Request::put(&path)
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&debug).unwrap())
+        .unwrap();
+    env.client
+        .request::<serde_json::Value>(put)
+        .await
+        .expect("the webhook reads the pod's labels and asks about the adder");
+    assert_eq!(
+        support::metric_sum(
+            &webhook.metrics,
+            "winflow_admission_decisions_total{webhook=\"validate-ephemeral\",decision=\"allowed\""
+        ),
+        1
+    );
+
+    // Without the right to ask, nobody is let in: a creator the webhook has not asked about yet
+    // (an admin impersonating another user) is denied with the reason.
+    install_operator_rbac(&env, without_rule_on("subjectaccessreviews")).await;
+    let other_admin = env.client_as("other-admin", &["system:masters".to_owned()]).await;
+    let err = Api::<Pod>::namespaced(other_admin, &env.namespace)
+        .create(&PostParams::default(), &payroll_pod("export-2"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("could not check whether user \"other-admin\" may use identity \"payroll-export\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("forbidden") || err.contains("403"),
+        "the API server's refusal is named: {err}"
+    );
+    operator.stop().await;
+}
+
 /// Labels the test's namespace `winflow.io/enforce: "true"`.
 async fn set_enforce_label(env: &TestEnv) {
     Api::<Namespace>::all(env.client.clone())

@@ -63,6 +63,18 @@ pub struct Served {
 /// Serves the webhook on a free loopback port with the certificate in `cert_dir`, for this
 /// test's namespace only, and waits until its identity cache is synced. Nothing registers it.
 pub async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration, instance: &str) -> Served {
+    serve_as(env, env.client.clone(), cert_dir, reload_interval, instance).await
+}
+
+/// [`serve`], talking to the API server through `client` (for example as winflow's own
+/// service account, under exactly its RBAC).
+pub async fn serve_as(
+    env: &TestEnv,
+    client: kube::Client,
+    cert_dir: &Path,
+    reload_interval: Duration,
+    instance: &str,
+) -> Served {
     let settings = WebhookSettings {
         addr: (Ipv4Addr::LOCALHOST, 0).into(),
         cert_dir: cert_dir.to_owned(),
@@ -75,15 +87,9 @@ pub async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration, in
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let (addr, task) = webhook::start(
-        env.client.clone(),
-        settings,
-        metrics.clone(),
-        readiness.clone(),
-        shutdown,
-    )
-    .await
-    .unwrap();
+    let (addr, task) = webhook::start(client, settings, metrics.clone(), readiness.clone(), shutdown)
+        .await
+        .unwrap();
     wait_until("webhook cache synced", Duration::from_secs(60), || async {
         readiness.is_ready().then_some(())
     })
@@ -98,11 +104,16 @@ pub async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration, in
 
 /// Serves the webhook on a free loopback port and registers it for this test's namespace only.
 pub async fn start_webhook(env: &TestEnv) -> Webhook {
+    start_webhook_as(env, env.client.clone()).await
+}
+
+/// [`start_webhook`], the webhook talking to the API server through `client`.
+pub async fn start_webhook_as(env: &TestEnv, client: kube::Client) -> Webhook {
     let certs = tempfile::tempdir().unwrap();
     let ca = write_certificates(certs.path());
     let Served {
         addr, metrics, stop, ..
-    } = serve(env, certs.path(), Duration::from_secs(1), "test").await;
+    } = serve_as(env, client, certs.path(), Duration::from_secs(1), "test").await;
 
     // Scope the configurations to this namespace, so parallel tests do not see each other.
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
