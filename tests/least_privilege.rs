@@ -579,7 +579,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot be added, changed or removed"), "{err}");
-    assert!(plain.metadata.labels.unwrap().get("winflow.io/identity").is_none());
+    assert!(!plain.metadata.labels.unwrap().contains_key("winflow.io/identity"));
     // Nor does an ephemeral container of an unlabelled pod read a token.
     let steal = json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "tokened-token", "key": "access_token"}}}]});
     let err = add_ephemeral_container(&env.client, &ns, "plain", steal)

@@ -169,6 +169,14 @@ fn check_service_account(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
     if !is_dns_subdomain(&spec.service_account.name) {
         c.fail("spec.serviceAccount.name", format!("{:?} is not a valid service account name (allowed: lower-case letters, digits, '-' and '.', at most 253 characters)", spec.service_account.name));
     }
+    // Every pod without a service account runs as `default`: as an identity's, it would hand
+    // the identity's rights (credential spec `use`, workload identity) to all of them.
+    if spec.service_account.name == "default" {
+        c.fail(
+            "spec.serviceAccount.name",
+            "\"default\" is the service account of every pod that names none; give the identity a service account of its own",
+        );
+    }
 }
 
 fn check_airflow(c: &mut Checker, spec: &WindowsTaskIdentitySpec) {
@@ -389,6 +397,14 @@ mod tests {
     fn example_identities_are_valid() {
         assert_eq!(violations(&fixtures::domain_joined_spec()), []);
         assert_eq!(violations(&fixtures::key_vault_spec()), []);
+    }
+
+    #[test]
+    fn the_default_service_account_is_refused() {
+        let mut spec = fixtures::domain_joined_spec();
+        spec.service_account.name = "default".into();
+        assert_eq!(fields(&spec), ["spec.serviceAccount.name"]);
+        assert!(violations(&spec)[0].message.contains("every pod that names none"));
     }
 
     #[test]

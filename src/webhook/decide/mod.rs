@@ -62,6 +62,9 @@ pub struct Audit {
     pub message: String,
 }
 
+/// Longest value of an audit annotation (Airflow's run ids are well below it).
+const MAX_AUDIT_VALUE: usize = 253;
+
 impl Audit {
     /// The identity a denial is recorded on (Event and `status.pods.denied`).
     pub fn identity_concerned(&self) -> Option<&str> {
@@ -73,8 +76,9 @@ impl Audit {
     pub fn annotations(&self) -> HashMap<String, String> {
         let mut annotations = HashMap::new();
         let mut put = |key: &str, value: Option<&str>| {
+            // Annotations are the pod creator's to write, and may be long: keep the audit log small.
             if let Some(value) = value.filter(|v| !v.is_empty()) {
-                annotations.insert(key.to_owned(), value.to_owned());
+                annotations.insert(key.to_owned(), crate::text::truncate(value, MAX_AUDIT_VALUE));
             }
         };
         put("identity", self.identity_concerned());

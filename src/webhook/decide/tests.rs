@@ -882,4 +882,9 @@ fn every_final_answer_carries_the_audit_annotations() {
     );
     assert_eq!(denied.response.audit_annotations["decision"], "denied");
     assert_eq!(denied.response.audit_annotations["reason"], "CreatorNotAllowed");
+    // The creator writes the annotations: their values are bounded in the audit log.
+    let mut long = pod();
+    long["metadata"]["annotations"] = json!({"run_id": "r".repeat(5000)});
+    let decision = validate(&request("CREATE", mutated_pod(&view, long), None), &view);
+    assert!(decision.response.audit_annotations["run_id"].chars().count() <= 254);
 }

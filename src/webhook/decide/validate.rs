@@ -163,13 +163,18 @@ fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()
         if let Some(content) = options.gmsa_credential_spec.as_deref()
             && let Some((namespace, identity)) = identity_with_account_in(content, view)
         {
-            return Err(Denial::new(
+            // The identity may live in another namespace: its name, never its namespace, is told.
+            let denial = Denial::new(
                 "GmsaAccountOfIdentity",
                 format!(
-                    "{place} sets gmsaCredentialSpec contents naming the gMSA of identity \"{identity}\" (namespace {namespace:?}) under another credential spec name; only pods labelled {IDENTITY_LABEL}={identity} in its namespace may use that gMSA"
+                    "{place} sets gmsaCredentialSpec contents naming the gMSA of identity \"{identity}\" under another credential spec name; only that identity's own pods may use that gMSA"
                 ),
-            )
-            .concerning(&identity));
+            );
+            return Err(if namespace == subject.namespace {
+                denial.concerning(&identity)
+            } else {
+                denial
+            });
         }
     }
     check_references(&references(&spec), &protected, None)
