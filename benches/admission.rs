@@ -2,10 +2,18 @@
 //! the API server with and without the webhook, measured in one run on a local control plane,
 //! next to pods reviewed by one call of a webhook that allows at once (what a webhook call
 //! costs the API server by itself).
-//! Prints a table and writes target/bench/admission.json. Run: `cargo bench --bench admission`.
+//! The webhook rows send, at each rate, reviews that need no SubjectAccessReview next to pod
+//! creates whose creator the webhook asks the API server about: one user every time (cache
+//! hits) and a new user every time (misses, allowed through a group's RoleBinding and denied).
+//! Prints a table and writes target/bench/admission.json. Run (KUBEBUILDER_ASSETS names the
+//! control-plane binaries, see hack/bench.sh): `cargo bench --bench admission`.
 
 #[path = "admission/no_op.rs"]
 mod no_op;
+#[path = "admission/reviews.rs"]
+mod reviews;
+#[path = "admission/sar.rs"]
+mod sar;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -26,20 +34,6 @@ const SECONDS_PER_RATE: u32 = 5;
 const PODS_PER_SIDE: usize = 100;
 /// Connections the load spreads over, as an API server keeps several open.
 const CONNECTIONS: usize = 8;
-
-fn review_body() -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "4d3c2b1a-0000-4000-8000-000000000001",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "bench", "namespace": "bench", "operation": "CREATE", "userInfo": {},
-            "object": {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "bench", "labels": {"winflow.io/identity": "payroll-export", "dag_id": "payroll_export", "task_id": "upload"}},
-                "spec": {"containers": [{"name": "base", "image": "registry.example.com/payroll/export-win:2.0"}]}}}
-    }))
-    .unwrap()
-}
 
 type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
@@ -63,8 +57,8 @@ async fn connect(addr: std::net::SocketAddr, ca_pem: &str) -> BufReader<TlsStrea
     )
 }
 
-/// One keep-alive request; returns the HTTP status.
-async fn post(stream: &mut BufReader<TlsStream>, path: &str, body: &[u8]) -> u16 {
+/// One keep-alive request; returns the HTTP status and the body.
+async fn post(stream: &mut BufReader<TlsStream>, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -89,7 +83,24 @@ async fn post(stream: &mut BufReader<TlsStream>, path: &str, body: &[u8]) -> u16
     }
     let mut response = vec![0; length];
     stream.read_exact(&mut response).await.unwrap();
-    status_line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    (
+        status_line.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        response,
+    )
+}
+
+/// Whether the webhook answered as the row expects (the reason of its audit annotations).
+fn verdict(status: u16, response: &[u8], expect: &str) -> Result<(), String> {
+    let review: Value = serde_json::from_slice(response).unwrap_or_default();
+    let answer = &review["response"];
+    let reason = answer["auditAnnotations"]["reason"].as_str().unwrap_or_default();
+    if status == 200 && reason == expect {
+        return Ok(());
+    }
+    let message = answer["status"]["message"].as_str().unwrap_or_default();
+    Err(format!(
+        "HTTP {status}, reason {reason:?} (expected {expect:?}) {message}"
+    ))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -100,40 +111,79 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Sends `rate` requests per second for a few seconds over keep-alive connections; latencies.
-async fn admission_at(rate: u32, addr: std::net::SocketAddr, ca_pem: &str) -> (Vec<Duration>, usize) {
+/// One row of the webhook-latency table.
+struct Run {
+    latencies: Vec<Duration>,
+    failed: usize,
+    /// The first failure, to show what went wrong.
+    first_failure: Option<String>,
+    /// Requests per second actually sent (below the rate when the connections fall behind).
+    achieved: f64,
+    /// The size of one review.
+    body_bytes: usize,
+}
+
+impl Run {
+    fn ms(&self, p: f64) -> Option<f64> {
+        (!self.latencies.is_empty()).then(|| ms(percentile(&self.latencies, p)))
+    }
+}
+
+/// One review of `case`, outside the figures (for a cache hit row, the answer to keep).
+async fn warm_up(addr: std::net::SocketAddr, ca_pem: &str, case: &reviews::Case) {
+    let mut stream = connect(addr, ca_pem).await;
+    let (status, response) = post(&mut stream, "/validate-pods", &case.body(0, 0)).await;
+    verdict(status, &response, case.expect).expect("the warm-up review");
+}
+
+/// Sends `rate` reviews of `case` per second for a few seconds over keep-alive connections.
+async fn admission_at(rate: u32, addr: std::net::SocketAddr, ca_pem: &str, case: &reviews::Case) -> Run {
     let total = (rate * SECONDS_PER_RATE) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    // Every body made before the clock starts (a new user each for misses).
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..total).map(|i| case.body(rate, i)).collect());
+    let mut streams = Vec::new();
+    for _ in 0..CONNECTIONS {
+        streams.push(connect(addr, ca_pem).await);
+    }
     let start = Instant::now();
-    let body = Arc::new(review_body());
     let mut workers = Vec::new();
-    for worker in 0..CONNECTIONS {
-        let body = body.clone();
-        let mut stream = connect(addr, ca_pem).await;
+    for (worker, mut stream) in streams.into_iter().enumerate() {
+        let (bodies, expect) = (bodies.clone(), case.expect);
         workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut failures = 0;
+            let (mut latencies, mut failed, mut first_failure) = (Vec::new(), 0, None);
             for i in (worker..total).step_by(CONNECTIONS) {
                 tokio::time::sleep_until((start + interval * i as u32).into()).await;
                 let sent = Instant::now();
-                if post(&mut stream, "/validate-pods", &body).await == 200 {
-                    latencies.push(sent.elapsed());
-                } else {
-                    failures += 1;
+                let (status, response) = post(&mut stream, "/validate-pods", &bodies[i]).await;
+                let took = sent.elapsed();
+                match verdict(status, &response, expect) {
+                    Ok(()) => latencies.push(took),
+                    Err(why) => {
+                        failed += 1;
+                        first_failure.get_or_insert(why);
+                    }
                 }
             }
-            (latencies, failures)
+            (latencies, failed, first_failure)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut failures = 0;
+    let mut run = Run {
+        latencies: Vec::new(),
+        failed: 0,
+        first_failure: None,
+        achieved: 0.0,
+        body_bytes: bodies[0].len(),
+    };
     for worker in workers {
-        let (l, f) = worker.await.unwrap();
-        latencies.extend(l);
-        failures += f;
+        let (latencies, failed, first_failure) = worker.await.unwrap();
+        run.latencies.extend(latencies);
+        run.failed += failed;
+        run.first_failure = run.first_failure.or(first_failure);
     }
-    latencies.sort();
-    (latencies, failures)
+    run.achieved = total as f64 / start.elapsed().as_secs_f64();
+    run.latencies.sort();
+    run
 }
 
 /// A task pod of the identity's DAG, as Airflow would create it.
@@ -186,20 +236,10 @@ async fn main() {
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
     let webhook = support::webhook::start_webhook(&env).await;
+    sar::grant_use_to_group(&env, "payroll-export", reviews::CREATORS_GROUP).await;
 
-    let mut rows = Vec::new();
-    for rate in RATES {
-        let (latencies, failures) = admission_at(rate, webhook.addr, &webhook.ca_pem).await;
-        rows.push(
-            json!({"rate_per_second": rate, "requests": latencies.len(), "failed": failures,
-            "p50_ms": ms(percentile(&latencies, 0.50)), "p99_ms": ms(percentile(&latencies, 0.99))}),
-        );
-    }
-
-    // Pod creation through the API server, alternating pods the webhook reviews and pods it
-    // never sees, so both sides share the same conditions. The pods it never sees are the
-    // webhook's own result (the admitted warm-up pod without winflow's label), so both sides
-    // store the same object and differ only in the admission calls.
+    // The first pod through the API server: the webhook's result is what the reviews below
+    // create, and (without winflow's label) what the pods no webhook sees store.
     let pods: Api<Pod> = env.api();
     let probe_deadline = Instant::now() + Duration::from_secs(60);
     let admitted = loop {
@@ -211,6 +251,44 @@ async fn main() {
             }
         }
     };
+
+    // At each rate, every kind of review in turn: the first needs no SubjectAccessReview and is
+    // the baseline of the rate's ratios.
+    let cases = reviews::cases(&env.namespace, &admitted);
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for rate in RATES {
+        let mut baseline = None;
+        for case in &cases {
+            if case.warm_up {
+                warm_up(webhook.addr, &webhook.ca_pem, case).await;
+            }
+            let asked_before = sar::answered(&env.client).await;
+            let run = admission_at(rate, webhook.addr, &webhook.ca_pem, case).await;
+            let asked = sar::answered(&env.client).await - asked_before;
+            let (p50, p99) = (run.ms(0.50), run.ms(0.99));
+            baseline = baseline.or(p50);
+            let over_baseline = p50.zip(baseline).map(|(p50, baseline)| p50 / baseline);
+            if let Some(why) = &run.first_failure {
+                failures.push(format!(
+                    "{rate}/s {}: {} failed, the first: {why}",
+                    case.name, run.failed
+                ));
+            }
+            rows.push(
+                json!({"rate_per_second": rate, "review": case.name, "body_bytes": run.body_bytes, "requests": run.latencies.len(),
+                "failed": run.failed, "achieved_per_second": run.achieved, "subject_access_reviews": asked,
+                "p50_ms": p50, "p99_ms": p99, "p50_over_no_sar": over_baseline}),
+            );
+        }
+    }
+
+    // Pod creation through the API server, alternating pods the webhook reviews and pods it
+    // never sees, so both sides share the same conditions. The pods it never sees are the
+    // webhook's own result (the admitted warm-up pod without winflow's label), so both sides
+    // store the same object and differ only in the admission calls. The webhook asks whether
+    // the admin may use the identity: an answer it keeps for 10 s, for the mutating and the
+    // validating call alike.
     // A third side: the same stored pod through one call of a webhook that allows at once,
     // which is what one call costs the API server with a webhook that costs nothing.
     let no_op = no_op::start(&env).await;
@@ -221,6 +299,8 @@ async fn main() {
     };
     wait_until_reviewed(&pods, &no_op, no_op_pod).await;
     let (mut with, mut without, mut one_no_op_call) = (Vec::new(), Vec::new(), Vec::new());
+    let asked_before = sar::answered(&env.client).await;
+    let creating = Instant::now();
     for i in 0..PODS_PER_SIDE {
         let sides = [
             (pod(&format!("with-{i}")), &mut with),
@@ -233,31 +313,56 @@ async fn main() {
             sink.push(started.elapsed());
         }
     }
+    let creating = creating.elapsed();
+    let pod_create_sars = sar::answered(&env.client).await - asked_before;
     with.sort();
     without.sort();
     one_no_op_call.sort();
     let ratio = percentile(&with, 0.5).as_secs_f64() / percentile(&without, 0.5).as_secs_f64();
     let no_op_ratio = percentile(&one_no_op_call, 0.5).as_secs_f64() / percentile(&without, 0.5).as_secs_f64();
 
-    println!("\nadmission webhook latency ({CONNECTIONS} keep-alive connections, {SECONDS_PER_RATE} s per rate)");
     println!(
-        "{:>10} {:>9} {:>7} {:>9} {:>9}",
-        "rate/s", "requests", "failed", "p50 ms", "p99 ms"
+        "\nadmission webhook latency (/validate-pods, {CONNECTIONS} keep-alive connections, {SECONDS_PER_RATE} s per row)"
     );
+    println!(
+        "  SARs: SubjectAccessReviews the API server answered during the row; failed: an error or another answer than the row's;"
+    );
+    println!("  ratio: p50 over the rate's first row (no SAR)");
+    let name_width = cases.iter().map(|case| case.name.len()).max().unwrap_or(0);
+    let line = |cells: [String; 10]| {
+        let [rate, review, rest @ ..] = cells;
+        let rest: Vec<String> = rest.iter().map(|cell| format!("{cell:>9}")).collect();
+        println!("{rate:>6}  {review:<name_width$}{}", rest.join(""));
+    };
+    let header = [
+        "rate/s", "review", "body B", "requests", "failed", "sent/s", "SARs", "p50 ms", "p99 ms", "ratio",
+    ];
+    line(header.map(str::to_owned));
+    let number = |value: &Value, digits: usize| value.as_f64().map_or("n/a".to_owned(), |v| format!("{v:.digits$}"));
     for row in &rows {
-        println!(
-            "{:>10} {:>9} {:>7} {:>9.3} {:>9.3}",
-            row["rate_per_second"],
-            row["requests"],
-            row["failed"],
-            row["p50_ms"].as_f64().unwrap(),
-            row["p99_ms"].as_f64().unwrap()
-        );
+        line([
+            number(&row["rate_per_second"], 0),
+            row["review"].as_str().unwrap().to_owned(),
+            number(&row["body_bytes"], 0),
+            number(&row["requests"], 0),
+            number(&row["failed"], 0),
+            number(&row["achieved_per_second"], 0),
+            number(&row["subject_access_reviews"], 0),
+            number(&row["p50_ms"], 3),
+            number(&row["p99_ms"], 3),
+            number(&row["p50_over_no_sar"], 2),
+        ]);
     }
-    println!("\npod create through the API server ({PODS_PER_SIDE} pods each, alternating)");
+    for failure in &failures {
+        println!("  {failure}");
+    }
+    println!(
+        "\npod create through the API server ({PODS_PER_SIDE} pods each, alternating; {pod_create_sars} SubjectAccessReview(s) in {:.1} s, the admin's allow is kept 10 s)",
+        creating.as_secs_f64()
+    );
     println!("{:>16} {:>9} {:>9}", "", "p50 ms", "p99 ms");
     let sides = [
-        ("with webhook", &with, ""),
+        ("with webhook", &with, "   (SAR path in: cache hits after the first)"),
         ("without webhook", &without, ""),
         (
             "one no-op call",
@@ -282,6 +387,7 @@ async fn main() {
             "with_webhook_p50_ms": ms(percentile(&with, 0.5)), "with_webhook_p99_ms": ms(percentile(&with, 0.99)),
             "without_webhook_p50_ms": ms(percentile(&without, 0.5)), "without_webhook_p99_ms": ms(percentile(&without, 0.99)),
             "p50_ratio": ratio,
+            "subject_access_reviews": pod_create_sars,
             "one_no_op_webhook_call_p50_ms": ms(percentile(&one_no_op_call, 0.5)),
             "one_no_op_webhook_call_p99_ms": ms(percentile(&one_no_op_call, 0.99)),
             "one_no_op_webhook_call_p50_ratio": no_op_ratio

@@ -65,8 +65,11 @@ if scale:
 admission = load("admission")
 if admission:
     for run in admission.get("admission", []):
-        row("admission", f"webhook at {run['rate_per_second']}/s: p50 / p99 ms (failed)",
-            f"{num(run['p50_ms'])} / {num(run['p99_ms'])} ({run['failed']})")
+        review = f", {run['review']}" if run.get("review") else ""
+        ratio = run.get("p50_over_no_sar")
+        over = "" if ratio is None else f", p50 x{num(ratio)} no SAR"
+        row("admission", f"webhook at {run['rate_per_second']}/s{review}: p50 / p99 ms (failed)",
+            f"{num(run['p50_ms'])} / {num(run['p99_ms'])} ({run['failed']}){over}")
     pod_create = admission.get("pod_create", {})
     ratio = pod_create.get("p50_ratio")
     row("admission", "pod create p50 with / without webhook", num(ratio), "<= 1.10",
