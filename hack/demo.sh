@@ -249,6 +249,22 @@ step "status of identity finance-reports"
 kubectl get wti finance-reports -n airflow \
   -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 
+step "least privilege: create pods alone is not enough to use an identity"
+# The Airflow worker (listed in payroll-export's spec.access.creators) and an intruder may both
+# create pods here; only the worker may use the identity. Pods without the identity label are
+# checked too once the namespace is labelled winflow.io/enforce=true.
+kubectl create role pod-creator -n airflow --verb=create,get,delete --resource=pods
+kubectl create rolebinding pod-creator -n airflow --role=pod-creator \
+  --serviceaccount=airflow:airflow-worker --serviceaccount=airflow:intruder
+kubectl label namespace airflow winflow.io/enforce=true
+while_operator_runs kubectl wait -n airflow --for=condition=Enforced wti --all --timeout=60s
+kubectl get wti payroll-export -n airflow -o jsonpath='Enforced: {.status.conditions[?(@.type=="Enforced")].reason}
+'
+kubectl get rolebinding winflow-payroll-export-use -n airflow \
+  -o jsonpath='winflow-payroll-export-use binds: {range .subjects[*]}{.kind}/{.name} {end}
+'
+worker=(--as=system:serviceaccount:airflow:airflow-worker)
+
 # A task pod as the KubernetesPodOperator creates it; the webhook fills in the identity.
 task_pod() {
   cat <<POD
@@ -264,8 +280,8 @@ spec:
 POD
 }
 
-step "admission webhook: a pod of DAG payroll_export is admitted with its identity injected"
-task_pod payroll-export-upload payroll_export | kubectl create -n airflow -f -
+step "admission webhook: the worker's pod of DAG payroll_export is admitted with its identity injected"
+task_pod payroll-export-upload payroll_export | kubectl create "${worker[@]}" -n airflow -f -
 kubectl get pod payroll-export-upload -n airflow -o jsonpath='serviceAccountName: {.spec.serviceAccountName}
 nodeSelector: {.spec.nodeSelector}
 hostname: {.spec.hostname}
@@ -275,8 +291,16 @@ gmsaCredentialSpec: {.spec.securityContext.windowsOptions.gmsaCredentialSpec}
 '
 
 step "admission webhook: a pod of DAG payroll_cleanup is denied"
-if task_pod payroll-cleanup-upload payroll_cleanup | kubectl create -n airflow -f - 2>"$state_dir/denied.txt"; then
+if task_pod payroll-cleanup-upload payroll_cleanup | kubectl create "${worker[@]}" -n airflow -f - 2>"$state_dir/denied.txt"; then
   log "the pod of payroll_cleanup was admitted; the webhook should have denied it"
+  exit 1
+fi
+cat "$state_dir/denied.txt"
+
+step "admission webhook: the same pod, created by a service account that may not use the identity, is denied"
+if task_pod payroll-export-stolen payroll_export \
+  | kubectl create --as=system:serviceaccount:airflow:intruder -n airflow -f - 2>"$state_dir/denied.txt"; then
+  log "the intruder's pod was admitted; the webhook should have denied it"
   exit 1
 fi
 cat "$state_dir/denied.txt"
@@ -297,7 +321,7 @@ kubectl get secret payroll-export-token -n airflow \
   -o go-template='Secret {{.metadata.name}} ({{.type}}): keys{{range $k, $v := .data}} {{$k}}{{end}}; winflow.io/expires-at {{index .metadata.annotations "winflow.io/expires-at"}}{{"\n"}}'
 
 step "admission webhook: a new pod of payroll-export gets the token as env and as a file"
-task_pod payroll-export-token-upload payroll_export | kubectl create -n airflow -f -
+task_pod payroll-export-token-upload payroll_export | kubectl create "${worker[@]}" -n airflow -f -
 kubectl get pod payroll-export-token-upload -n airflow \
   -o jsonpath='{range .spec.containers[0].env[*]}{.name}{" "}{.valueFrom.secretKeyRef.name}{.value}{"\n"}{end}{range .spec.containers[0].volumeMounts[*]}mount {.name} at {.mountPath}{"\n"}{end}'
 
