@@ -342,19 +342,7 @@ fn assert_owned_by(meta: &ObjectMeta, identity: &WindowsTaskIdentity) {
     assert_eq!(owner.controller, Some(true));
 }
 
-async fn set_enforce_label(env: &TestEnv, value: Option<&str>) {
-    use k8s_openapi::api::core::v1::Namespace;
-    Api::<Namespace>::all(env.client.clone())
-        .patch(
-            &env.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"winflow.io/enforce": value}}})),
-        )
-        .await
-        .unwrap();
-}
-
-/// Issue 13: the webhook lets a pod use identity N only when its creator may `use`
+/// The webhook lets a pod use identity N only when its creator may `use`
 /// windowstaskidentities/N; winflow keeps the Role that grants exactly that and binds
 /// `spec.access.creators` to it, and says on the identity whether its namespace is enforced.
 #[tokio::test]
@@ -461,19 +449,19 @@ async fn creators_may_use_the_identity_and_enforced_follows_the_namespace_label(
         )),
         "{message}"
     );
-    set_enforce_label(&env, Some("true")).await;
+    support::set_enforce_label(&env, Some("true")).await;
     for name in ["reports", "payroll"] {
         let identity: WindowsTaskIdentity =
             support::wait_for_condition(&env, name, "Enforced", "True", Some("NamespaceEnforced")).await;
         assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
     }
-    set_enforce_label(&env, Some("false")).await;
+    support::set_enforce_label(&env, Some("false")).await;
     let identity: WindowsTaskIdentity =
         support::wait_for_condition(&env, "reports", "Enforced", "False", Some("NamespaceNotEnforced")).await;
     assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
-    set_enforce_label(&env, Some("true")).await;
+    support::set_enforce_label(&env, Some("true")).await;
     support::wait_for_condition::<WindowsTaskIdentity>(&env, "reports", "Enforced", "True", None).await;
-    set_enforce_label(&env, None).await;
+    support::set_enforce_label(&env, None).await;
     support::wait_for_condition::<WindowsTaskIdentity>(&env, "reports", "Enforced", "False", None).await;
     // Each change is an Event: Normal when the namespace became enforced, Warning when it
     // stopped being (the Recorder may count repeats in one Event's series).

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -19,14 +19,6 @@ use support::{TestEnv, wait_until};
 use winflow::api::WindowsTaskIdentity;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn create_pod(client: &Client, namespace: &str, pod: Value) -> Result<Pod, String> {
-    let pod: Pod = serde_json::from_value(pod).unwrap();
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 /// A pod of `identity` for `dag_id`, as the KubernetesPodOperator builds it.
 fn task_pod(name: &str, identity: &str, dag_id: &str, task_id: &str) -> Value {
@@ -133,7 +125,7 @@ async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
 async fn when_webhook_active(env: &TestEnv) {
     wait_until("webhook active", TIMEOUT, || async {
         let probe = task_pod("probe", "payroll-export", "not_allowed", "export_ledger");
-        match create_pod(&env.client, &env.namespace, probe).await {
+        match support::create_pod(&env.client, &env.namespace, probe).await {
             Err(e) if e.contains("payroll-export") => Some(()),
             Ok(_) => {
                 let _ = env.api::<Pod>().delete("probe", &Default::default()).await;
@@ -198,7 +190,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
 
     // Row 1: create pods, a matching dag_id, the identity's label; but no `use`.
     let intruder = env.client_as_service_account("intruder").await;
-    let err = create_pod(
+    let err = support::create_pod(
         &intruder,
         &ns,
         task_pod("stolen", "payroll-export", "payroll_export", "export_ledger"),
@@ -218,7 +210,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     // The worker's service account is listed in spec.access.creators: its KubernetesPodOperator
     // pod is admitted with the gMSA filled in.
     let worker = env.client_as_service_account("airflow-worker").await;
-    let pod = create_pod(
+    let pod = support::create_pod(
         &worker,
         &ns,
         task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
@@ -233,7 +225,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     executor["metadata"]["labels"]["winflow.io/role"] = json!("executor");
     executor["metadata"]["annotations"] = json!({"dag_id": "payroll_export", "task_id": "upload",
         "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "1"});
-    create_pod(&scheduler, &ns, executor).await.unwrap();
+    support::create_pod(&scheduler, &ns, executor).await.unwrap();
 
     // Row 7: an ephemeral container on the identity's running pod runs as the identity too.
     let err = add_ephemeral_container(&intruder, &ns, "export-1", json!({}))
@@ -256,7 +248,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     .await;
     assert!(denied >= 3, "probe, stolen pod and ephemeral container: {denied}");
     // The controller's own status writes (a new pod changes the counts) keep the webhook's.
-    create_pod(
+    support::create_pod(
         &worker,
         &ns,
         task_pod("export-2", "payroll-export", "payroll_export", "export_ledger"),
@@ -410,12 +402,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
     let _: WindowsTaskIdentity = support::wait_for_condition(&env, "finance-reports", "Ready", "True", None).await;
     let webhook = support::webhook::start_webhook(&env).await;
-    let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    let enforce = json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}});
-    namespaces
-        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(&enforce))
-        .await
-        .unwrap();
+    support::set_enforce_label(&env, Some("true")).await;
     when_webhook_active(&env).await;
     let ns = env.namespace.clone();
     let client = env.client.clone();
@@ -425,7 +412,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
             plain_pod("probe-plain"),
             &json!({"serviceAccountName": "payroll-export"}),
         );
-        match create_pod(&client, &ns, probe).await {
+        match support::create_pod(&client, &ns, probe).await {
             Err(e) if e.contains("ServiceAccount") || e.contains("service account") => Some(()),
             Ok(_) => {
                 let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
@@ -450,7 +437,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
         );
         async move {
             let before = denied_for(hook, &reason);
-            let err = create_pod(&client, &ns, pod).await.unwrap_err();
+            let err = support::create_pod(&client, &ns, pod).await.unwrap_err();
             for part in &found {
                 assert!(err.contains(part.as_str()), "{reason}: {part} in {err}");
             }
@@ -479,7 +466,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
         .await;
     }
     // ... while the identity's own pod gets it, as winflow injects it.
-    let own = create_pod(
+    let own = support::create_pod(
         &env.client,
         &ns,
         task_pod("own-token", "tokened", "payroll_export", "export_ledger"),
@@ -515,7 +502,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     )
     .await;
     // ... while the identity that lists it mounts it.
-    let listed = create_pod(
+    let listed = support::create_pod(
         &env.client,
         &ns,
         task_pod("listed", "finance-reports", "finance_daily", "copy"),
@@ -570,7 +557,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     .await;
 
     // The identity label is fixed for a pod's lifetime: not added on UPDATE.
-    let plain = create_pod(&env.client, &ns, plain_pod("plain")).await.unwrap();
+    let plain = support::create_pod(&env.client, &ns, plain_pod("plain")).await.unwrap();
     let relabel = json!({"metadata": {"labels": {"winflow.io/identity": "payroll-export"}}});
     let err = env
         .api::<Pod>()

@@ -64,7 +64,7 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
         let _: WindowsTaskIdentity = support::wait_for_condition(&env, name, "Ready", "True", None).await;
     }
     // Enforced reads the namespace's label through the namespace watch.
-    set_enforce_label(&env).await;
+    support::set_enforce_label(&env, Some("true")).await;
     for name in ["finance-reports", "payroll-export"] {
         let identity: WindowsTaskIdentity =
             support::wait_for_condition(&env, name, "Enforced", "True", Some("NamespaceEnforced")).await;
@@ -280,82 +280,64 @@ async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_sub
     operator.stop().await;
 }
 
-/// Labels the test's namespace `winflow.io/enforce: "true"`.
-async fn set_enforce_label(env: &TestEnv) {
-    Api::<Namespace>::all(env.client.clone())
-        .patch(
-            &env.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}})),
-        )
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_says_why() {
-    let env = TestEnv::new("rbac-no-use").await;
-    let operator_client = install_operator_rbac(&env, without_use_on("gmsacredentialspecs")).await;
+/// The operator without verb `use` on `resource`: the Role `refused_role` that would grant
+/// `use` is refused by RBAC escalation prevention, and the identity says so (`AccessGranted`
+/// and `Ready` false, `ApiError`) while its other objects are in place.
+async fn without_use_the_role_is_refused(test: &str, resource: &'static str, refused_role: &str, kept_role: &str) {
+    let env = TestEnv::new(test).await;
+    let operator_client = install_operator_rbac(&env, without_use_on(resource)).await;
     let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let identity: WindowsTaskIdentity =
         support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
     let access = support::condition(&identity, "AccessGranted").unwrap();
     assert!(
-        access.message.contains("Role winflow-payroll-export-gmsa"),
-        "{}",
-        access.message
-    );
-    assert!(
-        access.message.contains("escalat") || access.message.contains("not currently held"),
-        "{}",
-        access.message
-    );
-    // The rest of the identity's objects are still in place.
-    assert_eq!(
-        support::condition(&identity, "CredentialSpecReady").unwrap().status,
-        "True"
-    );
-    assert_eq!(
-        support::condition(&identity, "PodTemplateReady").unwrap().status,
-        "True"
-    );
-    operator.stop().await;
-}
-
-#[tokio::test]
-async fn without_use_on_identities_the_use_role_is_refused_and_the_identity_says_why() {
-    let env = TestEnv::new("rbac-no-use-identity").await;
-    let operator_client = install_operator_rbac(&env, without_use_on("windowstaskidentities")).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
-    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
-    let identity: WindowsTaskIdentity =
-        support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
-    let access = support::condition(&identity, "AccessGranted").unwrap();
-    assert!(
-        access.message.contains("Role winflow-payroll-export-use")
+        access.message.contains(&format!("Role {refused_role}"))
             && (access.message.contains("escalat") || access.message.contains("not currently held")),
         "{}",
         access.message
     );
     let ready = support::condition(&identity, "Ready").unwrap();
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ApiError"));
-    // The credential spec's Role is in place.
+    for condition in ["CredentialSpecReady", "PodTemplateReady"] {
+        assert_eq!(
+            support::condition(&identity, condition).unwrap().status,
+            "True",
+            "{condition}"
+        );
+    }
+    let roles = env.api::<Role>();
     assert!(
-        env.api::<Role>()
-            .get_opt("winflow-payroll-export-gmsa")
-            .await
-            .unwrap()
-            .is_some()
+        roles.get_opt(kept_role).await.unwrap().is_some(),
+        "{kept_role} is in place"
     );
     assert!(
-        env.api::<Role>()
-            .get_opt("winflow-payroll-export-use")
-            .await
-            .unwrap()
-            .is_none()
+        roles.get_opt(refused_role).await.unwrap().is_none(),
+        "{refused_role} was refused"
     );
     operator.stop().await;
+}
+
+#[tokio::test]
+async fn without_use_on_credential_specs_the_role_is_refused_and_the_identity_says_why() {
+    without_use_the_role_is_refused(
+        "rbac-no-use",
+        "gmsacredentialspecs",
+        "winflow-payroll-export-gmsa",
+        "winflow-payroll-export-use",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_use_on_identities_the_use_role_is_refused_and_the_identity_says_why() {
+    without_use_the_role_is_refused(
+        "rbac-no-use-identity",
+        "windowstaskidentities",
+        "winflow-payroll-export-use",
+        "winflow-payroll-export-gmsa",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::{TestEnv, wait_until};
 use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
@@ -26,20 +26,12 @@ fn task_pod(name: &str, dag_id: &str, task_id: &str) -> Value {
     })
 }
 
-async fn create_pod(client: &Client, namespace: &str, pod: Value) -> Result<Pod, String> {
-    let pod: Pod = serde_json::from_value(pod).unwrap();
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Creates a pod, retrying while the webhook configuration is still being picked up by the
 /// API server (a few seconds after registration); returns the final answer.
 async fn create_when_webhook_active(env: &TestEnv, pod: Value) -> Result<Pod, String> {
     wait_until("webhook active", TIMEOUT, || async {
         let probe = task_pod("probe", "payroll", "export_ledger");
-        match create_pod(&env.client, &env.namespace, probe).await {
+        match support::create_pod(&env.client, &env.namespace, probe).await {
             Err(e) if e.contains("payroll-export") => Some(()),
             Ok(_) => {
                 let _ = Api::<Pod>::namespaced(env.client.clone(), &env.namespace)
@@ -51,7 +43,7 @@ async fn create_when_webhook_active(env: &TestEnv, pod: Value) -> Result<Pod, St
         }
     })
     .await;
-    create_pod(&env.client, &env.namespace, pod).await
+    support::create_pod(&env.client, &env.namespace, pod).await
 }
 
 async fn ready_example(env: &TestEnv) {
@@ -111,7 +103,9 @@ async fn pods_get_their_identity_injected_and_the_credential_spec_inlined() {
         "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
                  "containers": [{"name": "base", "image": "registry.example.com/airflow/worker:3.3.2"}]}
     });
-    let worker = create_pod(&env.client, &env.namespace, executor).await.unwrap();
+    let worker = support::create_pod(&env.client, &env.namespace, executor)
+        .await
+        .unwrap();
     let worker_spec = worker.spec.unwrap();
     assert_eq!(worker_spec.service_account_name.as_deref(), Some("payroll-export"));
     assert!(
@@ -125,7 +119,7 @@ async fn pods_get_their_identity_injected_and_the_credential_spec_inlined() {
 
     // Pods without the label never reach the webhook.
     let plain = json!({"metadata": {"name": "plain"}, "spec": {"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}});
-    let plain = create_pod(&env.client, &env.namespace, plain).await.unwrap();
+    let plain = support::create_pod(&env.client, &env.namespace, plain).await.unwrap();
     assert!(
         plain
             .spec
@@ -175,7 +169,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         .await
         .unwrap_err();
     assert!(err.contains(r#"dag "payroll" may not use identity "payroll-export" (allowed dag ids: payroll_export, payroll_backfill_*)"#), "{err}");
-    let err = create_pod(
+    let err = support::create_pod(
         &env.client,
         &env.namespace,
         task_pod("cleanup-1", "payroll_export", "cleanup"),
@@ -196,7 +190,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         .unwrap();
     let mut other_account = task_pod("sa-1", "payroll_export", "upload");
     other_account["spec"]["serviceAccountName"] = json!("payroll-admin");
-    let err = create_pod(&env.client, &env.namespace, other_account)
+    let err = support::create_pod(&env.client, &env.namespace, other_account)
         .await
         .unwrap_err();
     assert!(
@@ -206,11 +200,15 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     let mut admin = task_pod("admin-1", "payroll_export", "upload");
     admin["spec"]["containers"][0]["securityContext"] =
         json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}});
-    let err = create_pod(&env.client, &env.namespace, admin).await.unwrap_err();
+    let err = support::create_pod(&env.client, &env.namespace, admin)
+        .await
+        .unwrap_err();
     assert!(err.contains("ContainerAdministrator"), "{err}");
     let mut privileged = task_pod("priv-1", "payroll_export", "upload");
     privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
-    let err = create_pod(&env.client, &env.namespace, privileged).await.unwrap_err();
+    let err = support::create_pod(&env.client, &env.namespace, privileged)
+        .await
+        .unwrap_err();
     assert!(err.contains("privileged"), "{err}");
     // The identity's own template with a pod_override-style securityContext (Airflow replaces
     // the whole field) naming another identity's credential spec.
@@ -226,7 +224,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     from_template["metadata"]["labels"]["task_id"] = json!("upload");
     let other_spec = format!("{}.finance-reports", env.namespace);
     from_template["spec"]["securityContext"] = json!({"windowsOptions": {"gmsaCredentialSpecName": other_spec}});
-    let err = create_pod(&env.client, &env.namespace, from_template.clone())
+    let err = support::create_pod(&env.client, &env.namespace, from_template.clone())
         .await
         .unwrap_err();
     assert!(
@@ -235,7 +233,9 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     );
     // Without the override the same template is admitted.
     from_template["spec"]["securityContext"] = json!(null);
-    create_pod(&env.client, &env.namespace, from_template).await.unwrap();
+    support::create_pod(&env.client, &env.namespace, from_template)
+        .await
+        .unwrap();
 
     // The identity label cannot be moved to another identity afterwards.
     let relabel = json!({"metadata": {"labels": {"winflow.io/identity": "finance-reports"}}});
@@ -264,7 +264,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     let mut not_ready = task_pod("broken-1", "payroll_export", "upload");
     not_ready["metadata"]["labels"]["winflow.io/identity"] = json!("broken");
     let err = wait_until("the webhook sees broken", TIMEOUT, || async {
-        let err = create_pod(&env.client, &env.namespace, not_ready.clone())
+        let err = support::create_pod(&env.client, &env.namespace, not_ready.clone())
             .await
             .unwrap_err();
         err.contains("is not Ready").then_some(err)
@@ -274,7 +274,9 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
 
     let mut unknown = task_pod("ghost-1", "payroll_export", "upload");
     unknown["metadata"]["labels"]["winflow.io/identity"] = json!("ghost");
-    let err = create_pod(&env.client, &env.namespace, unknown).await.unwrap_err();
+    let err = support::create_pod(&env.client, &env.namespace, unknown)
+        .await
+        .unwrap_err();
     assert!(err.contains(r#"identity "ghost" does not exist"#), "{err}");
 
     // Denials are Events on the identity.
@@ -302,12 +304,7 @@ async fn enforcement_namespaces_refuse_unlabelled_pods_using_winflow_credential_
     let operator = env.start_operator(Duration::from_secs(300));
     ready_example(&env).await;
     let _webhook = support::webhook::start_webhook(&env).await;
-    let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    let enforce = json!({"metadata": {"labels": {"winflow.io/enforce": "true"}}});
-    namespaces
-        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(&enforce))
-        .await
-        .unwrap();
+    support::set_enforce_label(&env, Some("true")).await;
 
     let sneaky = json!({
         "metadata": {"name": "sneaky", "labels": {"app": "reports"}},
@@ -316,7 +313,7 @@ async fn enforcement_namespaces_refuse_unlabelled_pods_using_winflow_credential_
                  "containers": [{"name": "c", "image": "busybox"}]}
     });
     let err = wait_until("enforcement active", TIMEOUT, || async {
-        match create_pod(&env.client, &env.namespace, sneaky.clone()).await {
+        match support::create_pod(&env.client, &env.namespace, sneaky.clone()).await {
             Err(e) => Some(e),
             Ok(_) => {
                 let _ = Api::<Pod>::namespaced(env.client.clone(), &env.namespace)

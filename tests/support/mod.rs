@@ -447,3 +447,25 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sets the test namespace's `winflow.io/enforce` label to `value` (removes it with `None`).
+pub async fn set_enforce_label(env: &TestEnv, value: Option<&str>) {
+    let label = serde_json::json!({"metadata": {"labels": {"winflow.io/enforce": value}}});
+    Api::<Namespace>::all(env.client.clone())
+        .patch(&env.namespace, &PatchParams::default(), &Patch::Merge(label))
+        .await
+        .unwrap();
+}
+
+/// Creates the pod `pod` (JSON) in `namespace`; a refusal comes back as the API server's text.
+pub async fn create_pod(
+    client: &Client,
+    namespace: &str,
+    pod: serde_json::Value,
+) -> Result<k8s_openapi::api::core::v1::Pod, String> {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    Api::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| e.to_string())
+}
