@@ -341,6 +341,24 @@ async fn without_use_on_identities_the_use_role_is_refused_and_the_identity_says
 }
 
 #[tokio::test]
+async fn without_namespace_rights_identities_still_converge_and_say_what_they_cannot_tell() {
+    let env = TestEnv::new("rbac-no-namespaces").await;
+    let operator_client = install_operator_rbac(&env, without_rule_on("namespaces")).await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "Enforced", "False", Some("NamespaceUnknown")).await;
+    let enforced = support::condition(&identity, "Enforced").unwrap();
+    assert!(
+        enforced.message.contains("list and watch on namespaces"),
+        "{}",
+        enforced.message
+    );
+    assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
+    operator.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_are_issued_and_removed_under_the_operators_rbac() {
     let env = TestEnv::new("rbac-token").await;
     let (issuer, jwks) = support::service_account_issuer(&env.client).await;

@@ -21,6 +21,7 @@ pub const REASON_API_ERROR: &str = "ApiError";
 pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
 pub const REASON_NAMESPACE_ENFORCED: &str = "NamespaceEnforced";
 pub const REASON_NAMESPACE_NOT_ENFORCED: &str = "NamespaceNotEnforced";
+pub const REASON_NAMESPACE_UNKNOWN: &str = "NamespaceUnknown";
 
 /// A condition's wanted state, before bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]

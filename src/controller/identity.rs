@@ -469,6 +469,9 @@ fn subjects_of(binding: &RoleBinding) -> Vec<String> {
         .collect()
 }
 
+/// How long the first reconcile waits for the namespace cache's initial list.
+const NAMESPACE_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Whether the identity's namespace is labelled `winflow.io/enforce: "true"`, from the
 /// namespace cache, as the `Enforced` condition.
 async fn observe_enforcement(identity: &WindowsTaskIdentity, ctx: &Context) -> ConditionState {
@@ -477,8 +480,19 @@ async fn observe_enforcement(identity: &WindowsTaskIdentity, ctx: &Context) -> C
         .namespaces
         .get()
         .expect("the identity controller sets the namespace cache before reconciling");
-    // Until the first list is in, an empty cache would report every namespace unlabelled.
-    super::store_synced(store).await;
+    // Until the first list is in, an empty cache would report every namespace unlabelled. It
+    // comes within milliseconds, unless winflow may not list namespaces: then reconciles wait
+    // until a shared deadline after the first one, none after it, and the condition says why
+    // it cannot tell.
+    let deadline = *ctx
+        .namespaces_deadline
+        .get_or_init(|| tokio::time::Instant::now() + NAMESPACE_LIST_WAIT);
+    let synced = tokio::time::timeout_at(deadline, super::store_synced(store))
+        .await
+        .unwrap_or(false);
+    if !synced {
+        return status::enforcement_unknown(&namespace);
+    }
     let enforced = store
         .get(&ObjectRef::new(&namespace))
         .is_some_and(|ns| is_enforced(&ns));

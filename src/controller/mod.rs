@@ -63,6 +63,8 @@ pub struct Context {
     /// Namespaces (metadata only), as the identity controller's watch keeps them, for the
     /// `Enforced` condition; set when that controller starts.
     pub namespaces: std::sync::OnceLock<kube::runtime::reflector::Store<Namespaces>>,
+    /// Until when reconciles wait for the namespace cache's initial list (set by the first).
+    pub namespaces_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// The OIDC client and each identity's token refresh failures.
     pub tokens: crate::token::Tokens,
     /// Identity children known to hold what winflow wants, kept by their watches.
@@ -86,6 +88,7 @@ impl Context {
             backoff: backoff::Backoff::default(),
             task_pods: std::sync::OnceLock::new(),
             namespaces: std::sync::OnceLock::new(),
+            namespaces_deadline: std::sync::OnceLock::new(),
             tokens,
             child_versions: child_versions::ChildVersions::default(),
             written_status: written::WrittenStatus::default(),

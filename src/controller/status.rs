@@ -188,6 +188,18 @@ pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
     }
 }
 
+/// `Enforced` while winflow cannot read namespaces (its namespace watch never listed them).
+pub fn enforcement_unknown(namespace: &str) -> ConditionState {
+    ConditionState::new(
+        ENFORCED,
+        false,
+        REASON_NAMESPACE_UNKNOWN,
+        format!(
+            "winflow cannot list namespaces (its ClusterRole needs get, list and watch on namespaces), so it cannot tell whether namespace {namespace:?} is labelled {ENFORCE_LABEL}=true"
+        ),
+    )
+}
+
 /// `Ready` is true when every configuration condition is; otherwise it carries the first
 /// failing condition's reason and message.
 pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {
