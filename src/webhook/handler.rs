@@ -58,24 +58,21 @@ fn decoded<K: Clone>(guarded: &DeserializeGuard<K>) -> Option<Arc<K>> {
     guarded.0.as_ref().ok().map(|object| Arc::new(object.clone()))
 }
 
-/// The decodable objects of a store, in `namespace` (all when `None`).
-fn decoded_in<K: Resource + Clone>(store: &Store<DeserializeGuard<K>>, namespace: Option<&str>) -> Vec<Arc<K>>
-where
+/// Shows `visit` the decodable objects of a store in `namespace` (all when `None`), uncopied.
+fn each_decoded<K: Resource + Clone>(
+    store: &Store<DeserializeGuard<K>>,
+    namespace: Option<&str>,
+    visit: &mut dyn FnMut(&K),
+) where
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
-    store
-        .state()
-        .iter()
-        // Filtered before the copy: a request reads one namespace of a cache of thousands.
-        .filter(|guarded| {
-            let object_namespace = match &guarded.0 {
-                Ok(object) => object.meta().namespace.as_deref(),
-                Err(invalid) => invalid.metadata.namespace.as_deref(),
-            };
-            namespace.is_none() || object_namespace == namespace
-        })
-        .filter_map(|guarded| decoded(guarded))
-        .collect()
+    for guarded in store.state() {
+        if let Ok(object) = &guarded.0
+            && (namespace.is_none() || object.meta().namespace.as_deref() == namespace)
+        {
+            visit(object);
+        }
+    }
 }
 
 impl ResourceCache {
@@ -97,16 +94,12 @@ impl ResourceView for ResourceCache {
         decoded(&*self.identities.get(&ObjectRef::new(name).within(namespace))?)
     }
 
-    fn identities_in(&self, namespace: &str) -> Vec<Arc<WindowsTaskIdentity>> {
-        decoded_in(&self.identities, Some(namespace))
+    fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity)) {
+        each_decoded(&self.identities, namespace, visit);
     }
 
-    fn all_identities(&self) -> Vec<Arc<WindowsTaskIdentity>> {
-        decoded_in(&self.identities, None)
-    }
-
-    fn shares_in(&self, namespace: &str) -> Vec<Arc<WindowsShare>> {
-        decoded_in(&self.shares, Some(namespace))
+    fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare)) {
+        each_decoded(&self.shares, Some(namespace), visit);
     }
 }
 

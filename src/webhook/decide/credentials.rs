@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, LocalObjectReference, PodSpec, Volume};
 
 use super::{Checked, Denial, ResourceView};
 use crate::api::WindowsTaskIdentity;
@@ -74,39 +74,37 @@ pub(super) struct Protected {
 impl Protected {
     pub(super) fn of_namespace(view: &dyn ResourceView, namespace: &str) -> Self {
         let mut protected = Self::default();
-        for identity in view.identities_in(namespace) {
-            let name = identity.metadata.name.clone().unwrap_or_default();
-            let spec = &identity.spec;
-            let mut secret = |secret: String, what: SecretUse| protected.secrets.entry(secret).or_default().push(what);
-            if let Some(token) = &spec.token {
-                let identity = name.clone();
-                secret(
-                    token_secret_name(token.secret_name.as_deref(), &name),
-                    SecretUse::Token { identity },
-                );
-                if let Some(client) = &token.client_secret_ref {
-                    let identity = name.clone();
-                    secret(client.name.clone(), SecretUse::ClientSecret { identity });
-                }
-            }
-            if let Some(host) = spec.host_account.as_ref().and_then(|h| h.kubernetes_secret.as_ref()) {
-                let identity = name.clone();
-                secret(host.name.clone(), SecretUse::HostAccount { identity });
-            }
-            protected
-                .service_accounts
-                .entry(spec.service_account.name.clone())
-                .or_default()
-                .push(name);
-        }
-        for share in view.shares_in(namespace) {
+        view.each_identity(Some(namespace), &mut |identity| protected.add_identity(identity));
+        view.each_share(namespace, &mut |share| {
             let name = share.metadata.name.clone().unwrap_or_default();
-            let credentials = share.spec.credentials_secret_ref.name.clone();
             let share_use = SecretUse::ShareCredentials { share: name.clone() };
-            protected.secrets.entry(credentials).or_default().push(share_use);
+            protected.add_secret(&share.spec.credentials_secret_ref.name, share_use);
             protected.claims.insert(name.clone(), name);
-        }
+        });
         protected
+    }
+
+    fn add_secret(&mut self, secret: &str, what: SecretUse) {
+        self.secrets.entry(secret.to_owned()).or_default().push(what);
+    }
+
+    fn add_identity(&mut self, identity: &WindowsTaskIdentity) {
+        let name = identity.metadata.name.clone().unwrap_or_default();
+        let spec = &identity.spec;
+        if let Some(token) = &spec.token {
+            let token_secret = token_secret_name(token.secret_name.as_deref(), &name);
+            self.add_secret(&token_secret, SecretUse::Token { identity: name.clone() });
+            if let Some(client) = &token.client_secret_ref {
+                self.add_secret(&client.name, SecretUse::ClientSecret { identity: name.clone() });
+            }
+        }
+        if let Some(host) = spec.host_account.as_ref().and_then(|h| h.kubernetes_secret.as_ref()) {
+            self.add_secret(&host.name, SecretUse::HostAccount { identity: name.clone() });
+        }
+        self.service_accounts
+            .entry(spec.service_account.name.clone())
+            .or_default()
+            .push(name);
     }
 
     /// The identities (other than `own`) whose service account `account` is.
@@ -161,6 +159,10 @@ pub(super) fn references(spec: &PodSpec) -> Vec<Reference> {
     found
 }
 
+fn by_ref(reference: Option<&LocalObjectReference>) -> Option<&String> {
+    reference.map(|r| &r.name)
+}
+
 fn volume_references(volume: &Volume, found: &mut Vec<Reference>) {
     let place = format!("volume {:?}", volume.name);
     let mut secret = |name: Option<&String>, how: &str| {
@@ -171,39 +173,41 @@ fn volume_references(volume: &Volume, found: &mut Vec<Reference>) {
             });
         }
     };
-    let name = |r: &Option<k8s_openapi::api::core::v1::LocalObjectReference>| r.as_ref().map(|r| r.name.clone());
-    secret(volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()), "secret");
-    for source in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-        secret(source.secret.as_ref().map(|s| &s.name), "projected secret");
-    }
-    let plugin_secrets = [
+    let secrets = [
+        (volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()), "secret"),
         (
-            name(&volume.csi.as_ref().and_then(|c| c.node_publish_secret_ref.clone())),
+            by_ref(volume.csi.as_ref().and_then(|c| c.node_publish_secret_ref.as_ref())),
             "csi nodePublishSecretRef",
         ),
-        (volume.azure_file.as_ref().map(|a| a.secret_name.clone()), "azureFile"),
+        (volume.azure_file.as_ref().map(|a| &a.secret_name), "azureFile"),
         (
-            name(&volume.cephfs.as_ref().and_then(|c| c.secret_ref.clone())),
+            by_ref(volume.cephfs.as_ref().and_then(|c| c.secret_ref.as_ref())),
             "cephfs",
         ),
         (
-            name(&volume.cinder.as_ref().and_then(|c| c.secret_ref.clone())),
+            by_ref(volume.cinder.as_ref().and_then(|c| c.secret_ref.as_ref())),
             "cinder",
         ),
         (
-            name(&volume.flex_volume.as_ref().and_then(|f| f.secret_ref.clone())),
+            by_ref(volume.flex_volume.as_ref().and_then(|f| f.secret_ref.as_ref())),
             "flexVolume",
         ),
-        (name(&volume.iscsi.as_ref().and_then(|i| i.secret_ref.clone())), "iscsi"),
-        (name(&volume.rbd.as_ref().and_then(|r| r.secret_ref.clone())), "rbd"),
-        (volume.scale_io.as_ref().map(|s| s.secret_ref.name.clone()), "scaleIO"),
         (
-            name(&volume.storageos.as_ref().and_then(|s| s.secret_ref.clone())),
+            by_ref(volume.iscsi.as_ref().and_then(|i| i.secret_ref.as_ref())),
+            "iscsi",
+        ),
+        (by_ref(volume.rbd.as_ref().and_then(|r| r.secret_ref.as_ref())), "rbd"),
+        (volume.scale_io.as_ref().map(|s| &s.secret_ref.name), "scaleIO"),
+        (
+            by_ref(volume.storageos.as_ref().and_then(|s| s.secret_ref.as_ref())),
             "storageos",
         ),
     ];
-    for (plugin_secret, how) in plugin_secrets {
-        secret(plugin_secret.as_ref(), how);
+    for (name, how) in secrets {
+        secret(name, how);
+    }
+    for source in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+        secret(source.secret.as_ref().map(|s| &s.name), "projected secret");
     }
     if let Some(claim) = &volume.persistent_volume_claim {
         found.push(Reference::Claim {

@@ -33,12 +33,12 @@ pub use validate::{validate, validate_ephemeral};
 /// Read-only access to winflow's resources, as the webhook's caches hold them.
 pub trait ResourceView {
     fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>>;
-    /// Every identity of a namespace.
-    fn identities_in(&self, namespace: &str) -> Vec<Arc<WindowsTaskIdentity>>;
-    /// Every identity the webhook knows, in any namespace (credential specs are cluster wide).
-    fn all_identities(&self) -> Vec<Arc<WindowsTaskIdentity>>;
-    /// Every share of a namespace.
-    fn shares_in(&self, namespace: &str) -> Vec<Arc<WindowsShare>>;
+    /// Shows `visit` every identity of `namespace`, or of every namespace with `None`
+    /// (credential specs are cluster wide), without copying them: a review reads a whole
+    /// namespace of a cache that may hold thousands.
+    fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity));
+    /// Shows `visit` every share of `namespace`.
+    fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare));
 }
 
 /// Who asked for what and what was decided: one audit line, the response's audit
@@ -199,17 +199,24 @@ fn identity_label(pod: &Pod) -> Option<&str> {
 /// pod, whoever changes a labelled pod's spec (its image, say), and whoever adds an ephemeral
 /// container to one. Asked by the handler before deciding.
 pub fn identity_to_authorize(kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
-    let subject = subject(request).ok()?;
-    let name = subject.identity_name.clone()?;
-    let needed = match (&subject.operation, kind, subject.ephemeral) {
+    // Read from the review as it came: the pod is decoded once, by the decision itself.
+    let object = request.object.as_ref()?;
+    let name = object.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?.clone();
+    let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
+    let spec_changed = || {
+        request
+            .old_object
+            .as_ref()
+            .is_some_and(|old| old.data.get("spec") != object.data.get("spec"))
+    };
+    let needed = match (&request.operation, kind, ephemeral) {
         (Operation::Create, ReviewKind::Mutate | ReviewKind::Validate, false) => true,
-        (Operation::Update, ReviewKind::Validate, false) => {
-            subject.old.as_ref().is_some_and(|old| old.spec != subject.pod.spec)
-        }
+        (Operation::Update, ReviewKind::Validate, false) => spec_changed(),
         (Operation::Update, ReviewKind::ValidateEphemeral, true) => true,
         _ => false,
     };
-    needed.then_some((subject.namespace, name))
+    let namespace = request.namespace.clone().or_else(|| object.metadata.namespace.clone());
+    needed.then(|| (namespace.unwrap_or_default(), name))
 }
 
 /// The pod whose labels an ephemeral-containers request lacks: Kubernetes before 1.22 sends
@@ -247,10 +254,7 @@ pub fn pod_lookup_failed(request: &AdmissionRequest<DynamicObject>, error: &str)
         "winflow could not read pod {:?} to find out whose identity it runs as ({error}); ephemeral containers are added once it can",
         request.name
     );
-    let mut decision = invalid(request, message);
-    decision.audit.reason = "PodLookupFailed";
-    decision.response.audit_annotations = decision.audit.annotations();
-    decision
+    denied_unread(request, "PodLookupFailed", message)
 }
 
 /// The creator's `use` of the identity, as the handler found it; fail closed.
@@ -311,6 +315,11 @@ fn with_audit(response: AdmissionResponse, audit: Audit) -> Decision {
 }
 
 fn invalid(request: &AdmissionRequest<DynamicObject>, message: String) -> Decision {
+    denied_unread(request, "InvalidPod", message)
+}
+
+/// A denial of a request whose pod was not (or could not be) read.
+fn denied_unread(request: &AdmissionRequest<DynamicObject>, reason: &'static str, message: String) -> Decision {
     let audit = Audit {
         identity: None,
         concerns: None,
@@ -322,7 +331,7 @@ fn invalid(request: &AdmissionRequest<DynamicObject>, message: String) -> Decisi
         try_number: None,
         creator: request.user_info.username.clone().unwrap_or_default(),
         allowed: false,
-        reason: "InvalidPod",
+        reason,
         message: message.clone(),
     };
     with_audit(AdmissionResponse::from(request).deny(&message), audit)

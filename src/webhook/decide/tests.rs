@@ -18,17 +18,23 @@ impl ResourceView for View {
     fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>> {
         self.0.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
-    fn identities_in(&self, namespace: &str) -> Vec<Arc<WindowsTaskIdentity>> {
-        let mut found: Vec<_> = self.0.iter().filter(|((ns, _), _)| ns == namespace).collect();
+    fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity)) {
+        let mut found: Vec<_> = self
+            .0
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .collect();
         found.sort_by_key(|(key, _)| (*key).clone());
-        found.into_iter().map(|(_, identity)| identity.clone()).collect()
+        for (_, identity) in found {
+            visit(identity);
+        }
     }
-    fn all_identities(&self) -> Vec<Arc<WindowsTaskIdentity>> {
-        self.0.values().cloned().collect()
-    }
-    fn shares_in(&self, namespace: &str) -> Vec<Arc<WindowsShare>> {
-        let in_namespace = |s: &&Arc<WindowsShare>| s.metadata.namespace.as_deref() == Some(namespace);
-        self.1.iter().filter(in_namespace).cloned().collect()
+    fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare)) {
+        for share in &self.1 {
+            if share.metadata.namespace.as_deref() == Some(namespace) {
+                visit(share);
+            }
+        }
     }
 }
 

@@ -327,7 +327,8 @@ fn identity_with_account_in(content: &str, view: &dyn ResourceView) -> Option<(S
             ))
         })
         .collect();
-    view.all_identities().into_iter().find_map(|identity| {
+    let mut found = None;
+    view.each_identity(None, &mut |identity| {
         let spec = &identity.spec;
         let domains = [
             spec.domain.dns_name.to_ascii_lowercase(),
@@ -341,11 +342,12 @@ fn identity_with_account_in(content: &str, view: &dyn ResourceView) -> Option<(S
                     .iter()
                     .any(|(name, scope)| *name == account && domains.contains(scope))
             });
-        uses.then(|| {
-            (
+        if uses && found.is_none() {
+            found = Some((
                 identity.metadata.namespace.clone().unwrap_or_default(),
                 identity.metadata.name.clone().unwrap_or_default(),
-            )
-        })
-    })
+            ));
+        }
+    });
+    found
 }
