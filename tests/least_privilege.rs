@@ -20,17 +20,6 @@ use winflow::api::WindowsTaskIdentity;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A pod of `identity` for `dag_id`, as the KubernetesPodOperator builds it.
-fn task_pod(name: &str, identity: &str, dag_id: &str, task_id: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {
-            "winflow.io/identity": identity, "dag_id": dag_id, "task_id": task_id, "kubernetes_pod_operator": "True"}},
-        "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
-                 "containers": [{"name": "base", "image": "registry.example.com/tools:1"}]}
-    })
-}
-
 fn plain_pod(name: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -87,7 +76,7 @@ async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
     let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
         "metadata": {"name": "pod-creator"},
         "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "delete"]},
             {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "update", "patch"]}
         ]
     }))
@@ -124,7 +113,7 @@ async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
 /// probe pod that winflow must deny is admitted until then).
 async fn when_webhook_active(env: &TestEnv) {
     wait_until("webhook active", TIMEOUT, || async {
-        let probe = task_pod("probe", "payroll-export", "not_allowed", "export_ledger");
+        let probe = support::task_pod("probe", "payroll-export", "not_allowed", "export_ledger");
         match support::create_pod(&env.client, &env.namespace, probe).await {
             Err(e) if e.contains("payroll-export") => Some(()),
             Ok(_) => {
@@ -152,32 +141,6 @@ fn denied_for(webhook: &support::webhook::Webhook, reason: &str) -> u64 {
         .sum()
 }
 
-/// `PUT pods/<name>/ephemeralcontainers` as Kubernetes 1.20 serves it (an `EphemeralContainers`
-/// object), adding one debug container with `extra` fields.
-async fn add_ephemeral_container(client: &Client, namespace: &str, pod: &str, extra: Value) -> Result<(), String> {
-    let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/ephemeralcontainers");
-    let current: Value = client
-        .request(http::Request::get(&path).body(Vec::new()).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut container = json!({"name": "debug", "image": "busybox", "targetContainerName": "base",
-        "imagePullPolicy": "IfNotPresent", "terminationMessagePolicy": "File"});
-    for (key, value) in extra.as_object().unwrap() {
-        container[key] = value.clone();
-    }
-    let mut body = current;
-    body["ephemeralContainers"] = json!([container]);
-    let request = http::Request::put(&path)
-        .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&body).unwrap())
-        .unwrap();
-    client
-        .request::<Value>(request)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
 async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says_who() {
     let env = TestEnv::new("lp-creator").await;
@@ -193,7 +156,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     let err = support::create_pod(
         &intruder,
         &ns,
-        task_pod("stolen", "payroll-export", "payroll_export", "export_ledger"),
+        support::task_pod("stolen", "payroll-export", "payroll_export", "export_ledger"),
     )
     .await
     .unwrap_err();
@@ -213,7 +176,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     let pod = support::create_pod(
         &worker,
         &ns,
-        task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
+        support::task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
     )
     .await
     .unwrap();
@@ -221,23 +184,50 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     assert_eq!(options.gmsa_credential_spec_name, Some(format!("{ns}.payroll-export")));
     // The scheduler's, for a KubernetesExecutor worker pod.
     let scheduler = env.client_as_service_account("airflow-scheduler").await;
-    let mut executor = task_pod("upload-1", "payroll-export", "payroll_export", "upload");
+    let mut executor = support::task_pod("upload-1", "payroll-export", "payroll_export", "upload");
     executor["metadata"]["labels"]["winflow.io/role"] = json!("executor");
     executor["metadata"]["annotations"] = json!({"dag_id": "payroll_export", "task_id": "upload",
         "run_id": "scheduled__2026-12-01T00:00:00+00:00", "try_number": "1"});
     support::create_pod(&scheduler, &ns, executor).await.unwrap();
 
     // Row 7: an ephemeral container on the identity's running pod runs as the identity too.
-    let err = add_ephemeral_container(&intruder, &ns, "export-1", json!({}))
+    let err = support::add_ephemeral_container(&intruder, &ns, "export-1", "debug", json!({}))
         .await
         .unwrap_err();
     assert!(
         err.contains("may not add ephemeral containers to pods of identity \"payroll-export\""),
         "{err}"
     );
-    add_ephemeral_container(&worker, &ns, "export-1", json!({}))
+    support::add_ephemeral_container(&worker, &ns, "export-1", "debug", json!({}))
         .await
         .unwrap();
+
+    // Changing a running pod's spec (its image) is using the identity too; its metadata is not.
+    let pods_of = |client: &Client| Api::<Pod>::namespaced(client.clone(), &ns);
+    let patch = PatchParams::default();
+    let new_image = Patch::Strategic(json!({"spec": {"containers": [
+        {"name": "base", "image": "registry.example.com/payroll/export-win:2.1"}]}}));
+    let err = pods_of(&intruder)
+        .patch("export-1", &patch, &new_image)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("may not change pods of identity \"payroll-export\""),
+        "{err}"
+    );
+    pods_of(&worker).patch("export-1", &patch, &new_image).await.unwrap();
+    let annotate = Patch::Merge(json!({"metadata": {"annotations": {"reviewed-by": "on-call"}}}));
+    pods_of(&intruder).patch("export-1", &patch, &annotate).await.unwrap();
+    // The identity label stays, whoever asks.
+    let unlabel = Patch::Merge(json!({"metadata": {"labels": {"winflow.io/identity": null}}}));
+    let err = env
+        .api::<Pod>()
+        .patch("export-1", &patch, &unlabel)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be added, changed or removed"), "{err}");
 
     // Denials are counted on the identity and told there as Events, reason the rule.
     let denied = wait_until("status.pods.denied counts the denials", TIMEOUT, || async {
@@ -251,7 +241,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
     support::create_pod(
         &worker,
         &ns,
-        task_pod("export-2", "payroll-export", "payroll_export", "export_ledger"),
+        support::task_pod("export-2", "payroll-export", "payroll_export", "export_ledger"),
     )
     .await
     .unwrap();
@@ -449,7 +439,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     // identity and from an unlabelled pod.
     for (way, reference) in secret_references("tokened-token") {
         let labelled = with(
-            task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
+            support::task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
             &reference,
         );
         expect_denied(
@@ -469,7 +459,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     let own = support::create_pod(
         &env.client,
         &ns,
-        task_pod("own-token", "tokened", "payroll_export", "export_ledger"),
+        support::task_pod("own-token", "tokened", "payroll_export", "export_ledger"),
     )
     .await
     .unwrap();
@@ -492,7 +482,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     )
     .await;
     let other = with(
-        task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
+        support::task_pod("x", "payroll-export", "payroll_export", "export_ledger"),
         &claim,
     );
     expect_denied(
@@ -505,7 +495,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     let listed = support::create_pod(
         &env.client,
         &ns,
-        task_pod("listed", "finance-reports", "finance_daily", "copy"),
+        support::task_pod("listed", "finance-reports", "finance_daily", "copy"),
     )
     .await
     .unwrap();
@@ -524,7 +514,10 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     ] {
         for (_, reference) in secret_references(secret) {
             expect_denied(with(plain_pod("x"), &reference), reason, &[secret]).await;
-            let labelled = with(task_pod("x", "finance-reports", "finance_daily", "copy"), &reference);
+            let labelled = with(
+                support::task_pod("x", "finance-reports", "finance_daily", "copy"),
+                &reference,
+            );
             expect_denied(labelled, reason, &[secret]).await;
         }
     }
@@ -544,6 +537,23 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
         with(plain_pod("x"), &renamed),
         "GmsaAccountOfIdentity",
         &["identity \"finance-reports\""],
+    )
+    .await;
+
+    // Another gMSA under its own name is the upstream gMSA webhook's business: admitted.
+    let webapp = json!({"securityContext": {"windowsOptions": {"gmsaCredentialSpecName": "webapp-gmsa",
+        "gmsaCredentialSpec": "{\"ActiveDirectoryConfig\":{\"GroupManagedServiceAccounts\":[{\"Name\":\"webapp\",\"Scope\":\"CORP\"}]}}"}}});
+    support::create_pod(&env.client, &ns, with(plain_pod("webapp"), &webapp))
+        .await
+        .unwrap();
+    // A pod of an identity carries its own contents only, at every level.
+    let mut foreign = support::task_pod("x", "finance-reports", "finance_daily", "copy");
+    foreign["spec"]["containers"][0]["securityContext"] = json!({"windowsOptions": {
+        "gmsaCredentialSpecName": format!("{ns}.finance-reports"), "gmsaCredentialSpec": "{\"CmsPlugins\":[]}"}});
+    expect_denied(
+        foreign,
+        "GmsaConflict",
+        &["contents other than identity \"finance-reports\""],
     )
     .await;
 
@@ -569,7 +579,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     assert!(!plain.metadata.labels.unwrap().contains_key("winflow.io/identity"));
     // Nor does an ephemeral container of an unlabelled pod read a token.
     let steal = json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "tokened-token", "key": "access_token"}}}]});
-    let err = add_ephemeral_container(&env.client, &ns, "plain", steal)
+    let err = support::add_ephemeral_container(&env.client, &ns, "plain", "debug", steal)
         .await
         .unwrap_err();
     assert!(

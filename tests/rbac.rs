@@ -172,15 +172,20 @@ async fn the_operator_works_under_its_own_rbac_and_no_more() {
 
 /// deploy/rbac.yaml's rules without verb `use` on `resource`.
 fn without_use_on(resource: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
+    without_verb_on(resource, "use")
+}
+
+/// deploy/rbac.yaml's rules without `verb` on `resource`.
+fn without_verb_on(resource: &'static str, verb: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
     move |rules| {
         let mut found = false;
         for rule in rules.iter_mut() {
-            if rule.resources.iter().flatten().any(|r| r == resource) && rule.verbs.iter().any(|v| v == "use") {
-                rule.verbs.retain(|verb| verb != "use");
+            if rule.resources.iter().flatten().any(|r| r == resource) && rule.verbs.iter().any(|v| v == verb) {
+                rule.verbs.retain(|v| v != verb);
                 found = true;
             }
         }
-        assert!(found, "deploy/rbac.yaml grants use on {resource}");
+        assert!(found, "deploy/rbac.yaml grants {verb} on {resource}");
         rules.retain(|rule| !rule.verbs.is_empty());
     }
 }
@@ -236,20 +241,7 @@ async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_sub
     })
     .await;
     assert_eq!(admitted, format!("{}.payroll-export", env.namespace));
-    let path = format!("/api/v1/namespaces/{}/pods/export-1/ephemeralcontainers", env.namespace);
-    let mut debug: serde_json::Value = env
-        .client
-        .request(http::Request::get(&path).body(Vec::new()).unwrap())
-        .await
-        .unwrap();
-    debug["ephemeralContainers"] = serde_json::json!([{"name": "debug", "image": "busybox",
-        "imagePullPolicy": "IfNotPresent", "terminationMessagePolicy": "File"}]);
-    let put = http::Request::put(&path)
-        .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&debug).unwrap())
-        .unwrap();
-    env.client
-        .request::<serde_json::Value>(put)
+    support::add_ephemeral_container(&env.client, &env.namespace, "export-1", "debug", serde_json::json!({}))
         .await
         .expect("the webhook reads the pod's labels and asks about the adder");
     assert_eq!(
@@ -259,6 +251,19 @@ async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_sub
         ),
         1
     );
+
+    // Without `get pods`, winflow cannot tell whose pod it is: the ephemeral container is denied.
+    install_operator_rbac(&env, without_verb_on("pods", "get")).await;
+    let err = support::add_ephemeral_container(
+        &env.client,
+        &env.namespace,
+        "export-1",
+        "debug-2",
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("winflow could not read pod \"export-1\""), "{err}");
 
     // Without the right to ask, nobody is let in: a creator the webhook has not asked about yet
     // (an admin impersonating another user) is denied with the reason.

@@ -238,13 +238,7 @@ fn secret_writes(operator: &support::Operator) -> u64 {
 
 /// A task pod of the identity as the KubernetesPodOperator builds it.
 fn task_pod(name: &str, identity: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "winflow.io/identity": identity, "dag_id": "payroll_export", "task_id": "export_ledger", "kubernetes_pod_operator": "True"}},
-        "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
-                 "containers": [{"name": "base", "image": "registry.example.com/payroll/export-win:2.0"}]}
-    }))
-    .unwrap()
+    serde_json::from_value(support::task_pod(name, identity, "payroll_export", "export_ledger")).unwrap()
 }
 
 async fn create_pod(env: &TestEnv, pod: &Pod) -> Result<Pod, String> {

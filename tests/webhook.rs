@@ -15,22 +15,11 @@ use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A task pod of the payroll example, as the KubernetesPodOperator builds it.
-fn task_pod(name: &str, dag_id: &str, task_id: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {
-            "winflow.io/identity": "payroll-export", "dag_id": dag_id, "task_id": task_id, "kubernetes_pod_operator": "True"}},
-        "spec": {"automountServiceAccountToken": false, "restartPolicy": "Never",
-                 "containers": [{"name": "base", "image": "registry.example.com/payroll/export-win:2.0"}]}
-    })
-}
-
 /// Creates a pod, retrying while the webhook configuration is still being picked up by the
 /// API server (a few seconds after registration); returns the final answer.
 async fn create_when_webhook_active(env: &TestEnv, pod: Value) -> Result<Pod, String> {
     wait_until("webhook active", TIMEOUT, || async {
-        let probe = task_pod("probe", "payroll", "export_ledger");
+        let probe = support::task_pod("probe", "payroll-export", "payroll", "export_ledger");
         match support::create_pod(&env.client, &env.namespace, probe).await {
             Err(e) if e.contains("payroll-export") => Some(()),
             Ok(_) => {
@@ -59,9 +48,12 @@ async fn pods_get_their_identity_injected_and_the_credential_spec_inlined() {
     ready_example(&env).await;
     let webhook = support::webhook::start_webhook(&env).await;
 
-    let pod = create_when_webhook_active(&env, task_pod("export-1", "payroll_export", "export_ledger"))
-        .await
-        .unwrap();
+    let pod = create_when_webhook_active(
+        &env,
+        support::task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
     let spec = pod.spec.unwrap();
     assert_eq!(spec.service_account_name.as_deref(), Some("payroll-export"));
     assert_eq!(spec.node_selector.unwrap()["kubernetes.io/os"], "windows");
@@ -165,14 +157,17 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     ready_example(&env).await;
     let webhook = support::webhook::start_webhook(&env).await;
 
-    let err = create_when_webhook_active(&env, task_pod("payroll-1", "payroll", "export_ledger"))
-        .await
-        .unwrap_err();
+    let err = create_when_webhook_active(
+        &env,
+        support::task_pod("payroll-1", "payroll-export", "payroll", "export_ledger"),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains(r#"dag "payroll" may not use identity "payroll-export" (allowed dag ids: payroll_export, payroll_backfill_*)"#), "{err}");
     let err = support::create_pod(
         &env.client,
         &env.namespace,
-        task_pod("cleanup-1", "payroll_export", "cleanup"),
+        support::task_pod("cleanup-1", "payroll-export", "payroll_export", "cleanup"),
     )
     .await
     .unwrap_err();
@@ -188,7 +183,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let mut other_account = task_pod("sa-1", "payroll_export", "upload");
+    let mut other_account = support::task_pod("sa-1", "payroll-export", "payroll_export", "upload");
     other_account["spec"]["serviceAccountName"] = json!("payroll-admin");
     let err = support::create_pod(&env.client, &env.namespace, other_account)
         .await
@@ -197,14 +192,14 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         err.contains(r#"service account "payroll-admin""#) && err.contains(r#"allows only "payroll-export""#),
         "{err}"
     );
-    let mut admin = task_pod("admin-1", "payroll_export", "upload");
+    let mut admin = support::task_pod("admin-1", "payroll-export", "payroll_export", "upload");
     admin["spec"]["containers"][0]["securityContext"] =
         json!({"windowsOptions": {"runAsUserName": "ContainerAdministrator"}});
     let err = support::create_pod(&env.client, &env.namespace, admin)
         .await
         .unwrap_err();
     assert!(err.contains("ContainerAdministrator"), "{err}");
-    let mut privileged = task_pod("priv-1", "payroll_export", "upload");
+    let mut privileged = support::task_pod("priv-1", "payroll-export", "payroll_export", "upload");
     privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
     let err = support::create_pod(&env.client, &env.namespace, privileged)
         .await
@@ -261,7 +256,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
         .unwrap();
     let _: WindowsTaskIdentity =
         support::wait_for_condition(&env, "broken", "Ready", "False", Some("InvalidSpec")).await;
-    let mut not_ready = task_pod("broken-1", "payroll_export", "upload");
+    let mut not_ready = support::task_pod("broken-1", "payroll-export", "payroll_export", "upload");
     not_ready["metadata"]["labels"]["winflow.io/identity"] = json!("broken");
     let err = wait_until("the webhook sees broken", TIMEOUT, || async {
         let err = support::create_pod(&env.client, &env.namespace, not_ready.clone())
@@ -272,7 +267,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     .await;
     assert!(err.contains(r#"identity "broken" is not Ready (InvalidSpec"#), "{err}");
 
-    let mut unknown = task_pod("ghost-1", "payroll_export", "upload");
+    let mut unknown = support::task_pod("ghost-1", "payroll-export", "payroll_export", "upload");
     unknown["metadata"]["labels"]["winflow.io/identity"] = json!("ghost");
     let err = support::create_pod(&env.client, &env.namespace, unknown)
         .await

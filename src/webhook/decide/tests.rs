@@ -828,6 +828,18 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
         allowed.response.allowed,
         "a creator who may use the identity may debug its pod"
     );
+    // Not with a privileged debug container: no identity allows those.
+    let privileged = json!([{"name": "debug", "image": "busybox", "securityContext": {"privileged": true}}]);
+    let review_privileged = request_as(
+        "UPDATE",
+        ephemeral_containers(&running["metadata"], privileged),
+        Some(ephemeral_containers(&running["metadata"], json!([]))),
+        Some("ephemeralcontainers"),
+    );
+    let decision = super::validate_ephemeral(&review_privileged, &view, Some(&Access::Allowed));
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "PrivilegedNotAllowed");
+    assert!(message.contains("ephemeral container \"debug\""), "{message}");
     // The enforcement webhook leaves an identity's pods to the ephemeral-containers webhook.
     assert!(validate(&review, &view).response.allowed);
 
