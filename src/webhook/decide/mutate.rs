@@ -27,6 +27,8 @@ pub fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView
         Err(message) => return invalid(request, message),
     };
     let outcome = match (&subject.identity_name, &request.operation) {
+        // The creator first: someone who may not use the identity learns nothing about it
+        // (whether it exists, is Ready, has a fresh token).
         (Some(name), Operation::Create) if !subject.ephemeral => {
             check_creator(&subject, name, access, "create pods of")
                 .and_then(|()| ready_identity(view, &subject.namespace, name, Some(&subject.pod)))
