@@ -30,7 +30,17 @@ pub fn gmsa_role_for(identity: &WindowsTaskIdentity) -> Role {
 }
 
 pub fn gmsa_role_binding_for(identity: &WindowsTaskIdentity) -> RoleBinding {
-    let name = gmsa_role_name(identity_name(identity));
+    let account = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: identity.spec.service_account.name.clone(),
+        namespace: Some(identity_namespace(identity).to_owned()),
+        api_group: None,
+    };
+    binding_to_role(identity, gmsa_role_name(identity_name(identity)), vec![account])
+}
+
+/// A RoleBinding of the identity's binding `subjects` to the Role of the same name.
+fn binding_to_role(identity: &WindowsTaskIdentity, name: String, subjects: Vec<Subject>) -> RoleBinding {
     RoleBinding {
         metadata: namespaced_meta(identity, name.clone()),
         role_ref: RoleRef {
@@ -38,12 +48,7 @@ pub fn gmsa_role_binding_for(identity: &WindowsTaskIdentity) -> RoleBinding {
             kind: "Role".to_owned(),
             name,
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: identity.spec.service_account.name.clone(),
-            namespace: Some(identity_namespace(identity).to_owned()),
-            api_group: None,
-        }]),
+        subjects: Some(subjects),
     }
 }
 
@@ -65,17 +70,9 @@ pub fn use_role_for(identity: &WindowsTaskIdentity) -> Role {
 /// Binds `spec.access.creators` to the use Role. Always there, with no subjects when there
 /// are no creators: users may then bind the Role from their own manifests instead.
 pub fn use_role_binding_for(identity: &WindowsTaskIdentity) -> RoleBinding {
-    let name = use_role_name(identity_name(identity));
     let creators = identity.spec.access.iter().flat_map(|a| &a.creators);
-    RoleBinding {
-        metadata: namespaced_meta(identity, name.clone()),
-        role_ref: RoleRef {
-            api_group: RBAC_API_GROUP.to_owned(),
-            kind: "Role".to_owned(),
-            name,
-        },
-        subjects: Some(creators.map(|c| subject(identity, c)).collect()),
-    }
+    let subjects = creators.map(|c| subject(identity, c)).collect();
+    binding_to_role(identity, use_role_name(identity_name(identity)), subjects)
 }
 
 /// A creator as RBAC stores it: a service account always with its namespace and no API group,

@@ -360,41 +360,16 @@ async fn apply_children(
     let versions = Some(&ctx.child_versions);
     let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics, versions).await?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
-    let role = ensure_child(
-        &Api::namespaced(client.clone(), &namespace),
-        &children.role,
-        metrics,
-        versions,
-    )
-    .await?;
-    let role_binding = ensure_child(
-        &Api::namespaced(client.clone(), &namespace),
-        &children.role_binding,
-        metrics,
-        versions,
-    )
-    .await?;
-    let use_role = ensure_child(
-        &Api::namespaced(client.clone(), &namespace),
-        &children.use_role,
-        metrics,
-        versions,
-    )
-    .await?;
-    let use_role_binding = ensure_child(
-        &Api::namespaced(client.clone(), &namespace),
-        &children.use_role_binding,
-        metrics,
-        versions,
-    )
-    .await?;
-    let pod_templates = ensure_child(
-        &Api::namespaced(client, &namespace),
-        &children.pod_templates,
-        metrics,
-        versions,
-    )
-    .await?;
+    let (roles, bindings) = (
+        Api::namespaced(client.clone(), &namespace),
+        Api::namespaced(client.clone(), &namespace),
+    );
+    let role = ensure_child(&roles, &children.role, metrics, versions).await?;
+    let role_binding = ensure_child(&bindings, &children.role_binding, metrics, versions).await?;
+    let use_role = ensure_child(&roles, &children.use_role, metrics, versions).await?;
+    let use_role_binding = ensure_child(&bindings, &children.use_role_binding, metrics, versions).await?;
+    let config_maps = Api::namespaced(client, &namespace);
+    let pod_templates = ensure_child(&config_maps, &children.pod_templates, metrics, versions).await?;
 
     for report in [
         &credential_spec,
