@@ -403,7 +403,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
             &json!({"serviceAccountName": "payroll-export"}),
         );
         match support::create_pod(&client, &ns, probe).await {
-            Err(e) if e.contains("ServiceAccount") || e.contains("service account") => Some(()),
+            Err(e) if e.contains("the service account of identity \"payroll-export\"") => Some(()),
             Ok(_) => {
                 let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
                 None
