@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Provides etcd, kube-apiserver and kube-controller-manager for the local control plane
-# (tests and `hack/demo.sh`) and prints the directory that holds them.
+# (tests and `hack/demo.sh`) and prints the directory that holds them. With --node, also
+# the parts of a worker node (hack/cluster.sh): kubelet, kube-proxy, kube-scheduler and the
+# pause program that every pod sandbox runs.
 #
 # Order of preference:
 #   1. $KUBEBUILDER_ASSETS, when it already holds all three binaries (envtest users);
@@ -16,8 +18,18 @@ cache_dir="${WINFLOW_CACHE_DIR:-$HOME/.cache/winflow}/k8s-1.20.2"
 
 log() { echo "control-plane-assets: $*" >&2; }
 
+wanted=(kube-apiserver kube-controller-manager etcd)
+case "${1:-}" in
+  --node) wanted+=(kubelet kube-proxy kube-scheduler pause) ;;
+  "") ;;
+  *) echo "usage: $0 [--node]" >&2; exit 2 ;;
+esac
+
 has_all() {
-  [ -x "$1/kube-apiserver" ] && [ -x "$1/kube-controller-manager" ] && [ -x "$1/etcd" ]
+  local name
+  for name in "${wanted[@]}"; do
+    [ -x "$1/$name" ] || return 1
+  done
 }
 
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
@@ -25,7 +37,7 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
     echo "$KUBEBUILDER_ASSETS"
     exit 0
   fi
-  log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks kube-apiserver, kube-controller-manager or etcd; using the cache"
+  log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks one of ${wanted[*]}; using the cache"
 fi
 
 if has_all "$cache_dir"; then
@@ -35,7 +47,12 @@ fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-log "building kube-apiserver and kube-controller-manager from Debian's source package into $cache_dir"
+# Only what the cache lacks is built; the rest is kept.
+missing=()
+for name in "${wanted[@]}"; do
+  [ -x "$cache_dir/$name" ] || missing+=("$name")
+done
+log "building ${missing[*]} from Debian's source package into $cache_dir"
 # Debian's deb-src entry mirrors the machine's own bookworm entry.
 src_list=/etc/apt/sources.list.d/winflow-deb-src.sources
 if [ ! -f "$src_list" ]; then
@@ -59,7 +76,7 @@ SRC
 fi
 as_root apt-get update -qq >&2
 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-  golang-go etcd-server rsync jq make golang-github-modern-go-reflect2-dev >&2
+  golang-go etcd-server rsync jq make gcc libc6-dev golang-github-modern-go-reflect2-dev >&2
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/winflow-k8s-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -73,15 +90,26 @@ rm -rf vendor/github.com/modern-go/reflect2
 mkdir -p vendor/github.com/modern-go/reflect2
 cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
    /usr/share/gocode/src/github.com/modern-go/reflect2/*.s vendor/github.com/modern-go/reflect2/
-for what in cmd/kube-apiserver cmd/kube-controller-manager; do
-  log "make WHAT=$what"
-  env HOME="$work" GOCACHE="$work/gocache" KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 \
-    make WHAT="$what" >&2
-done
-
+# Every Go binary comes out static (CGO_ENABLED=0), so the kubelet runs on any host.
 mkdir -p "$cache_dir.partial"
-cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$cache_dir.partial/"
-cp "$(command -v etcd)" "$cache_dir.partial/etcd"
+for name in "${missing[@]}"; do
+  case "$name" in
+    etcd) cp "$(command -v etcd)" "$cache_dir.partial/etcd" ;;
+    # The sandbox's one process; static, so its image is this one file.
+    pause) gcc -Os -static -DVERSION=v3.4-winflow -o "$cache_dir.partial/pause" build/pause/linux/pause.c ;;
+    *)
+      log "make WHAT=cmd/$name"
+      env HOME="$work" GOCACHE="$work/gocache" KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 \
+        make WHAT="cmd/$name" >&2
+      cp "_output/bin/$name" "$cache_dir.partial/"
+      ;;
+  esac
+done
+# Binaries already cached stay; the new ones join them (the directory moves into place
+# whole, so a build cut short leaves no half of it).
+if [ -d "$cache_dir" ]; then
+  cp -n "$cache_dir"/* "$cache_dir.partial/" 2>/dev/null || true
+fi
 rm -rf "$cache_dir"
 mv "$cache_dir.partial" "$cache_dir"
 log "done"

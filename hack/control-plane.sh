@@ -11,7 +11,7 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: hack/control-plane.sh [--dir DIR] [-h|--help]
+Usage: hack/control-plane.sh [--dir DIR] [--node] [-h|--help]
 
 Starts etcd, kube-apiserver and kube-controller-manager on free loopback ports, prints
 `kubeconfig=<path>` on stdout once the API server is ready, and runs until end of file on
@@ -22,6 +22,13 @@ metadata only, never bodies) to DIR/audit.log. SIGUSR1 kills the API server and 
 starts it again on the same port (for fault tests: etcd and the controller-manager stay up).
 
   --dir DIR   state directory (created; must be empty or absent), default: mktemp -d
+  --node      also a worker node (root only, one per machine): containerd, kubelet,
+              kube-proxy and kube-scheduler on the pod bridge winflow0 (10.244.0.0/24); the
+              API server then listens on 10.244.0.1, where pods reach it. The node is Ready
+              before the kubeconfig line; containerd's socket is DIR/containerd.sock. Images
+              come from hack/image.sh: pause always, plus those named in WINFLOW_NODE_IMAGES.
+              On stop, every pod is deleted first and nothing is left behind (mounts,
+              network namespaces, bridge, iptables chains).
   -h, --help  this text
 
 Environment:
@@ -37,8 +44,10 @@ die() { log "error: $*"; exit 1; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 dir=""
+with_node=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --node) with_node=1; shift ;;
     --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir=$2; shift 2 ;;
     --dir=*) dir=${1#--dir=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -47,7 +56,13 @@ while [ $# -gt 0 ]; do
 done
 
 started=$SECONDS
-bin=$("$here/control-plane-assets.sh")
+if [ -n "$with_node" ]; then
+  bin=$("$here/control-plane-assets.sh" --node)
+  # shellcheck source=hack/node.sh
+  . "$here/node.sh"
+else
+  bin=$("$here/control-plane-assets.sh")
+fi
 
 if [ -n "$dir" ]; then
   # The directory is removed on exit, so never take over one that holds anything.
@@ -96,9 +111,11 @@ cleanup() {
   # A second Ctrl-C must not cut the shutdown short and leave processes behind.
   trap '' INT TERM
   [ -z "$stdin_pid" ] || kill "$stdin_pid" 2>/dev/null
+  [ -z "$with_node" ] || node_drain
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     stop_one "${names[i]}" "${pids[i]}"
   done
+  [ -z "$with_node" ] || node_cleanup
   if [ "${WINFLOW_KEEP_CONTROL_PLANE:-}" = 1 ]; then
     log "kept state directory $dir"
   else
@@ -161,6 +178,14 @@ openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
 openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
 token=$(openssl rand -hex 32)
 echo "$token,admin,admin-uid,system:masters" >"$dir/tokens.csv"
+address=127.0.0.1
+authorization_mode=RBAC
+if [ -n "$with_node" ]; then
+  node_prepare
+  node_tokens
+  address=$node_address
+  authorization_mode=Node,RBAC
+fi
 
 start etcd "$bin/etcd" \
   --data-dir "$dir/etcd" \
@@ -188,11 +213,11 @@ EOF
 apiserver_args=(
   --etcd-servers="http://127.0.0.1:$etcd_port"
   --secure-port="$api_port"
-  --bind-address=127.0.0.1
-  --advertise-address=127.0.0.1
+  --bind-address="$address"
+  --advertise-address="$address"
   --cert-dir="$dir/certs"
   --token-auth-file="$dir/tokens.csv"
-  --authorization-mode=RBAC
+  --authorization-mode="$authorization_mode"
   --service-account-issuer=https://kubernetes.default.svc
   --service-account-key-file="$dir/sa.pub"
   --service-account-signing-key-file="$dir/sa.key"
@@ -204,6 +229,7 @@ apiserver_args=(
   # a debug container added to an identity's pod.
   --feature-gates=EphemeralContainers=true
 )
+[ -z "$with_node" ] || node_apiserver_args
 start kube-apiserver "$bin/kube-apiserver" "${apiserver_args[@]}"
 
 # SIGUSR1 kills the API server (as a crash would: at once, so the outage a test asks for
@@ -237,7 +263,7 @@ start_api_server() {
 trap stop_api_server USR1
 trap start_api_server USR2
 
-server="https://127.0.0.1:$api_port"
+server="https://$address:$api_port"
 api() {
   curl -sS -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$dir/certs/apiserver.crt" \
     -H "Authorization: Bearer $token" "$server$1" 2>/dev/null || true
@@ -272,6 +298,10 @@ current-context: winflow
 EOF
 chmod 600 "$dir/kubeconfig"
 
+# Without a node there is nothing for the node controllers to do; with one, nodelifecycle
+# takes the not-ready taint off the node once its kubelet reports Ready.
+controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach'
+[ -z "$with_node" ] || controllers='*,-nodeipam,-cloud-node-lifecycle,-route,-service,-attachdetach'
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$dir/kubeconfig" \
   --service-account-private-key-file="$dir/sa.key" \
@@ -280,7 +310,7 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --bind-address=127.0.0.1 \
   --secure-port=0 \
   --port=0 \
-  --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach'
+  --controllers="$controllers"
 
 # The controller-manager is working once its service-account controller has made the
 # default ServiceAccount (pods cannot be created in a namespace before that).
@@ -291,6 +321,10 @@ until [ "$(api /api/v1/namespaces/default/serviceaccounts/default)" = 200 ]; do
   [ "$SECONDS" -lt "$deadline" ] || die "kube-controller-manager made no default ServiceAccount in 60 s (see $dir/kube-controller-manager.log)"
   sleep 0.2
 done
+
+if [ -n "$with_node" ]; then
+  node_start
+fi
 
 log "ready in $((SECONDS - started)) s: $server"
 echo "kubeconfig=$dir/kubeconfig"
