@@ -245,7 +245,7 @@ async fn federated_credentials() {
             audience: AUDIENCE.into(),
             jwks: signed.jwks.clone(),
         }],
-        issuer: None,
+        ..Default::default()
     })
     .await;
     let http = reqwest::Client::new();

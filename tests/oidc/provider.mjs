@@ -50,6 +50,8 @@ if (configIndex === -1 || !process.argv[configIndex + 1]) {
 }
 const config = JSON.parse(readFileSync(process.argv[configIndex + 1], 'utf8'));
 const ttl = config.accessTokenTtlSeconds ?? 30;
+// Loopback unless the test's pods must reach it (the local node's bridge address).
+const host = config.host ?? '127.0.0.1';
 const federated = config.federated ?? [];
 
 const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
@@ -62,10 +64,10 @@ const handler = new Promise((resolve) => { setUp = resolve; });
 const server = createServer(async (req, res) => (await handler)(req, res));
 await new Promise((resolve, reject) => {
   server.once('error', reject);
-  server.listen(config.port ?? 0, '127.0.0.1', resolve);
+  server.listen(config.port ?? 0, host, resolve);
 });
 const { port } = server.address();
-const issuer = config.issuer ?? `http://127.0.0.1:${port}`;
+const issuer = config.issuer ?? `http://${host}:${port}`;
 
 // Federated clients authenticate with a JWT instead of a secret; oidc-provider knows nothing
 // of that, so they are registered with a secret only this process knows, and a verified

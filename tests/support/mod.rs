@@ -22,6 +22,7 @@ use winflow::token::TokenConfig;
 
 pub mod audit;
 pub mod fleet;
+pub mod helm;
 pub mod oidc;
 pub mod process;
 pub mod tools;

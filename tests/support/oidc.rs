@@ -23,10 +23,13 @@ pub struct ProviderConfig {
     pub access_token_ttl_seconds: u64,
     pub clients: Vec<ClientConfig>,
     pub federated: Vec<FederatedCredential>,
-    /// Defaults to `http://127.0.0.1:<port>`. Another value (e.g. to test an issuer mismatch)
-    /// is announced in discovery while the endpoints stay on 127.0.0.1; a path in it
+    /// Defaults to `http://<host>:<port>`. Another value (e.g. to test an issuer mismatch)
+    /// is announced in discovery while the endpoints stay on the host; a path in it
     /// (`http://127.0.0.1:<port>/tenant/v2.0`, Entra's shape) moves the endpoints under it.
     pub issuer: Option<String>,
+    /// The address it listens on; defaults to 127.0.0.1. Pods on the local node reach the
+    /// host only through the bridge's address (see hack/node.sh).
+    pub host: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -36,6 +39,7 @@ impl Default for ProviderConfig {
             clients: Vec::new(),
             federated: Vec::new(),
             issuer: None,
+            host: None,
         }
     }
 }
@@ -82,6 +86,7 @@ pub struct TokenRequestRecord {
 /// The running provider; the node process is killed when this is dropped.
 pub struct OidcProvider {
     config: ProviderConfig,
+    host: String,
     port: u16,
     issuer: String,
     child: Option<Child>,
@@ -94,11 +99,12 @@ impl OidcProvider {
     /// Starts the provider on a free port and waits until it serves.
     pub async fn start(config: ProviderConfig) -> OidcProvider {
         let dir = tempfile::tempdir().unwrap();
+        let host = config.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
         // With the default issuer the provider picks the port and the issuer tells it; a
         // custom issuer may not contain it, so then a free port is chosen here.
         let port = match config.issuer {
             None => 0,
-            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            Some(_) => std::net::TcpListener::bind((host.as_str(), 0))
                 .unwrap()
                 .local_addr()
                 .unwrap()
@@ -106,6 +112,7 @@ impl OidcProvider {
         };
         let mut provider = OidcProvider {
             config,
+            host,
             port,
             issuer: String::new(),
             child: None,
@@ -124,9 +131,9 @@ impl OidcProvider {
         self.port
     }
 
-    /// Where the endpoints are served (`http://127.0.0.1:<port>`), whatever the issuer says.
+    /// Where the endpoints are served (`http://<host>:<port>`), whatever the issuer says.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Simulates an outage: SIGKILL, and wait until the process is gone.
@@ -200,6 +207,7 @@ impl OidcProvider {
         let c = &self.config;
         let config = json!({
             "port": self.port,
+            "host": self.host,
             // After the first start, the issuer that was announced, so a restart keeps it.
             "issuer": if self.issuer.is_empty() { c.issuer.clone() } else { Some(self.issuer.clone()) },
             "accessTokenTtlSeconds": c.access_token_ttl_seconds,
@@ -259,8 +267,9 @@ impl OidcProvider {
         };
         if self.issuer.is_empty() {
             if self.port == 0 {
+                let prefix = format!("http://{}:", self.host);
                 self.port = issuer
-                    .strip_prefix("http://127.0.0.1:")
+                    .strip_prefix(prefix.as_str())
                     .and_then(|p| p.parse().ok())
                     .unwrap_or_else(|| panic!("port in issuer {issuer:?}"));
             }
