@@ -80,6 +80,16 @@ source_of() {
   case "$1" in
     operator)
       ensure_packages ca-certificates
+      # Run from a test, this script inherits what cargo sets for the crate under test
+      # (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). ring's build script reruns when those change,
+      # so the release build would be redone (3 minutes) at each switch from a shell to a test.
+      local variable
+      for variable in $(compgen -e); do
+        case $variable in
+          CARGO_MANIFEST_* | CARGO_PKG_* | CARGO_CRATE_NAME | CARGO_BIN_* | CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR)
+            unset "$variable" ;;
+        esac
+      done
       log "cargo build --release --locked --bin winflow"
       (cd "$repo" && "$cargo" build --release --locked --bin winflow >&2)
       local target_dir
