@@ -10,7 +10,7 @@ use winflow::controller::{self, Context, ControllerConfig};
 use winflow::leader::{self, LeaseSettings};
 use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
-use winflow::token::{OidcSettings, RetryPolicy, TokenConfig};
+use winflow::token::{CaBundle, OidcSettings, RetryPolicy, TokenConfig};
 use winflow::webhook::managed_certs::{CertKeeper, ManagedCerts};
 use winflow::webhook::registration::{Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
@@ -88,6 +88,11 @@ struct RunArgs {
     /// only: tokens and client secrets would cross the network unencrypted otherwise.
     #[arg(long, env = "WINFLOW_ALLOW_INSECURE_LOOPBACK_ISSUERS")]
     allow_insecure_loopback_issuers: bool,
+    /// PEM file of CA certificates trusted for OIDC issuers (discovery, keys and token
+    /// endpoint) in addition to the public roots: for providers behind a private CA. Read at
+    /// start-up; winflow does not start when it holds no usable certificate.
+    #[arg(long, env = "WINFLOW_OIDC_CA_FILE", value_name = "FILE")]
+    oidc_ca_file: Option<PathBuf>,
     /// First wait after a failed token refresh; it doubles with each failure in a row.
     #[arg(long, env = "WINFLOW_TOKEN_RETRY_FIRST", value_parser = duration, default_value = "5s")]
     token_retry_first: Duration,
@@ -217,6 +222,20 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything else: a bad bundle is a configuration error to report at once, not a
+    // token failure on every identity later.
+    let oidc_ca = match &args.oidc_ca_file {
+        None => None,
+        Some(path) => {
+            let bundle = CaBundle::from_pem_file(path)?;
+            tracing::info!(
+                file = %path.display(),
+                certificates = bundle.len(),
+                "OIDC issuers are trusted with the CA certificates of --oidc-ca-file as well as the public roots"
+            );
+            Some(bundle)
+        }
+    };
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
     let webhook_parts = usize::from(args.cert_dir.is_some());
@@ -252,6 +271,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             oidc: OidcSettings {
                 allow_insecure_loopback: args.allow_insecure_loopback_issuers,
                 rediscover_after: args.oidc_rediscover_after,
+                ca_bundle: oidc_ca,
                 ..OidcSettings::default()
             },
             retry: RetryPolicy {

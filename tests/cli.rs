@@ -1,4 +1,5 @@
-//! The `winflow` binary as users run it: `render` and `crds`, offline.
+//! The `winflow` binary as users run it: `render` and `crds`, offline, and what `run` refuses
+//! before it needs a cluster.
 
 use std::process::{Command, Output};
 
@@ -99,4 +100,36 @@ fn crds_prints_what_crds_holds() {
     assert!(
         kinds_and_names(&with_gmsa).contains(&"CustomResourceDefinition/gmsacredentialspecs.windows.k8s.io".to_owned())
     );
+}
+
+#[test]
+fn run_refuses_an_oidc_ca_file_it_cannot_use_before_it_needs_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_certificate = dir.path().join("ca.crt");
+    std::fs::write(&no_certificate, "# the corporate CA goes here\n").unwrap();
+    for (path, problem) in [
+        ("/nonexistent".to_owned(), "cannot read it: No such file or directory"),
+        (no_certificate.display().to_string(), "it holds no certificate"),
+    ] {
+        // No kubeconfig at all: the file is checked first, so this is the error a user sees.
+        let out = Command::new(env!("CARGO_BIN_EXE_winflow"))
+            .args(["run", "--oidc-ca-file", &path, "--log-format", "json"])
+            .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("winflow runs");
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("a JSON log line: {stderr}"));
+        assert_eq!(line["level"], "ERROR", "{stderr}");
+        assert_eq!(
+            line["error"],
+            format!(
+                "--oidc-ca-file {path}: {problem}{}; expected a PEM file of one or more CA certificates (-----BEGIN CERTIFICATE-----) to trust for OIDC issuers",
+                if path == "/nonexistent" { " (os error 2)" } else { "" }
+            ),
+            "{stderr}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! written to that Secret: never to logs, Events, status or metrics.
 
 mod assertion;
+mod ca_bundle;
 mod oidc;
 mod report;
 pub mod schedule;
@@ -20,6 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use openidconnect::ClientSecret;
 use tracing::{info, warn};
 
+pub use ca_bundle::{CaBundle, CaBundleProblem, CaFileError};
 pub use oidc::OidcSettings;
 pub use report::TokenReport;
 pub use schedule::RetryPolicy;
@@ -45,6 +47,7 @@ pub const REASON_PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
 pub const REASON_TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
 pub const REASON_ASSERTION_FAILED: &str = "AssertionFailed";
 pub const REASON_LIFETIME_TOO_SHORT: &str = "LifetimeTooShort";
+pub const REASON_CERTIFICATE_NOT_TRUSTED: &str = "CertificateNotTrusted";
 
 /// A refresh that did not produce a token. The message says what is wrong and never holds a
 /// secret or a token.

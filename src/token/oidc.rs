@@ -10,6 +10,7 @@ use openidconnect::core::{CoreClient, CoreProviderMetadata};
 use openidconnect::{AccessToken, ClientId, ClientSecret, IssuerUrl, OAuth2TokenResponse, Scope};
 
 use super::Failure;
+use super::ca_bundle::CaBundle;
 
 /// Everything winflow needs to know about the provider's reply.
 pub struct Granted {
@@ -34,6 +35,9 @@ pub struct OidcSettings {
     pub rediscover_after: Duration,
     /// Bound on each HTTP exchange with a provider.
     pub request_timeout: Duration,
+    /// CA certificates trusted for issuers in addition to the public roots
+    /// (`--oidc-ca-file`): for providers behind a private CA.
+    pub ca_bundle: Option<CaBundle>,
 }
 
 impl Default for OidcSettings {
@@ -42,6 +46,7 @@ impl Default for OidcSettings {
             allow_insecure_loopback: false,
             rediscover_after: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(10),
+            ca_bundle: None,
         }
     }
 }
@@ -59,11 +64,15 @@ impl Oidc {
     pub fn new(settings: OidcSettings) -> Self {
         // Redirects are refused: discovery and token requests go to the issuer's own
         // endpoints only (a redirect could carry client credentials elsewhere).
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.request_timeout)
+            .timeout(settings.request_timeout);
+        if let Some(bundle) = &settings.ca_bundle {
+            builder = bundle.add_to(builder);
+        }
+        let http = builder
             .build()
-            .expect("an HTTP client with default TLS settings builds");
+            .expect("an HTTP client builds (a CA bundle's certificates were checked when it was read)");
         Self {
             http,
             settings,
@@ -99,7 +108,7 @@ impl Oidc {
                 .add_extra_param("client_assertion", assertion);
         }
         let response = request.request_async(&self.http).await.map_err(|e| {
-            let failure = token_failure(&e);
+            let failure = token_failure(&e, self.settings.ca_bundle.as_ref());
             if failure.reason == super::REASON_PROVIDER_UNAVAILABLE {
                 // The endpoints may have moved: discover again on the next attempt.
                 self.forget(issuer);
@@ -137,7 +146,7 @@ impl Oidc {
         })?;
         let metadata = CoreProviderMetadata::discover_async(url, &self.http)
             .await
-            .map_err(|e| discovery_failure(issuer, &e))?;
+            .map_err(|e| discovery_failure(issuer, &e, self.settings.ca_bundle.as_ref()))?;
         self.discovered
             .lock()
             .expect("discovery cache lock")
@@ -191,9 +200,106 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 type HttpError = openidconnect::HttpClientError<reqwest::Error>;
 
-fn discovery_failure(issuer: &str, error: &openidconnect::DiscoveryError<HttpError>) -> Failure {
+/// Why the TLS handshake refused the server's certificate, if that is what failed. rustls'
+/// error travels inside `io::Error`s, whose `source()` skips what they wrap, so the walk
+/// goes into them.
+fn certificate_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::CertificateError> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(rustls::Error::InvalidCertificate(rejected)) = error.downcast_ref::<rustls::Error>() {
+            return Some(rejected);
+        }
+        cause = match error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+/// A name as webpki presents it (`DnsName("idp.example.com")`, `IpAddress(10.0.0.5)`), bare.
+fn presented_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, inner)| inner.strip_suffix(')'))
+        .map_or(presented, |inner| inner.trim_matches('"'))
+}
+
+/// `https://host:port` of the request that failed (no path or query).
+fn server_of(error: &HttpError) -> Option<String> {
+    match error {
+        openidconnect::HttpClientError::Reqwest(e) => e.url().map(|url| url.origin().ascii_serialization()),
+        _ => None,
+    }
+}
+
+/// A server certificate winflow does not accept, said so that whoever runs winflow knows what
+/// to change: for an unknown CA, trusting it with `--oidc-ca-file`.
+fn certificate_failure(
+    context: &str,
+    server: &str,
+    rejected: &rustls::CertificateError,
+    ca_bundle: Option<&CaBundle>,
+) -> Failure {
+    use rustls::CertificateError as C;
+    let why = match rejected {
+        C::UnknownIssuer => {
+            let trusted = match ca_bundle {
+                None => "the public web roots".to_owned(),
+                Some(bundle) => format!(
+                    "the public web roots and the {} certificate(s) of --oidc-ca-file {}",
+                    bundle.len(),
+                    bundle.origin()
+                ),
+            };
+            let fix = match ca_bundle {
+                None => "give winflow that CA's certificate (PEM) with winflow run --oidc-ca-file, or the Helm value token.caBundle",
+                Some(_) => "add that CA's certificate (PEM) to --oidc-ca-file (the Helm value token.caBundle)",
+            };
+            format!(
+                "is not trusted: it is not signed by a CA that winflow trusts ({trusted}); if the issuer uses a private CA, {fix}"
+            )
+        }
+        C::NotValidForName => "is not valid for that host name; use the name the certificate is issued for in spec.token.issuerUrl, or have the certificate reissued".to_owned(),
+        C::NotValidForNameContext { presented, .. } if !presented.is_empty() => format!(
+            "is not valid for that host name (it is issued for {}); use one of those names in spec.token.issuerUrl, or have the certificate reissued",
+            presented.iter().map(|name| presented_name(name)).collect::<Vec<_>>().join(", ")
+        ),
+        C::NotValidForNameContext { .. } => {
+            "is not valid for that host name (it names none); have the certificate reissued for it".to_owned()
+        }
+        C::Expired | C::ExpiredContext { .. } => "has expired; the provider must renew it".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "is not valid yet (check the clocks of the provider and of winflow's node)".to_owned()
+        }
+        // webpki found a trusted CA by the name the certificate names as its issuer, but that
+        // CA's key did not sign it.
+        C::BadSignature => "is not trusted: its signature does not verify with the trusted CA certificate of the same name (an older CA, or another CA that happens to have that name?); give winflow the issuer's current CA certificate with --oidc-ca-file (the Helm value token.caBundle)".to_owned(),
+        C::Revoked => "has been revoked".to_owned(),
+        C::InvalidPurpose => "is not a certificate for TLS servers (its extended key usage)".to_owned(),
+        other => format!("is not accepted: {other}"),
+    };
+    Failure::new(
+        super::REASON_CERTIFICATE_NOT_TRUSTED,
+        format!("{context}: the TLS certificate of {server} {why}"),
+    )
+}
+
+fn discovery_failure(
+    issuer: &str,
+    error: &openidconnect::DiscoveryError<HttpError>,
+    ca_bundle: Option<&CaBundle>,
+) -> Failure {
     use openidconnect::DiscoveryError as D;
     if let D::Request(e) = error {
+        if let Some(rejected) = certificate_error(e) {
+            return certificate_failure(
+                &format!("OIDC discovery for issuer {issuer:?} failed"),
+                &server_of(e).unwrap_or_else(|| issuer.to_owned()),
+                rejected,
+                ca_bundle,
+            );
+        }
         // Unreachable is not a discovery problem: nothing to fix in the settings.
         return Failure::new(
             super::REASON_PROVIDER_UNAVAILABLE,
@@ -223,6 +329,7 @@ fn token_failure(
         HttpError,
         openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
     >,
+    ca_bundle: Option<&CaBundle>,
 ) -> Failure {
     use openidconnect::RequestTokenError as E;
     use openidconnect::core::CoreErrorResponseType as T;
@@ -243,10 +350,18 @@ fn token_failure(
                 format!("the provider refused the token request: {}{description}", code.as_ref()),
             )
         }
-        E::Request(e) => Failure::new(
-            super::REASON_PROVIDER_UNAVAILABLE,
-            format!("the token endpoint did not answer: {}", root_cause(e)),
-        ),
+        E::Request(e) => match certificate_error(e) {
+            Some(rejected) => certificate_failure(
+                "the token request failed",
+                &server_of(e).unwrap_or_else(|| "the token endpoint".to_owned()),
+                rejected,
+                ca_bundle,
+            ),
+            None => Failure::new(
+                super::REASON_PROVIDER_UNAVAILABLE,
+                format!("the token endpoint did not answer: {}", root_cause(e)),
+            ),
+        },
         // The body is never quoted: it may hold a token.
         E::Parse(e, _) => Failure::new(
             super::REASON_TOKEN_REQUEST_FAILED,
@@ -261,6 +376,8 @@ fn token_failure(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -280,5 +397,146 @@ mod tests {
         assert!(remote.message.contains("must use https"), "{}", remote.message);
         assert!(check_issuer_url("ftp://idp.example.com", true).is_err());
         assert!(check_issuer_url("not a url", true).is_err());
+    }
+
+    /// A new CA (PEM) named `ca_name` and an HTTPS server on loopback whose certificate it
+    /// signed for `names`; the
+    /// server answers every request with 404, so a client that trusts it gets past TLS.
+    async fn https_server(ca_name: &str, names: &[&str]) -> (String, std::net::SocketAddr) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut request = [0u8; 4096];
+                    let _ = tls.read(&mut request).await;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (ca.pem(), addr)
+    }
+
+    async fn discover(settings: OidcSettings, issuer: &str) -> Failure {
+        let secret = ClientAuth::Secret(ClientSecret::new("not-sent".to_owned()));
+        match Oidc::new(settings).request_token(issuer, "reports", secret, &[]).await {
+            Ok(_) => panic!("a server that answers 404 issued a token"),
+            Err(failure) => failure,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_issuer_on_a_private_ca_is_trusted_only_with_that_ca_and_says_how_otherwise() {
+        let (ca_pem, addr) = https_server("Corp Test CA", &["127.0.0.1"]).await;
+        let issuer = format!("https://{addr}");
+
+        let untrusted = discover(OidcSettings::default(), &issuer).await;
+        assert_eq!(untrusted.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(
+            untrusted.message,
+            format!(
+                "OIDC discovery for issuer {issuer:?} failed: the TLS certificate of {issuer} is not trusted: it is not signed by a CA that winflow trusts (the public web roots); if the issuer uses a private CA, give winflow that CA's certificate (PEM) with winflow run --oidc-ca-file, or the Helm value token.caBundle"
+            )
+        );
+
+        // Another CA in the bundle does not help, and the message says what was trusted.
+        let (other_ca, _) = https_server("Other Test CA", &["127.0.0.1"]).await;
+        let wrong = discover(
+            OidcSettings {
+                ca_bundle: Some(CaBundle::from_pem(other_ca.as_bytes()).unwrap()),
+                ..OidcSettings::default()
+            },
+            &issuer,
+        )
+        .await;
+        assert_eq!(wrong.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert!(
+            wrong
+                .message
+                .contains("the public web roots and the 1 certificate(s) of --oidc-ca-file PEM")
+                && wrong
+                    .message
+                    .contains("add that CA's certificate (PEM) to --oidc-ca-file"),
+            "{}",
+            wrong.message
+        );
+
+        // A CA of the same name (an older one, say) is named as the likely mistake.
+        let (namesake, _) = https_server("Corp Test CA", &["127.0.0.1"]).await;
+        let replaced = discover(
+            OidcSettings {
+                ca_bundle: Some(CaBundle::from_pem(namesake.as_bytes()).unwrap()),
+                ..OidcSettings::default()
+            },
+            &issuer,
+        )
+        .await;
+        assert_eq!(replaced.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert!(replaced.message.contains("same name"), "{}", replaced.message);
+
+        // With its CA, the handshake succeeds and the request reaches the server (which has no
+        // discovery document).
+        let trusted = discover(
+            OidcSettings {
+                ca_bundle: Some(CaBundle::from_pem(ca_pem.as_bytes()).unwrap()),
+                ..OidcSettings::default()
+            },
+            &issuer,
+        )
+        .await;
+        assert_eq!(
+            trusted.reason,
+            super::super::REASON_DISCOVERY_FAILED,
+            "{}",
+            trusted.message
+        );
+        assert!(trusted.message.contains("HTTP 404"), "{}", trusted.message);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_name_is_named_as_such_and_a_ca_does_not_help() {
+        let (ca_pem, addr) = https_server("Corp Test CA", &["idp.corp.example.com"]).await;
+        let issuer = format!("https://{addr}");
+        let failure = discover(
+            OidcSettings {
+                ca_bundle: Some(CaBundle::from_pem(ca_pem.as_bytes()).unwrap()),
+                ..OidcSettings::default()
+            },
+            &issuer,
+        )
+        .await;
+        assert_eq!(failure.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(
+            failure.message,
+            format!(
+                "OIDC discovery for issuer {issuer:?} failed: the TLS certificate of {issuer} is not valid for that host name (it is issued for idp.corp.example.com); use one of those names in spec.token.issuerUrl, or have the certificate reissued"
+            )
+        );
     }
 }
