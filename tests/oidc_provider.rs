@@ -1,6 +1,7 @@
 //! The test OpenID Connect provider itself (tests/support/oidc.rs, tests/oidc/provider.mjs):
 //! discovery, client-credentials tokens with a short lifetime, introspection, the request
-//! records, an outage and a restart on the same port, and Entra-style federated credentials.
+//! records, an outage and a restart on the same port, HTTPS with a throwaway CA, and
+//! Entra-style federated credentials.
 
 mod support;
 
@@ -204,6 +205,64 @@ async fn client_credentials_introspection_records_and_restart() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(provider.token_requests().await.len(), 4);
+}
+
+#[tokio::test]
+async fn https_with_a_throwaway_ca_that_clients_must_trust_across_a_restart() {
+    let client = reports_client();
+    let mut provider = OidcProvider::start_https(ProviderConfig {
+        clients: vec![client.clone()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(provider.issuer(), format!("https://127.0.0.1:{}", provider.port()));
+    assert_eq!(provider.url(), provider.issuer());
+    let ca = reqwest::Certificate::from_pem(provider.ca_pem().unwrap().as_bytes()).unwrap();
+    let trusting = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+
+    // Only a client that trusts the CA gets through; the public roots do not have it.
+    let refused = reqwest::Client::new()
+        .get(format!("{}/.well-known/openid-configuration", provider.issuer()))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:?}").contains("UnknownIssuer"), "{refused:?}");
+
+    let metadata = discovery(&trusting, &provider).await;
+    assert_eq!(metadata["issuer"], provider.issuer());
+    let token_endpoint = metadata["token_endpoint"].as_str().unwrap().to_owned();
+    assert!(
+        token_endpoint.starts_with(&format!("{}/", provider.issuer())),
+        "{token_endpoint}"
+    );
+    let issuer = openidconnect::IssuerUrl::new(provider.issuer().to_owned()).unwrap();
+    let parsed = openidconnect::core::CoreProviderMetadata::discover_async(issuer, &trusting)
+        .await
+        .expect("discovery and JWKS over https");
+    assert_eq!(parsed.jwks().keys().len(), 1);
+
+    let (status, body) = token_request(
+        &trusting,
+        &token_endpoint,
+        &[("grant_type", "client_credentials")],
+        Some((&client.client_id, &client.client_secret)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let introspection = provider
+        .introspect(&client.client_id, &client.client_secret, token)
+        .await;
+    assert_eq!(introspection["active"], true, "{introspection}");
+
+    // A restart serves the same certificate on the same port, under the same issuer.
+    let port = provider.port();
+    provider.stop().await;
+    assert!(discovery_fails(&trusting, &provider).await);
+    provider.start_again().await;
+    assert_eq!(provider.port(), port);
+    assert_eq!(discovery(&trusting, &provider).await["issuer"], provider.issuer());
+    assert_eq!(provider.token_requests().await.len(), 1);
 }
 
 async fn discovery_fails(http: &reqwest::Client, provider: &OidcProvider) -> bool {

@@ -3,8 +3,11 @@
 //
 //   node provider.mjs --config <file.json> [--exit-with-stdin]
 //
-// Config: { port, issuer, accessTokenTtlSeconds, clients: [{clientId, clientSecret, scope}],
+// Config: { port, host, tls: {cert, key}, issuer, accessTokenTtlSeconds,
+//           clients: [{clientId, clientSecret, scope}],
 //           federated: [{clientId, issuer, subject, audience, jwks}], state }
+// With `tls` (paths of PEM files: the certificate chain and its key) it serves HTTPS and the
+// default issuer is https://<host>:<port>; otherwise plain HTTP.
 // Prints exactly one line `ready <issuer>` on stdout once listening; everything else goes to
 // stderr. Runs until killed (or, with --exit-with-stdin, until its stdin closes, so that it
 // never outlives a test process that died without cleaning up). Started by tests/support/oidc.rs; the node modules come from
@@ -16,6 +19,7 @@
 
 import { appendFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -61,13 +65,16 @@ const TOKEN_PATH = '/token';
 // arrive before the provider is set up (a client retrying during a restart) wait for it.
 let setUp;
 const handler = new Promise((resolve) => { setUp = resolve; });
-const server = createServer(async (req, res) => (await handler)(req, res));
+const handle = async (req, res) => (await handler)(req, res);
+const server = config.tls
+  ? createHttpsServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, handle)
+  : createServer(handle);
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(config.port ?? 0, host, resolve);
 });
 const { port } = server.address();
-const issuer = config.issuer ?? `http://${host}:${port}`;
+const issuer = config.issuer ?? `${config.tls ? 'https' : 'http'}://${host}:${port}`;
 
 // Federated clients authenticate with a JWT instead of a secret; oidc-provider knows nothing
 // of that, so they are registered with a secret only this process knows, and a verified

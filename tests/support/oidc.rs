@@ -1,7 +1,8 @@
 //! A real OpenID Connect provider for tests: the npm package `oidc-provider` run by node
-//! (`tests/oidc/provider.mjs`) on loopback, plain HTTP, with client-credentials clients and
-//! Entra-style federated credentials (a JWT such as a service-account token instead of a
-//! secret). Its node modules come from `hack/oidc-provider.sh` (cached outside the checkout).
+//! (`tests/oidc/provider.mjs`) on loopback, plain HTTP or HTTPS with a throwaway CA, with
+//! client-credentials clients and Entra-style federated credentials (a JWT such as a
+//! service-account token instead of a secret). Its node modules come from
+//! `hack/oidc-provider.sh` (cached outside the checkout).
 //!
 #![allow(dead_code)]
 
@@ -23,13 +24,49 @@ pub struct ProviderConfig {
     pub access_token_ttl_seconds: u64,
     pub clients: Vec<ClientConfig>,
     pub federated: Vec<FederatedCredential>,
-    /// Defaults to `http://<host>:<port>`. Another value (e.g. to test an issuer mismatch)
+    /// Defaults to `http://<host>:<port>` (`https://` with `tls`). Another value (e.g. to test an issuer mismatch)
     /// is announced in discovery while the endpoints stay on the host; a path in it
     /// (`http://127.0.0.1:<port>/tenant/v2.0`, Entra's shape) moves the endpoints under it.
     pub issuer: Option<String>,
     /// The address it listens on; defaults to 127.0.0.1. Pods on the local node reach the
     /// host only through the bridge's address (see hack/node.sh).
     pub host: Option<String>,
+    /// Serve HTTPS with this certificate instead of plain HTTP (see [`write_serving_certificate`]
+    /// and [`OidcProvider::start_https`]).
+    pub tls: Option<TlsFiles>,
+}
+
+/// HTTPS for the provider: its certificate (PEM, the chain) and key files, and the CA (PEM)
+/// that clients must trust to reach it.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca_pem: String,
+}
+
+/// A throwaway CA and a serving certificate it signs for `names` (IP addresses or DNS names),
+/// written to `dir` as `tls.crt` and `tls.key`; the CA's PEM is `ca_pem`.
+pub fn write_serving_certificate(dir: &Path, names: &[&str]) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "winflow test OIDC provider CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    // rcgen makes an IP address SAN of each name that parses as one.
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        ca_pem: ca.pem(),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    files
 }
 
 impl Default for ProviderConfig {
@@ -40,6 +77,7 @@ impl Default for ProviderConfig {
             federated: Vec::new(),
             issuer: None,
             host: None,
+            tls: None,
         }
     }
 }
@@ -98,7 +136,20 @@ pub struct OidcProvider {
 impl OidcProvider {
     /// Starts the provider on a free port and waits until it serves.
     pub async fn start(config: ProviderConfig) -> OidcProvider {
+        Self::start_in(tempfile::tempdir().unwrap(), config).await
+    }
+
+    /// Starts it serving HTTPS with a certificate for its host from a new throwaway CA
+    /// ([`write_serving_certificate`], kept in its own directory); [`OidcProvider::ca_pem`]
+    /// is what clients must trust.
+    pub async fn start_https(mut config: ProviderConfig) -> OidcProvider {
         let dir = tempfile::tempdir().unwrap();
+        let host = config.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        config.tls = Some(write_serving_certificate(dir.path(), &[host.as_str()]));
+        Self::start_in(dir, config).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: ProviderConfig) -> OidcProvider {
         let host = config.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
         // With the default issuer the provider picks the port and the issuer tells it; a
         // custom issuer may not contain it, so then a free port is chosen here.
@@ -110,6 +161,11 @@ impl OidcProvider {
                 .unwrap()
                 .port(),
         };
+        // Introspection trusts the provider's CA, and only the public roots otherwise.
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = &config.tls {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap());
+        }
         let mut provider = OidcProvider {
             config,
             host,
@@ -117,7 +173,7 @@ impl OidcProvider {
             issuer: String::new(),
             child: None,
             dir,
-            http: reqwest::Client::new(),
+            http: http.build().unwrap(),
         };
         provider.spawn().await;
         provider
@@ -131,9 +187,19 @@ impl OidcProvider {
         self.port
     }
 
-    /// Where the endpoints are served (`http://<host>:<port>`), whatever the issuer says.
+    /// Where the endpoints are served (`http://<host>:<port>`, `https://` with TLS), whatever
+    /// the issuer says.
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
+        format!("{}://{}:{}", self.scheme(), self.host, self.port)
+    }
+
+    /// The CA (PEM) that signed its certificate, when it serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.config.tls.as_ref().map(|tls| tls.ca_pem.as_str())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.config.tls.is_some() { "https" } else { "http" }
     }
 
     /// Simulates an outage: SIGKILL, and wait until the process is gone.
@@ -208,6 +274,7 @@ impl OidcProvider {
         let config = json!({
             "port": self.port,
             "host": self.host,
+            "tls": c.tls.as_ref().map(|tls| json!({"cert": tls.cert, "key": tls.key})),
             // After the first start, the issuer that was announced, so a restart keeps it.
             "issuer": if self.issuer.is_empty() { c.issuer.clone() } else { Some(self.issuer.clone()) },
             "accessTokenTtlSeconds": c.access_token_ttl_seconds,
@@ -267,7 +334,7 @@ impl OidcProvider {
         };
         if self.issuer.is_empty() {
             if self.port == 0 {
-                let prefix = format!("http://{}:", self.host);
+                let prefix = format!("{}://{}:", self.scheme(), self.host);
                 self.port = issuer
                     .strip_prefix(prefix.as_str())
                     .and_then(|p| p.parse().ok())
