@@ -92,7 +92,14 @@ const FEATURES: &[(&str, &[&str])] = &[
         "one replica without leader election",
         &["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
     ),
+    (
+        "token.caBundle",
+        &["--set-file", "token.caBundle=tests/chart/fixtures/oidc-ca.pem"],
+    ),
 ];
+
+/// Two CA certificates (PEM, with comments), as a user would pass with `--set-file`.
+const OIDC_CA_FIXTURE: &str = "tests/chart/fixtures/oidc-ca.pem";
 
 // ---------------------------------------------------------------------------------------------
 // helm
@@ -166,6 +173,7 @@ fn values_outside_the_schema_are_refused() {
         (vec!["--set", "logFormat=xml"], "logFormat"),
         (vec!["--set", "webhook.certManager.issuerRef.kind=Issuer"], "issuerRef"),
         (vec!["--set", "leaderElection.leaseDuration=15"], "leaseDuration"),
+        (vec!["--set", "token.caBundle=corp-ca.pem"], "caBundle"),
     ] {
         let mut args = vec!["template", "t", CHART];
         args.extend_from_slice(&values);
@@ -514,6 +522,82 @@ fn the_deployment_runs_restricted_with_probes_and_the_operators_flags() {
     assert!(!args(&single).contains(&"--leader-elect".to_owned()));
 }
 
+#[test]
+fn token_ca_bundle_is_a_config_map_mounted_for_oidc_ca_file_and_a_new_one_rolls_the_pods() {
+    let bundle = std::fs::read_to_string(Path::new(REPO).join(OIDC_CA_FIXTURE)).unwrap();
+    let set_file = format!("token.caBundle={OIDC_CA_FIXTURE}");
+    let objects = documents(&template(&["--set-file", &set_file]));
+
+    // The ConfigMap holds the bundle as given, and the operator accepts it: two CAs.
+    let config_map = find(&objects, "ConfigMap", "t-winflow-oidc-ca");
+    assert_eq!(config_map["metadata"]["namespace"], "winflow-system");
+    assert_eq!(config_map["metadata"]["labels"]["app.kubernetes.io/instance"], "t");
+    assert_eq!(config_map["data"], json!({"ca.crt": bundle}));
+    let parsed = winflow::token::CaBundle::from_pem(bundle.as_bytes()).unwrap();
+    assert_eq!(parsed.len(), 2);
+
+    // Mounted read-only, and that file is what --oidc-ca-file names.
+    let pod_template = &find(&objects, "Deployment", "t-winflow")["spec"]["template"];
+    let pod = &pod_template["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes.contains(&json!({"name": "oidc-ca", "configMap": {"name": "t-winflow-oidc-ca"}})),
+        "{volumes:?}"
+    );
+    let container = &pod["containers"][0];
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.contains(&json!({"name": "oidc-ca", "mountPath": "/etc/winflow/oidc-ca", "readOnly": true})),
+        "{mounts:?}"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--oidc-ca-file=/etc/winflow/oidc-ca/ca.crt"), "{args:?}");
+
+    // The pod template carries the bundle's sha256: a new bundle is a new template, so the
+    // Deployment rolls its pods (winflow reads the file at start-up only).
+    let checksum = |pod_template: &Value| pod_template["metadata"]["annotations"]["checksum/oidc-ca"].clone();
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(bundle.as_bytes()));
+    assert_eq!(checksum(pod_template), json!(sha256));
+    let dir = tempfile::tempdir().unwrap();
+    let first_only = bundle.split("# Corp Issuing CA").next().unwrap();
+    std::fs::write(dir.path().join("first.pem"), first_only).unwrap();
+    let set_first = format!("token.caBundle={}", dir.path().join("first.pem").display());
+    let changed = documents(&template(&["--set-file", &set_first]));
+    let changed_template = &find(&changed, "Deployment", "t-winflow")["spec"]["template"];
+    assert_eq!(
+        checksum(changed_template),
+        json!(format!(
+            "{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(first_only.as_bytes())
+        ))
+    );
+    assert_ne!(checksum(changed_template), checksum(pod_template));
+
+    // Without it: no ConfigMap, volume, argument or annotation.
+    let defaults = documents(&template(&[]));
+    assert!(!kinds(&defaults).contains(&"ConfigMap".to_owned()));
+    let default_text = serde_json::to_string(find(&defaults, "Deployment", "t-winflow")).unwrap();
+    for absent in ["oidc-ca", "checksum/"] {
+        assert!(!default_text.contains(absent), "{absent} in the default Deployment");
+    }
+
+    // A private key in the bundle is refused at render time, naming the value.
+    let key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    std::fs::write(dir.path().join("with-key.pem"), format!("{bundle}{key}")).unwrap();
+    let with_key = format!("token.caBundle={}", dir.path().join("with-key.pem").display());
+    let refused = run_helm(&["template", "t", CHART, "--set-file", &with_key], None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("token.caBundle holds a private key"),
+        "{stderr}"
+    );
+}
+
 /// Every value's path (`webhook.certManager.enabled`), down to the objects whose content is
 /// free-form Kubernetes (resources, affinity, ...).
 fn schema_paths(schema: &Value, prefix: &str, paths: &mut Vec<String>) {
@@ -705,6 +789,7 @@ async fn every_rendered_object_is_accepted_by_the_api_server() {
             "serviceMonitor" => &["ServiceMonitor"],
             "networkPolicy" => &["NetworkPolicy"],
             "gmsa.installCRD" => &["CustomResourceDefinition"],
+            "token.caBundle" => &["ConfigMap", "Deployment"],
             _ => &[
                 "Deployment",
                 "MutatingWebhookConfiguration",

@@ -87,3 +87,12 @@ app.kubernetes.io/part-of: winflow
 {{- define "winflow.certDir" -}}
 /var/run/winflow/webhook-certs
 {{- end }}
+
+{{/* The ConfigMap with token.caBundle, and where the operator reads it. */}}
+{{- define "winflow.oidcCaName" -}}
+{{- printf "%s-oidc-ca" (include "winflow.fullname" .) }}
+{{- end }}
+
+{{- define "winflow.oidcCaDir" -}}
+/etc/winflow/oidc-ca
+{{- end }}
