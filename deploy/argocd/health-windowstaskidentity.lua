@@ -24,9 +24,9 @@
 -- 4. Ready=False with any other reason: Degraded, "<reason>: <message>". The configuration
 --    or the outside world needs a person: InvalidSpec, Conflict, ApiError, and every token
 --    failure that leaves no valid token (Expired, DiscoveryFailed, InvalidClient,
---    InvalidScope, InvalidIssuer, SecretMissing, ProviderUnavailable, TokenRequestFailed,
---    AssertionFailed, LifetimeTooShort): pods are refused while it lasts, even if winflow
---    keeps retrying. Reasons this script does not know are Degraded too.
+--    InvalidScope, InvalidIssuer, SecretMissing, ProviderUnavailable, CertificateNotTrusted,
+--    TokenRequestFailed, AssertionFailed, LifetimeTooShort): pods are refused while it lasts,
+--    even if winflow keeps retrying. Reasons this script does not know are Degraded too.
 -- 5. Ready=Unknown: Progressing.
 
 local waiting_reasons = {
