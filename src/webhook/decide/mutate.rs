@@ -239,7 +239,7 @@ fn inject_windows(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: &str,
 fn add_volume(spec: &mut PodSpec, volume: Volume, who: &str, what: &str) -> Checked<()> {
     let pod_volumes = spec.volumes.get_or_insert_with(Vec::new);
     match pod_volumes.iter().find(|v| v.name == volume.name) {
-        Some(existing) if *existing != volume => Err(Denial::new(
+        Some(existing) if !same_volume(existing, &volume) => Err(Denial::new(
             "FieldConflict",
             format!(
                 "pod has a volume named {:?} that differs from identity {who}'s volume for {what}; rename the pod's volume",
@@ -253,6 +253,22 @@ fn add_volume(spec: &mut PodSpec, volume: Volume, who: &str, what: &str) -> Chec
         }
     }
 }
+
+/// Equal once the API server's defaults are applied to both: a pod built from winflow's
+/// template reaches the webhook with them filled in (a Secret volume's `defaultMode: 0644`).
+fn same_volume(pod: &Volume, wanted: &Volume) -> bool {
+    let defaulted = |volume: &Volume| {
+        let mut volume = volume.clone();
+        if let Some(secret) = &mut volume.secret {
+            secret.default_mode.get_or_insert(SECRET_VOLUME_DEFAULT_MODE);
+        }
+        volume
+    };
+    defaulted(pod) == defaulted(wanted)
+}
+
+/// What the API server sets as a Secret volume's `defaultMode` when none is given (0644).
+const SECRET_VOLUME_DEFAULT_MODE: i32 = 0o644;
 
 /// Mounts the identity's volumes in the task container, keeping mounts the pod already has.
 fn add_mounts(container: &mut Container, mounts: Vec<VolumeMount>) {

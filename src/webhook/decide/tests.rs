@@ -441,6 +441,22 @@ fn pods_of_an_identity_with_a_token_get_it_as_env_and_file_and_stay_idempotent()
     );
     let second = mutate(&request("CREATE", mutated.clone(), None), &view);
     assert_eq!(apply(&mutated, &second), mutated, "a second pass changes nothing");
+
+    // A pod built from the identity's template reaches the webhook with the API server's
+    // defaults filled in (a Secret volume's defaultMode): the same volume, admitted.
+    let with_mode = |mode: i64| {
+        let mut pod = mutated.clone();
+        for volume in pod["spec"]["volumes"].as_array_mut().unwrap() {
+            if volume["name"] == "winflow-token" {
+                volume["secret"]["defaultMode"] = json!(mode);
+            }
+        }
+        pod
+    };
+    let defaulted = mutate(&request("CREATE", with_mode(0o644), None), &view);
+    assert!(defaulted.response.allowed, "{:?}", defaulted.response.result);
+    let (reason, _) = denial(&mutate(&request("CREATE", with_mode(0o600), None), &view));
+    assert_eq!(reason, "FieldConflict", "another mode is another volume");
     assert!(validate(&request("CREATE", mutated, None), &view).response.allowed);
 
     // A pod that maps the variable to something else is denied, not rewritten.
