@@ -114,6 +114,11 @@ struct RunArgs {
     /// certificate Secret are (from the downward API in a pod).
     #[arg(long, env = "POD_NAMESPACE", alias = "lease-namespace")]
     operator_namespace: Option<String>,
+    /// After SIGTERM, how long the webhook keeps answering (reported not ready) before it
+    /// stops, while the API server and the nodes' proxies learn that this replica is gone;
+    /// reconciling stops at once. Keep it below the pod's termination grace period.
+    #[arg(long, env = "WINFLOW_SHUTDOWN_DELAY", value_parser = duration, default_value = "5s")]
+    shutdown_delay: Duration,
     /// How long a leader's lease lasts without renewal; a new leader takes over within it.
     #[arg(long, env = "WINFLOW_LEASE_DURATION", value_parser = duration, default_value = "15s")]
     lease_duration: Duration,
@@ -281,13 +286,11 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         ..ControllerConfig::default()
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    // Two stages of shutdown: reconciling (and the Lease) stops at once, so another replica
+    // takes over without waiting; the webhook and admin server stop `--shutdown-delay` later,
+    // so that reviews the API server still routes here meanwhile are answered.
+    let (stop_tx, stop) = Stop::new();
+    let (stop_leading_tx, leading) = Stop::new();
     let webhook = match &args.cert_dir {
         Some(cert_dir) => {
             if args.manage_webhook_certs {
@@ -308,7 +311,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 // Before serving: the HTTPS server starts only with a certificate.
                 let mut keeper = CertKeeper::new(client.clone(), settings, metrics.clone());
                 keeper.ensure().await?;
-                tokio::spawn(keeper.keep(stopped()));
+                tokio::spawn(keeper.keep(stop.stopped()));
             }
             let settings = WebhookSettings {
                 addr: args.webhook_addr,
@@ -317,8 +320,14 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 namespace: args.namespace.clone(),
                 instance: args.instance.clone(),
             };
-            let (_, task) =
-                webhook::start(client.clone(), settings, metrics.clone(), readiness.clone(), stopped()).await?;
+            let (_, task) = webhook::start(
+                client.clone(),
+                settings,
+                metrics.clone(),
+                readiness.clone(),
+                stop.stopped(),
+            )
+            .await?;
             if let Some(url) = &args.register_webhooks {
                 webhook::register(
                     client.clone(),
@@ -341,12 +350,12 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.admin_addr,
         metrics.clone(),
         readiness.clone(),
-        stopped(),
+        stop.stopped(),
     ));
     let controllers = match election {
         None => {
             let ctx = Arc::new(Context::new(client, metrics, config));
-            tokio::spawn(controller::run_all(ctx, readiness, stopped()))
+            tokio::spawn(controller::run_all(ctx, readiness.clone(), leading.stopped()))
         }
         Some(settings) => {
             let lead = {
@@ -360,11 +369,30 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                     })
                 }
             };
-            tokio::spawn(leader::run(client, settings, metrics, readiness, stopped(), lead))
+            tokio::spawn(leader::run(
+                client,
+                settings,
+                metrics,
+                readiness.clone(),
+                leading.stopped(),
+                lead,
+            ))
         }
     };
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    // A terminating pod leaves the webhook Service's endpoints at once, but the nodes'
+    // proxies and the API server may route to it a moment longer; refusing then would fail
+    // a pod create (failurePolicy Fail). A second signal skips the wait.
+    tracing::info!(
+        delay = ?args.shutdown_delay,
+        "shutting down: reconciling stops now, the webhook keeps answering for the delay"
+    );
+    readiness.set_shutting_down();
+    let _ = stop_leading_tx.send(true);
+    tokio::select! {
+        () = tokio::time::sleep(args.shutdown_delay) => {},
+        () = shutdown_signal() => {},
+    }
     let _ = stop_tx.send(true);
     controllers.await?;
     if let Some(webhook) = webhook {
@@ -385,6 +413,26 @@ fn local_registration(url: &str, cert_dir: &std::path::Path, failure_policy: &st
         failure_policy: failure_policy.to_owned(),
         namespace_selector: None,
     })
+}
+
+/// A stop flag shared by the tasks that end with it.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// The flag's sender (send `true` to stop) and the flag.
+    fn new() -> (tokio::sync::watch::Sender<bool>, Stop) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stop(rx))
+    }
+
+    /// Completes once the flag is raised.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
