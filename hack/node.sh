@@ -40,8 +40,10 @@ node_prepare() {
   [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge is missing; install Debian's containernetworking-plugins"
   mkdir -p "$(dirname "$node_lock")"
   exec 9>"$node_lock"
+  # A node that is still stopping (its pods draining) lets go within a minute.
   if ! flock -n 9; then
-    die "another local node is running on this machine (lock $node_lock held by $(cat "$node_lock.owner" 2>/dev/null || echo unknown)); one node per machine"
+    log "waiting for the other local node to stop ($(cat "$node_lock.owner" 2>/dev/null || echo unknown)); one node per machine"
+    flock -w 120 9 || die "another local node is still running on this machine after 120 s (lock $node_lock held by $(cat "$node_lock.owner" 2>/dev/null || echo unknown))"
   fi
   echo "pid $$, state $dir" >"$node_lock.owner"
   node_started=1
@@ -288,7 +290,7 @@ except Exception:
       --data '{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0}' \
       "$server/api/v1/namespaces/$ns/pods" 2>/dev/null || true
   done
-  local deadline=$((SECONDS + 30))
+  local deadline=$((SECONDS + 30)) drain_started=$SECONDS
   while [ -n "$(ctr -a "$dir/containerd.sock" -n k8s.io containers ls -q 2>/dev/null)" ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       log "the kubelet left containers after 30 s; removing them by force"
@@ -297,6 +299,7 @@ except Exception:
     fi
     sleep 0.5
   done
+  log "pods drained in $((SECONDS - drain_started)) s"
 }
 
 # The kubelet first, so that it does not start them again.

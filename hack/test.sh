@@ -30,10 +30,12 @@ step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
+# Only this run's figures are shown below.
+rm -f target/release-binary-size.txt target/in-cluster-figures.txt
 cargo test --locked "$@"
 
 # Figures the tests measured (printed here, since cargo test hides passing tests' output).
-if [ -f target/release-binary-size.txt ]; then
-  step "figures"
-  cat target/release-binary-size.txt
-fi
+step "figures"
+for figures in target/release-binary-size.txt target/in-cluster-figures.txt; do
+  [ ! -f "$figures" ] || cat "$figures"
+done

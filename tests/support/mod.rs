@@ -1,6 +1,6 @@
 //! Test harness: one real control plane (etcd, kube-apiserver, kube-controller-manager) per
-//! test binary, started by `hack/control-plane.sh`; one namespace and one in-process operator
-//! per test.
+//! test binary, started by `hack/control-plane.sh` (with `--node`, a worker node too, for the
+//! tests that run pods); one namespace and one in-process operator per test.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -32,6 +32,8 @@ pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 struct ControlPlane {
     kubeconfig: PathBuf,
+    /// Started with `--node`: a kubelet runs the pods.
+    node: bool,
     // Holding the pipe to the script's stdin keeps the control plane up; it stops when this
     // process exits and the pipe closes.
     _process: Child,
@@ -40,16 +42,33 @@ struct ControlPlane {
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
 fn control_plane() -> &'static ControlPlane {
-    CONTROL_PLANE.get_or_init(|| {
-        // Started on a plain thread: tests run inside a tokio runtime, which may not block.
-        std::thread::spawn(start_control_plane)
-            .join()
-            .expect("control plane start")
-    })
+    started_control_plane(false)
 }
 
-fn start_control_plane() -> ControlPlane {
-    let mut process = Command::new(Path::new(REPO).join("hack/control-plane.sh"))
+/// The images a node's containerd gets (see hack/image.sh): the operator's, and the small
+/// userland that test pods run.
+pub const NODE_IMAGES: &str = "operator busybox";
+
+fn started_control_plane(node: bool) -> &'static ControlPlane {
+    let plane = CONTROL_PLANE.get_or_init(|| {
+        // Started on a plain thread: tests run inside a tokio runtime, which may not block.
+        std::thread::spawn(move || start_control_plane(node))
+            .join()
+            .expect("control plane start")
+    });
+    assert!(
+        plane.node || !node,
+        "this test binary's control plane was started without a node: every test of a binary that runs pods must use TestEnv::on_node"
+    );
+    plane
+}
+
+fn start_control_plane(node: bool) -> ControlPlane {
+    let mut command = Command::new(Path::new(REPO).join("hack/control-plane.sh"));
+    if node {
+        command.arg("--node").env("WINFLOW_NODE_IMAGES", NODE_IMAGES);
+    }
+    let mut process = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -72,6 +91,7 @@ fn start_control_plane() -> ControlPlane {
     runtime.block_on(install_crds(&kubeconfig));
     ControlPlane {
         kubeconfig,
+        node,
         _process: process,
     }
 }
@@ -123,6 +143,16 @@ pub fn kubeconfig_path() -> PathBuf {
     control_plane().kubeconfig.clone()
 }
 
+/// The node's containerd socket (`hack/control-plane.sh --node`).
+pub fn containerd_socket() -> PathBuf {
+    control_plane().kubeconfig.with_file_name("containerd.sock")
+}
+
+/// The node's state: the kubelet's root directory is `node/kubelet` under it.
+pub fn state_dir() -> PathBuf {
+    control_plane().kubeconfig.parent().unwrap().to_path_buf()
+}
+
 /// The API server's audit log of write requests (see `hack/control-plane.sh`).
 pub fn audit_log_path() -> PathBuf {
     control_plane().kubeconfig.with_file_name("audit.log")
@@ -165,7 +195,17 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(test: &str) -> Self {
-        let kubeconfig = control_plane().kubeconfig.clone();
+        Self::in_control_plane(control_plane(), test).await
+    }
+
+    /// As `new`, on a control plane with a worker node (one per test binary: every test of
+    /// the binary calls this instead of `new`).
+    pub async fn on_node(test: &str) -> Self {
+        Self::in_control_plane(started_control_plane(true), test).await
+    }
+
+    async fn in_control_plane(plane: &ControlPlane, test: &str) -> Self {
+        let kubeconfig = plane.kubeconfig.clone();
         let client = client_for(&kubeconfig).await;
         let suffix: String = format!(
             "{:x}",
