@@ -7,10 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '==> %s\n' "$*" >&2; }
 
-# The integration tests start etcd, kube-apiserver and kube-controller-manager from here;
-# the first run builds them (several minutes), later runs reuse the cache.
-step "control-plane binaries"
-assets=$(hack/control-plane-assets.sh)
+# The integration tests start etcd, kube-apiserver and kube-controller-manager from here,
+# and tests/in_cluster.rs a worker node (kubelet, kube-proxy, kube-scheduler, pause); the
+# first run builds them (about 10 minutes), later runs reuse the cache.
+step "control-plane and node binaries"
+assets=$(hack/control-plane-assets.sh --node)
 export KUBEBUILDER_ASSETS=$assets
 
 # Tests that render pods through Apache Airflow's own pod builder use this interpreter.
