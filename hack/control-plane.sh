@@ -76,34 +76,8 @@ else
   dir=$(mktemp -d "${TMPDIR:-/tmp}/winflow-control-plane.XXXXXX")
 fi
 
-# name -> pid, in start order; stopped in reverse order.
-names=()
-pids=()
-stdin_pid=""
-
-# True while the process runs; a zombie (exited, not yet reaped) counts as dead.
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
-stop_one() {
-  local name=$1 pid=$2 i
-  if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      alive "$pid" || break
-      sleep 0.1
-    done
-    if alive "$pid"; then
-      log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=hack/processes.sh
+. "$here/processes.sh"
 
 cleanup() {
   local status=$? i
@@ -129,37 +103,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 # A reader that went away before our one line must not kill us without the cleanup.
 trap 'exit 141' PIPE
-
-# Should this script itself be killed outright (SIGKILL, no cleanup), the kernel still kills
-# its children (SIGKILL: an API server whose etcd is gone hangs on SIGTERM): setpriv
-# --pdeathsig, from util-linux.
-pdeathsig=()
-if command -v setpriv >/dev/null; then
-  pdeathsig=(setpriv --pdeathsig KILL)
-fi
-
-# Starts a binary in the background with its output in DIR/NAME.log.
-start() {
-  local name=$1
-  shift
-  "${pdeathsig[@]}" "$@" </dev/null >>"$dir/$name.log" 2>&1 &
-  names+=("$name")
-  pids+=("$!")
-}
-
-# Fails (with the tail of the process's log) when any started process has exited.
-check_alive() {
-  local i status
-  for ((i = 0; i < ${#pids[@]}; i++)); do
-    if ! alive "${pids[i]}"; then
-      status=0
-      wait "${pids[i]}" 2>/dev/null || status=$?
-      log "${names[i]} exited (status $status); last lines of $dir/${names[i]}.log:"
-      tail -n 30 "$dir/${names[i]}.log" >&2 || true
-      return 1
-    fi
-  done
-}
 
 # Three distinct free loopback ports, all held at once so they cannot repeat.
 ports=$(python3 -c '
@@ -329,16 +272,4 @@ fi
 log "ready in $((SECONDS - started)) s: $server"
 echo "kubeconfig=$dir/kubeconfig"
 
-# A child reads stdin to EOF, so the main shell only ever blocks in `wait`: a signal
-# interrupts `wait` at once and runs its trap safely. (Running the shutdown from a trap
-# inside `read -t` crashed bash 5.2 with a segmentation fault.)
-cat >/dev/null <&0 &
-stdin_pid=$!
-while :; do
-  wait -n "$stdin_pid" "${pids[@]}" || true
-  check_alive || exit 1
-  if ! alive "$stdin_pid"; then
-    break
-  fi
-done
-log "stdin closed; stopping"
+wait_for_stdin_eof
