@@ -384,8 +384,9 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     // proxies and the API server may route to it a moment longer; refusing then would fail
     // a pod create (failurePolicy Fail). A second signal skips the wait.
     tracing::info!(
-        delay = ?args.shutdown_delay,
-        "shutting down: reconciling stops now, the webhook keeps answering for the delay"
+        reconciling = "stops now",
+        webhook_answers_for = ?args.shutdown_delay,
+        "shutting down"
     );
     readiness.set_shutting_down();
     let _ = stop_leading_tx.send(true);
