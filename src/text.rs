@@ -8,9 +8,10 @@ pub fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// A duration as people write it: `5m`, `1h 30m`, `12s`.
+/// A duration as people write it, to the nearest second: `5m`, `1h 30m`, `12s`.
 pub fn human_duration(duration: std::time::Duration) -> String {
-    jiff::SignedDuration::try_from(duration)
+    let seconds = duration.as_secs() + u64::from(duration.subsec_millis() >= 500);
+    jiff::SignedDuration::try_from(std::time::Duration::from_secs(seconds))
         .map(|d| format!("{d:#}"))
         .unwrap_or_else(|_| format!("{}s", duration.as_secs()))
 }
@@ -23,6 +24,9 @@ mod tests {
     fn durations_read_as_people_write_them() {
         assert_eq!(human_duration(std::time::Duration::from_secs(300)), "5m");
         assert_eq!(human_duration(std::time::Duration::from_secs(5400)), "1h 30m");
+        // Never "17s 511ms 766µs 176ns": a denial says when, not how precisely.
+        assert_eq!(human_duration(std::time::Duration::from_nanos(17_511_766_176)), "18s");
+        assert_eq!(human_duration(std::time::Duration::from_millis(400)), "0s");
     }
 
     #[test]
