@@ -290,16 +290,18 @@ except Exception:
       --data '{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0}' \
       "$server/api/v1/namespaces/$ns/pods" 2>/dev/null || true
   done
+  # Running tasks, not containers: those of finished pods stay until their pod is gone,
+  # which a finalizer (its controller stopped) can hold off for ever.
   local deadline=$((SECONDS + 30)) drain_started=$SECONDS
-  while [ -n "$(ctr -a "$dir/containerd.sock" -n k8s.io containers ls -q 2>/dev/null)" ]; do
+  while ctr -a "$dir/containerd.sock" -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; do
     if [ "$SECONDS" -ge "$deadline" ]; then
-      log "the kubelet left containers after 30 s; removing them by force"
-      node_force_remove_containers
+      log "the kubelet left running containers after 30 s; killing them"
       break
     fi
     sleep 0.5
   done
   log "pods drained in $((SECONDS - drain_started)) s"
+  node_force_remove_containers
 }
 
 # The kubelet first, so that it does not start them again.
