@@ -104,7 +104,8 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         phase = Instant::now();
     };
     lap(&mut figures, "phase: certificates checked");
-    grant_airflow_pod_rights(&tasks).await;
+    // This Airflow's accounts and another team's worker may create pods here.
+    support::grant_pod_launcher(&tasks, &[SCHEDULER, WORKER, OTHER_WORKER]).await;
     create_identity(&tasks, IDENTITY, &[]).await;
     create_identity(&tasks, STREAM_IDENTITY, &[]).await;
     lap(&mut figures, "phase: identities Ready");
@@ -310,33 +311,6 @@ async fn create_identity(tasks: &TestEnv, name: &str, extra: &[(&str, Value)]) -
         .await
         .unwrap();
     support::wait_for_condition(tasks, name, "Ready", "True", None).await
-}
-
-/// What the Airflow chart grants its scheduler and workers in their namespace (the
-/// pod-launcher Role): create and watch pods, read their logs; to this Airflow's accounts and
-/// to another team's worker. `use` on the identity comes from `spec.access.creators` only.
-async fn grant_airflow_pod_rights(tasks: &TestEnv) {
-    let ns = &tasks.namespace;
-    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": {"name": "airflow-pod-launcher"},
-        "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
-            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}
-        ]
-    }))
-    .unwrap();
-    tasks.api().create(&PostParams::default(), &role).await.unwrap();
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "airflow-pod-launcher"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "airflow-pod-launcher"},
-        "subjects": [
-            {"kind": "ServiceAccount", "name": SCHEDULER, "namespace": ns},
-            {"kind": "ServiceAccount", "name": WORKER, "namespace": ns},
-            {"kind": "ServiceAccount", "name": OTHER_WORKER, "namespace": ns}
-        ]
-    }))
-    .unwrap();
-    tasks.api().create(&PostParams::default(), &binding).await.unwrap();
 }
 
 /// A Windows task pod of `identity`, as the KubernetesPodOperator builds it.

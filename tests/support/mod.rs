@@ -555,3 +555,31 @@ pub async fn add_ephemeral_container(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// What the Airflow chart grants its scheduler and workers in their namespace (its
+/// pod-launcher Role: create and watch pods, read their logs and events), bound to the
+/// service accounts `accounts` of the test's namespace. `use` on an identity comes from its
+/// `spec.access.creators`, never from this.
+pub async fn grant_pod_launcher(env: &TestEnv, accounts: &[&str]) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "airflow-pod-launcher"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}
+        ]
+    }))
+    .unwrap();
+    env.api().create(&PostParams::default(), &role).await.unwrap();
+    let subjects: Vec<serde_json::Value> = accounts
+        .iter()
+        .map(|name| serde_json::json!({"kind": "ServiceAccount", "name": name, "namespace": env.namespace}))
+        .collect();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "airflow-pod-launcher"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "airflow-pod-launcher"},
+        "subjects": subjects
+    }))
+    .unwrap();
+    env.api().create(&PostParams::default(), &binding).await.unwrap();
+}
