@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides a Python virtualenv with Apache Airflow, its cncf.kubernetes provider and psycopg2
+# Provides a Python virtualenv with Apache Airflow, its cncf.kubernetes provider psycopg2 and asyncpg
 # (so that Airflow can keep its metadata in PostgreSQL), used by the tests that feed winflow's
 # pod templates to Airflow's own pod builder (tests/airflow/build_pods.py) and baked into the
 # local Airflow worker image (`hack/image.sh airflow`), and prints the absolute path of the
@@ -8,7 +8,7 @@
 # The venv lives outside the checkout, at $WINFLOW_CACHE_DIR/airflow-venv
 # (default ~/.cache/winflow/airflow-venv, about 450 MB). It is built once (40-80 s on 2 cores,
 # mostly download time) and reused while its pins match and
-# `import airflow.providers.cncf.kubernetes, psycopg2` works (about 2 s); otherwise it is rebuilt.
+# `import airflow.providers.cncf.kubernetes, psycopg2, asyncpg` works (about 2 s); otherwise it is rebuilt.
 #
 # Airflow's constraint files are published on GitHub, which is not reachable from here,
 # so only the top-level packages are pinned and pip resolves the rest from PyPI.
@@ -27,6 +27,8 @@ PINS=(
   "apache-airflow-providers-cncf-kubernetes==${PROVIDER_VERSION}"
   # A manylinux wheel with its own libpq (psycopg2_binary.libs): nothing to compile.
   "psycopg2-binary==2.9.13"
+  # Airflow 3 opens its metadata database asynchronously too (postgresql+asyncpg).
+  "asyncpg==0.32.0"
 )
 
 cache_root="${WINFLOW_CACHE_DIR:-$HOME/.cache/winflow}"
@@ -43,7 +45,7 @@ import_check() {
   rc=0
   AIRFLOW_HOME="$tmp" AIRFLOW__CORE__LOAD_EXAMPLES=False \
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$tmp/airflow.db" \
-    "$venv/bin/python" -c 'import airflow.providers.cncf.kubernetes, psycopg2' >/dev/null 2>&1 || rc=$?
+    "$venv/bin/python" -c 'import airflow.providers.cncf.kubernetes, psycopg2, asyncpg' >/dev/null 2>&1 || rc=$?
   rm -rf "$tmp"
   return "$rc"
 }
@@ -80,7 +82,7 @@ trap 'rc=$?; if [ "$rc" -ne 0 ]; then log "failed; removing $venv"; rm -rf "$ven
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
 "$venv/bin/python" -m pip freeze --disable-pip-version-check >"$venv/winflow-freeze.txt"
 if ! import_check; then
-  log "installed, but 'import airflow.providers.cncf.kubernetes, psycopg2' fails"
+  log "installed, but 'import airflow.providers.cncf.kubernetes, psycopg2, asyncpg' fails"
   exit 1
 fi
 printf '%s\n' "${PINS[@]}" >"$stamp"
