@@ -32,11 +32,11 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
 # Only this run's figures are shown below.
-rm -f target/release-binary-size.txt target/in-cluster-figures.txt
+rm -f target/release-binary-size.txt target/in-cluster-figures.txt target/airflow-e2e-figures.txt
 cargo test --locked "$@"
 
 # Figures the tests measured (printed here, since cargo test hides passing tests' output).
 step "figures"
-for figures in target/release-binary-size.txt target/in-cluster-figures.txt; do
+for figures in target/release-binary-size.txt target/in-cluster-figures.txt target/airflow-e2e-figures.txt; do
   [ ! -f "$figures" ] || cat "$figures"
 done
