@@ -81,25 +81,16 @@ chmod 755 "$dir"
 . "$here/processes.sh"
 
 cleanup() {
-  local status=$? i
+  local status=$?
   set +e
   trap '' INT TERM
   [ -z "$stdin_pid" ] || kill "$stdin_pid" 2>/dev/null
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${names[i]}" "${pids[i]}"
-  done
-  if [ "${WINFLOW_KEEP_AIRFLOW:-}" = 1 ]; then
-    log "kept state directory $dir"
-  else
-    rm -rf "$dir"
-  fi
+  stop_all
+  remove_state_dir "${WINFLOW_KEEP_AIRFLOW:-}"
   log "stopped"
   exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 141' PIPE
+exit_through_cleanup
 
 free_port() {
   python3 -c 'import socket, sys

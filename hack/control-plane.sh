@@ -80,29 +80,19 @@ fi
 . "$here/processes.sh"
 
 cleanup() {
-  local status=$? i
+  local status=$?
   set +e
   # A second Ctrl-C must not cut the shutdown short and leave processes behind.
   trap '' INT TERM
   [ -z "$stdin_pid" ] || kill "$stdin_pid" 2>/dev/null
   [ -z "$with_node" ] || node_drain
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    stop_one "${names[i]}" "${pids[i]}"
-  done
+  stop_all
   [ -z "$with_node" ] || node_cleanup
-  if [ "${WINFLOW_KEEP_CONTROL_PLANE:-}" = 1 ]; then
-    log "kept state directory $dir"
-  else
-    rm -rf "$dir"
-  fi
+  remove_state_dir "${WINFLOW_KEEP_CONTROL_PLANE:-}"
   log "stopped"
   exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-# A reader that went away before our one line must not kill us without the cleanup.
-trap 'exit 141' PIPE
+exit_through_cleanup
 
 # Three distinct free loopback ports, all held at once so they cannot repeat.
 ports=$(python3 -c '
@@ -220,7 +210,10 @@ until [ "$(api /readyz)" = 200 ]; do
   sleep 0.2
 done
 
-cat >"$dir/kubeconfig" <<EOF
+# A kubeconfig for `user` with `token` (the admin's here, the node's components' in node.sh).
+write_kubeconfig() {
+  local file=$1 user=$2 token=$3
+  cat >"$file" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -229,17 +222,19 @@ clusters:
     server: $server
     certificate-authority: $dir/certs/apiserver.crt
 users:
-- name: admin
+- name: $user
   user:
     token: $token
 contexts:
 - name: winflow
   context:
     cluster: winflow
-    user: admin
+    user: $user
 current-context: winflow
 EOF
-chmod 600 "$dir/kubeconfig"
+  chmod 600 "$file"
+}
+write_kubeconfig "$dir/kubeconfig" admin "$token"
 
 # Without a node there is nothing for the node controllers to do; with one, nodelifecycle
 # takes the not-ready taint off the node once its kubelet reports Ready.

@@ -1,6 +1,7 @@
 # A worker node for the local control plane: containerd, kubelet, kube-proxy and
 # kube-scheduler, following ../shared/REALNODE.md. Sourced by hack/control-plane.sh --node,
-# whose `start`, `log`, `die`, `$dir` and `$bin` it uses; not run on its own.
+# whose `start`, `log`, `die`, `write_kubeconfig`, `$dir` and `$bin` it uses; not run on its
+# own.
 #
 # Every address is on this machine: the pods live on the bridge winflow0 (10.244.0.0/24,
 # gateway 10.244.0.1, which is also where the API server listens), nothing is masqueraded,
@@ -94,37 +95,12 @@ node_tokens() {
   } >>"$dir/tokens.csv"
 }
 
-# A kubeconfig for one component, next to the admin one.
-node_kubeconfig() {
-  local file=$1 user=$2 token=$3
-  cat >"$file" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: winflow
-  cluster:
-    server: $server
-    certificate-authority: $dir/certs/apiserver.crt
-users:
-- name: $user
-  user:
-    token: $token
-contexts:
-- name: winflow
-  context:
-    cluster: winflow
-    user: $user
-current-context: winflow
-EOF
-  chmod 600 "$file"
-}
-
 node_start() {
   local node=$dir/node
   mkdir -p "$node/cni" "$node/containerd" "$node/kubelet"
-  node_kubeconfig "$node/kubelet.kubeconfig" kubelet "$node_kubelet_token"
-  node_kubeconfig "$node/kube-proxy.kubeconfig" kube-proxy "$node_proxy_token"
-  node_kubeconfig "$node/kube-scheduler.kubeconfig" kube-scheduler "$node_scheduler_token"
+  write_kubeconfig "$node/kubelet.kubeconfig" kubelet "$node_kubelet_token"
+  write_kubeconfig "$node/kube-proxy.kubeconfig" kube-proxy "$node_proxy_token"
+  write_kubeconfig "$node/kube-scheduler.kubeconfig" kube-scheduler "$node_scheduler_token"
 
   # The pod network: one bridge, host-local addresses, the bridge as the only route.
   cat >"$node/cni/10-winflow.conflist" <<EOF

@@ -79,3 +79,29 @@ wait_for_stdin_eof() {
   done
   log "stdin closed; stopping"
 }
+
+# Stops every started process, the last started first.
+stop_all() {
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    stop_one "${names[i]}" "${pids[i]}"
+  done
+}
+
+# Removes the state directory unless $1 is 1 (a WINFLOW_KEEP_* setting).
+remove_state_dir() {
+  if [ "${1:-}" = 1 ]; then
+    log "kept state directory $dir"
+  else
+    rm -rf "$dir"
+  fi
+}
+
+# Runs `cleanup` on exit, also after SIGINT, SIGTERM, or a reader that went away before the
+# caller's one line (SIGPIPE).
+exit_through_cleanup() {
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 141' PIPE
+}

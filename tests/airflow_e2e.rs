@@ -26,6 +26,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
+use support::figures::Figures;
 use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
 use support::{REPO, TestEnv, wait_until};
 use winflow::api::WindowsTaskIdentity;
@@ -40,27 +41,9 @@ const CLIENT_SECRET: &str = "payroll-client-secret-for-tests";
 const TOKEN_SECONDS: u64 = 90;
 const RENEW_BEFORE: &str = "15s";
 
-/// What the run saw, printed and kept in target/airflow-e2e-figures.txt for hack/test.sh.
-#[derive(Default)]
-struct Figures(String);
-
-impl Figures {
-    fn add(&mut self, line: String) {
-        eprintln!("airflow-e2e: {line}");
-        self.0.push_str(&format!("airflow-e2e: {line}\n"));
-    }
-}
-
-impl Drop for Figures {
-    fn drop(&mut self) {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../airflow-e2e-figures.txt");
-        let _ = std::fs::write(path, &self.0);
-    }
-}
-
 #[tokio::test]
 async fn a_real_airflow_runs_its_dags_through_winflow() {
-    let mut figures = Figures::default();
+    let mut figures = Figures::new("airflow-e2e");
     let env = TestEnv::on_node("airflow-e2e").await;
     let ns = env.namespace.clone();
     let image = import_airflow_image().await;
@@ -161,18 +144,11 @@ async fn a_real_airflow_runs_its_dags_through_winflow() {
         .await
         .unwrap();
     assert!(pods.items.is_empty(), "a pod of payroll_cleanup exists");
-    let denial = wait_until(
-        "the scheduler to log winflow's denial",
-        Duration::from_secs(30),
-        || async {
-            airflow
-                .scheduler_log()
-                .lines()
-                .find(|l| l.contains("payroll_cleanup") && l.contains("may not use identity"))
-                .map(str::to_owned)
-        },
-    )
-    .await;
+    let denial = airflow
+        .scheduler_line("winflow's denial", |l| {
+            l.contains("payroll_cleanup") && l.contains("may not use identity")
+        })
+        .await;
     figures.add(format!(
         "2. run {run}: upload failed on try 1 in {:.0} s, no pod made; scheduler: {}",
         started.elapsed().as_secs_f64(),
@@ -188,18 +164,11 @@ async fn a_real_airflow_runs_its_dags_through_winflow() {
     let log = api.log(&run, "upload", tries).await;
     assert_eq!(backfill["state"], "success", "try {tries}: {log}");
     assert!(tries > 1, "the first try was admitted although the token was too short");
-    let first = wait_until(
-        "the scheduler to log the token denial",
-        Duration::from_secs(30),
-        || async {
-            airflow
-                .scheduler_log()
-                .lines()
-                .find(|l| l.contains("sooner than the 1m this pod needs") && l.contains("a fresh token is due at"))
-                .map(str::to_owned)
-        },
-    )
-    .await;
+    let first = airflow
+        .scheduler_line("the token denial", |l| {
+            l.contains("sooner than the 1m this pod needs") && l.contains("a fresh token is due at")
+        })
+        .await;
     figures.add(format!(
         "3. run {run}: upload success on try {tries} in {:.0} s (token renewed at {renewal}); try 1: {}",
         started.elapsed().as_secs_f64(),
@@ -424,8 +393,19 @@ impl Airflow {
         .unwrap()
     }
 
-    fn scheduler_log(&self) -> String {
-        std::fs::read_to_string(self.home.with_file_name("scheduler.log")).unwrap_or_default()
+    /// The first line of the scheduler's log that `wanted` accepts, once there is one.
+    async fn scheduler_line(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let log = self.home.with_file_name("scheduler.log");
+        let wanted = &wanted;
+        wait_until(
+            &format!("the scheduler to log {what}"),
+            Duration::from_secs(30),
+            || async {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines().find(|l| wanted(l)).map(str::to_owned)
+            },
+        )
+        .await
     }
 
     /// A REST client with a token of the simple auth manager (every user is an admin here).

@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use kube::api::{
 };
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use support::figures::Figures;
 use support::helm::helm_async;
 use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
 use support::{REPO, TestEnv, wait_until};
@@ -52,27 +52,11 @@ const WORKER: &str = "airflow-worker";
 /// Another team's worker in the same namespace: it may create pods, but not as `IDENTITY`.
 const OTHER_WORKER: &str = "reports-worker";
 
-/// What the story measured, printed at the end and kept for hack/test.sh.
-#[derive(Default)]
-struct Figures(String);
-
-impl Figures {
-    fn add(&mut self, line: String) {
-        eprintln!("in-cluster: {line}");
-        let _ = writeln!(self.0, "in-cluster: {line}");
-    }
-
-    fn write(&self) {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../in-cluster-figures.txt");
-        std::fs::write(path, &self.0).unwrap();
-    }
-}
-
 #[tokio::test]
 async fn the_chart_runs_the_operator_on_a_real_node() {
     let system = TestEnv::on_node("winflow-system").await;
     let tasks = TestEnv::on_node("airflow").await;
-    let mut figures = Figures::default();
+    let mut figures = Figures::new("in-cluster");
     let story = Instant::now();
     // The identity's OpenID provider, on a private CA, where the operator's pods reach it.
     let provider = OidcProvider::start_https(ProviderConfig {
@@ -124,7 +108,6 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     lap(&mut figures, "phase: helm uninstall");
 
     figures.add(format!("whole story: {:.0} s", story.elapsed().as_secs_f64()));
-    figures.write();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,22 +232,14 @@ async fn managed_certificates(system: &TestEnv, operators: &[String]) {
         assert!(mount.starts_with("tmpfs "), "the key stays in memory: {mount}");
     }
 
-    let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
-    let mutating = Api::<MutatingWebhookConfiguration>::all(system.client.clone())
-        .list(&selector)
-        .await
-        .unwrap();
-    let validating = Api::<ValidatingWebhookConfiguration>::all(system.client.clone())
-        .list(&selector)
-        .await
-        .unwrap();
+    let (mutating, validating) = release_webhooks(&system.client).await;
     let mut bundles = Vec::new();
-    for configuration in &mutating.items {
+    for configuration in &mutating {
         for hook in configuration.webhooks.iter().flatten() {
             bundles.push((hook.name.clone(), hook.client_config.ca_bundle.clone()));
         }
     }
-    for configuration in &validating.items {
+    for configuration in &validating {
         for hook in configuration.webhooks.iter().flatten() {
             bundles.push((hook.name.clone(), hook.client_config.ca_bundle.clone()));
         }
@@ -277,6 +252,20 @@ async fn managed_certificates(system: &TestEnv, operators: &[String]) {
             "{name} trusts the operator's CA"
         );
     }
+}
+
+/// The release's webhook configurations (by the chart's instance label).
+async fn release_webhooks(client: &Client) -> (Vec<MutatingWebhookConfiguration>, Vec<ValidatingWebhookConfiguration>) {
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .list(&selector)
+        .await
+        .unwrap();
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .list(&selector)
+        .await
+        .unwrap();
+    (mutating.items, validating.items)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,16 +747,8 @@ async fn executor_pod_runs_on_the_node(tasks: &TestEnv, figures: &mut Figures) {
 async fn uninstall(system: &TestEnv, tasks: &TestEnv) {
     let args = ["uninstall", RELEASE, "--namespace", &system.namespace, "--wait"];
     helm_async(strings(&args), Some(support::kubeconfig_path())).await;
-    let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
-    let mutating = Api::<MutatingWebhookConfiguration>::all(system.client.clone())
-        .list(&selector)
-        .await
-        .unwrap();
-    let validating = Api::<ValidatingWebhookConfiguration>::all(system.client.clone())
-        .list(&selector)
-        .await
-        .unwrap();
-    assert!(mutating.items.is_empty() && validating.items.is_empty());
+    let (mutating, validating) = release_webhooks(&system.client).await;
+    assert!(mutating.is_empty() && validating.is_empty());
     let all_hooks: Vec<String> = Api::<ValidatingWebhookConfiguration>::all(system.client.clone())
         .list(&ListParams::default())
         .await

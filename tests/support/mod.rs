@@ -21,6 +21,7 @@ use winflow::metrics::Metrics;
 use winflow::token::TokenConfig;
 
 pub mod audit;
+pub mod figures;
 pub mod fleet;
 pub mod helm;
 pub mod oidc;
