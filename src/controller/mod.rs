@@ -3,7 +3,7 @@
 pub mod apply;
 mod backoff;
 mod child_versions;
-mod finalizer;
+pub mod finalizer;
 pub mod identity;
 mod report;
 pub mod share;
