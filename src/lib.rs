@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod telemetry;
 pub mod text;
 pub mod token;
+pub(crate) mod watch_health;

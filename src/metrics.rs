@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::watch_health::WatchHealth;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     pub controller: &'static str,
@@ -51,7 +53,25 @@ pub struct WebhookLabels {
     pub webhook: &'static str,
 }
 
-/// The operator's metrics, shared by controllers, the webhook and the admin server.
+/// One watch: who reads it (`identity`, `share`, `webhook`: several watch the same kind) and
+/// the kind it watches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watcher: &'static str,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchFailureLabels {
+    pub watcher: &'static str,
+    pub kind: String,
+    /// `Forbidden`, `Unauthorized`, `NotFound`, `Unreachable`, or the API server's reason.
+    pub reason: String,
+}
+
+/// The operator's metrics, shared by controllers, the webhook and the admin server. They
+/// also carry the health of the watches, which the admin server reports on `/readyz`: one
+/// handle reaches every watch, including those of each leader term's fresh controllers.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -63,6 +83,9 @@ pub struct Metrics {
     token_refreshes: Family<RefreshLabels, Counter>,
     token_expiry: Family<IdentityLabels, Gauge>,
     leader: Gauge,
+    watch_failures: Family<WatchFailureLabels, Counter>,
+    watch_failing_since: Family<WatchLabels, Gauge>,
+    watch_health: WatchHealth,
 }
 
 impl Default for Metrics {
@@ -123,6 +146,18 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease and reconciles, 0 otherwise",
             leader.clone(),
         );
+        let watch_failures = Family::<WatchFailureLabels, Counter>::default();
+        registry.register(
+            "watch_failures",
+            "Failed list and watch requests of the operator's watches, by watcher, kind and reason",
+            watch_failures.clone(),
+        );
+        let watch_failing_since = Family::<WatchLabels, Gauge>::default();
+        registry.register(
+            "watch_failing_since_timestamp_seconds",
+            "Since when each failing watch has been failing (Unix time); no series while it works",
+            watch_failing_since.clone(),
+        );
         Self {
             registry: Arc::new(root),
             reconciles,
@@ -133,6 +168,9 @@ impl Default for Metrics {
             token_refreshes,
             token_expiry,
             leader,
+            watch_failures,
+            watch_failing_since,
+            watch_health: WatchHealth::default(),
         }
     }
 }
@@ -199,6 +237,34 @@ impl Metrics {
     /// Whether this replica leads (and reconciles).
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// One failed request of a watch.
+    pub(crate) fn watch_failed(&self, watch: &WatchLabels, reason: &str) {
+        self.watch_failures
+            .get_or_create(&WatchFailureLabels {
+                watcher: watch.watcher,
+                kind: watch.kind.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Since when (Unix time) a watch has been failing; `None` removes the series.
+    pub(crate) fn watch_failing_since(&self, watch: &WatchLabels, since: Option<i64>) {
+        match since {
+            Some(at) => {
+                self.watch_failing_since.get_or_create(watch).set(at);
+            }
+            None => {
+                self.watch_failing_since.remove(watch);
+            }
+        }
+    }
+
+    /// Which watches fail now, for `/readyz`.
+    pub(crate) fn watch_health(&self) -> &WatchHealth {
+        &self.watch_health
     }
 
     /// The Prometheus text exposition.

@@ -31,7 +31,7 @@ impl Backoff {
 const WATCH_FIRST: Duration = Duration::from_millis(250);
 const WATCH_MAX: Duration = Duration::from_secs(5);
 
-/// Delays before a failed watch is retried: 250 ms doubling to 5 s, reset by its next event.
+/// Delays before a failed watch is retried: 250 ms doubling to 5 s, reset once it works again.
 /// kube-runtime's default grows to 30 s plus as much jitter, long after a short outage is
 /// over; a retry every 5 s is a negligible load on an API server that is down.
 #[derive(Clone, Debug)]

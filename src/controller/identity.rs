@@ -27,6 +27,7 @@ use crate::names::{
     WINDOWS_TEMPLATE_KEY,
 };
 use crate::task_pod::{self, TaskPod};
+use crate::watch_health::Watcher;
 use crate::{pods, validate};
 
 const CONTROLLER: &str = "identity";
@@ -46,7 +47,13 @@ pub async fn run(
     let (store, store_writer) = reflector::store();
     let identity_events = reflector::reflector(
         store_writer,
-        watches::events(identities, watcher::Config::default().any_semantic()).modify(watches::drop_unread_metadata),
+        watches::events(
+            identities,
+            watcher::Config::default().any_semantic(),
+            Watcher::Identity,
+            &ctx.metrics,
+        )
+        .modify(watches::drop_unread_metadata),
     );
     let identity_changes = identity_events
         .applied_objects()
@@ -60,6 +67,8 @@ pub async fn run(
     let pod_watch = watches::events(
         scoped::<TaskPod>(client.clone(), namespace.as_deref()),
         watcher::Config::default().labels(IDENTITY_LABEL),
+        Watcher::Identity,
+        &ctx.metrics,
     )
     .modify(task_pod::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
@@ -74,6 +83,8 @@ pub async fn run(
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
             None => watcher::Config::default(),
         },
+        Watcher::Identity,
+        &ctx.metrics,
     )
     .modify(|ns| {
         ns.metadata.managed_fields = None;
@@ -88,6 +99,8 @@ pub async fn run(
     let secrets = watches::events(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
         watcher::Config::default(),
+        Watcher::Identity,
+        &ctx.metrics,
     )
     .touched_objects();
     let referrers = store.clone();
@@ -109,7 +122,7 @@ pub async fn run(
         })
         // A share that appears, binds or breaks re-checks the identities that mount it.
         .watches_stream(
-            watches::events(shares, watcher::Config::default()).touched_objects(),
+            watches::events(shares, watcher::Config::default(), Watcher::Identity, &ctx.metrics).touched_objects(),
             move |share| {
                 let namespace = share.meta().namespace.clone();
                 let name = share.meta().name.clone().unwrap_or_default();
@@ -160,7 +173,7 @@ where
 {
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let ctx = ctx.clone();
-    watches::events(api, managed).filter_map(move |event| {
+    watches::events(api, managed, Watcher::Identity, &ctx.metrics).filter_map(move |event| {
         let versions = &ctx.child_versions;
         let trigger = match event {
             Ok(watcher::Event::Apply(child) | watcher::Event::InitApply(child)) => {

@@ -20,6 +20,7 @@ use crate::api::share::{WindowsShare, WindowsShareStatus};
 use crate::build::{self, with_spec_hash};
 use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::validate;
+use crate::watch_health::Watcher;
 
 const CONTROLLER: &str = "share";
 
@@ -44,6 +45,8 @@ pub async fn run(
         watches::events(
             scoped::<Guarded>(client.clone(), namespace.as_deref()),
             watcher::Config::default().any_semantic(),
+            Watcher::Share,
+            &ctx.metrics,
         ),
     );
     let share_changes = share_events
@@ -56,14 +59,23 @@ pub async fn run(
     let secrets = watches::events(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
         watcher::Config::default(),
+        Watcher::Share,
+        &ctx.metrics,
     )
     .touched_objects();
-    let volumes = watches::events(Api::<PersistentVolume>::all(client.clone()), managed.clone());
+    let volumes = watches::events(
+        Api::<PersistentVolume>::all(client.clone()),
+        managed.clone(),
+        Watcher::Share,
+        &ctx.metrics,
+    );
     controller
         .owns_stream(
             watches::events(
                 scoped::<PersistentVolumeClaim>(client.clone(), namespace.as_deref()),
                 managed,
+                Watcher::Share,
+                &ctx.metrics,
             )
             .touched_objects(),
         )

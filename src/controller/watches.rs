@@ -6,50 +6,97 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use kube::core::DeserializeGuard;
 use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 
-use kube::core::DeserializeGuard;
-
 use super::backoff::WatchBackoff;
+use crate::metrics::Metrics;
+use crate::watch_health::{Watch, WatchTracker, Watcher};
 
-/// The events of one watch. A failure is logged, not passed on, and the watch is retried
-/// after its own backoff; "resource version too old" is retried at once (the watcher lists
-/// again, which is how that answer is meant to be handled, not a failure to wait out).
+/// The events of one watch, read by `read_by`. A failure is reported (see `WatchTracker`),
+/// not passed on, and the watch is retried after its own backoff; "resource version too
+/// old" is retried at once (the watcher lists again, which is how that answer is meant to be
+/// handled, not a failure to wait out).
 pub(crate) fn events<K>(
     api: Api<K>,
     config: watcher::Config,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+    read_by: Watcher,
+    metrics: &Metrics,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let kind = K::kind(&()).into_owned();
+    let retrying = Retrying {
+        tracker: WatchTracker::new(Watch::of::<K>(read_by, api.namespace()), metrics),
+        backoff: WatchBackoff::default(),
+        unconfirmed_watch: false,
+    };
     // Small pages: a list of thousands of objects is decoded a page at a time, and the
     // memory a page takes stays with the process after it is freed.
-    watcher(api, config.page_size(LIST_PAGE_SIZE))
-        .scan(WatchBackoff::default(), move |backoff, event| {
-            let delay = match &event {
-                Ok(_) => {
-                    backoff.reset();
-                    None
+    let events = watcher::watcher(api, config.page_size(LIST_PAGE_SIZE)).boxed();
+    futures::stream::unfold((events, retrying), |(mut events, mut retrying)| async move {
+        loop {
+            let event = if retrying.unconfirmed_watch {
+                // Cancel-safe: the request in flight lives in the watcher stream, not here.
+                match tokio::time::timeout(QUIET_WATCH_WORKS_AFTER, events.next()).await {
+                    Ok(event) => event?,
+                    Err(_quiet) => {
+                        retrying.works();
+                        continue;
+                    }
                 }
-                Err(error) if is_gone(error) => None,
-                Err(_) => backoff.next(),
+            } else {
+                events.next().await?
             };
-            if let Err(error) = &event {
-                tracing::debug!(%kind, %error, retry_in_ms = delay.unwrap_or_default().as_millis() as u64, "watch failed");
-            }
-            async move {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
+            match event {
+                // Sent before the list request, so no sign that the watch works; the list's
+                // objects or its end are.
+                Ok(watcher::Event::Init) => {
+                    retrying.unconfirmed_watch = false;
+                    return Some((Ok(watcher::Event::Init), (events, retrying)));
                 }
-                Some(event.ok().map(Ok))
+                Ok(event) => {
+                    retrying.works();
+                    return Some((Ok(event), (events, retrying)));
+                }
+                Err(error) if is_gone(&error) => {}
+                Err(error) => retrying.failed(&error).await,
             }
-        })
-        .filter_map(futures::future::ready)
+        }
+    })
+}
+
+/// A retried list says it works with its objects, a retried watch request with nothing: it
+/// waits for changes. A watch retry quiet this long, neither failing nor delivering, works.
+const QUIET_WATCH_WORKS_AFTER: Duration = Duration::from_secs(5);
+
+/// A watch's failures and the evidence that it works again.
+struct Retrying {
+    tracker: WatchTracker,
+    backoff: WatchBackoff,
+    /// A watch request (not a list) was retried and has not failed or delivered since.
+    unconfirmed_watch: bool,
+}
+
+impl Retrying {
+    fn works(&mut self) {
+        self.backoff.reset();
+        self.tracker.succeeded();
+        self.unconfirmed_watch = false;
+    }
+
+    /// Reports the failure and waits out the backoff before the watcher retries.
+    async fn failed(&mut self, error: &watcher::Error) {
+        let delay = self.backoff.next().unwrap_or_default();
+        self.tracker.failed(error, delay);
+        self.unconfirmed_watch = !matches!(error, watcher::Error::InitialListFailed(_));
+        tokio::time::sleep(delay).await;
+    }
 }
 
 const LIST_PAGE_SIZE: u32 = 100;

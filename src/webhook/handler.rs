@@ -23,6 +23,7 @@ use super::denial_events::DenialEvents;
 use super::server::{AdmissionHandler, ReviewKind};
 use crate::api::{WindowsShare, WindowsTaskIdentity};
 use crate::metrics::Metrics;
+use crate::watch_health::Watcher;
 
 /// winflow's resources as watches keep them; every replica has its own, so every replica can
 /// decide.
@@ -33,7 +34,11 @@ pub struct ResourceCache {
 }
 
 /// A watch of `K` (in `namespace`, or all) into a store, and the task that keeps it filled.
-fn cached<K>(client: Client, namespace: Option<&str>) -> (Store<DeserializeGuard<K>>, tokio::task::JoinHandle<()>)
+fn cached<K>(
+    client: Client,
+    namespace: Option<&str>,
+    metrics: &Metrics,
+) -> (Store<DeserializeGuard<K>>, tokio::task::JoinHandle<()>)
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -48,7 +53,7 @@ where
         None => Api::all(client),
     };
     let (store, writer) = reflector::store();
-    let events = crate::controller::watches::events(api, watcher::Config::default())
+    let events = crate::controller::watches::events(api, watcher::Config::default(), Watcher::Webhook, metrics)
         .modify(crate::controller::watches::drop_unread_metadata);
     let stream = reflector::reflector(writer, events).applied_objects();
     (store, tokio::spawn(stream.for_each(|_| async {})))
@@ -77,9 +82,9 @@ fn each_decoded<K: Resource + Clone>(
 
 impl ResourceCache {
     /// Starts watching identities and shares (in `namespace`, or all).
-    pub fn start(client: Client, namespace: Option<&str>) -> Self {
-        let (identities, _identity_task) = cached(client.clone(), namespace);
-        let (shares, _share_task) = cached(client, namespace);
+    pub fn start(client: Client, namespace: Option<&str>, metrics: &Metrics) -> Self {
+        let (identities, _identity_task) = cached(client.clone(), namespace, metrics);
+        let (shares, _share_task) = cached(client, namespace, metrics);
         Self { identities, shares }
     }
 

@@ -52,7 +52,7 @@ pub async fn start(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let server = server::WebhookServer::bind(settings.addr, &settings.cert_dir, settings.reload_interval).await?;
     let addr = server.local_addr();
-    let resources = handler::ResourceCache::start(client.clone(), settings.namespace.as_deref());
+    let resources = handler::ResourceCache::start(client.clone(), settings.namespace.as_deref(), &metrics);
     let cache = resources.clone();
     tokio::spawn(async move {
         if cache.synced().await {
