@@ -1,6 +1,8 @@
 //! The operator's own RBAC (deploy/rbac.yaml) is enough for its work and no more: the
 //! operator runs as a service account bound to exactly that ClusterRole (API server
-//! impersonation) and must bring the examples to Ready and clean them up.
+//! impersonation) and must bring the examples to Ready and clean them up. Without one of its
+//! rules, it says what it cannot do: in conditions, and for a watch in the log, the metrics
+//! and `/readyz`.
 
 mod support;
 
@@ -12,8 +14,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
+use support::process::http_get;
 use support::{TestEnv, wait_until};
+use winflow::admin::Readiness;
 use winflow::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity};
+use winflow::metrics::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -458,4 +463,192 @@ async fn tokens_are_issued_and_removed_under_the_operators_rbac() {
     let identity = env.api::<WindowsTaskIdentity>().get("payroll-export").await.unwrap();
     assert!(identity.status.unwrap().token.is_none());
     operator.stop().await;
+}
+
+/// deploy/rbac.yaml's rules without `verb` on `resource` alone: the other resources of its
+/// rule keep the verb.
+fn without_verb_on_only(resource: &'static str, verb: &'static str) -> impl FnOnce(&mut Vec<PolicyRule>) {
+    move |rules| {
+        let mut alone = Vec::new();
+        for rule in rules.iter_mut() {
+            let Some(resources) = rule.resources.as_mut() else {
+                continue;
+            };
+            if resources.iter().any(|r| r == resource) && rule.verbs.iter().any(|v| v == verb) {
+                resources.retain(|r| r != resource);
+                let mut verbs = rule.verbs.clone();
+                verbs.retain(|v| v != verb);
+                alone.push(PolicyRule {
+                    resources: Some(vec![resource.to_owned()]),
+                    verbs,
+                    ..rule.clone()
+                });
+            }
+        }
+        assert!(!alone.is_empty(), "deploy/rbac.yaml grants {verb} on {resource}");
+        rules.retain(|rule| rule.resources.as_ref().is_none_or(|r| !r.is_empty()));
+        rules.extend(alone.into_iter().filter(|rule| !rule.verbs.is_empty()));
+    }
+}
+
+/// The admin server (`/readyz`, `/metrics`) of an in-process operator or webhook, on a free
+/// loopback port; it answers once this returns.
+async fn serve_admin(metrics: &Metrics, readiness: &Readiness) -> String {
+    let addr = support::process::free_address();
+    tokio::spawn(winflow::admin::serve(
+        addr.parse().unwrap(),
+        metrics.clone(),
+        readiness.clone(),
+        std::future::pending(),
+    ));
+    wait_until("the admin server answers", TIMEOUT, || http_get(&addr, "/livez")).await;
+    addr
+}
+
+/// The captured log lines (JSON) of the watches of `kind` in `namespace`.
+fn watch_log_lines(namespace: &str, kind: &str) -> Vec<serde_json::Value> {
+    support::captured_logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["namespace"] == namespace && line["fields"]["kind"] == kind)
+        .collect()
+}
+
+/// The operator without `verb` on pods: the pod watch fails, says so once in the log, counts
+/// its failures, and `/readyz` names it while staying 200; with the rule back it says it
+/// recovered and nothing is failing any more.
+async fn a_forbidden_pod_watch_is_reported_until_the_rule_is_back(test: &str, verb: &'static str) {
+    const FAILURES: &str = r#"winflow_watch_failures_total{watcher="identity",kind="Pod",reason="Forbidden"}"#;
+    const SINCE: &str = r#"winflow_watch_failing_since_timestamp_seconds{watcher="identity",kind="Pod"}"#;
+    support::capture_logs();
+    let env = TestEnv::new(test).await;
+    let ns = env.namespace.clone();
+    let started = jiff::Timestamp::now().as_second();
+    let operator_client = install_operator_rbac(&env, without_verb_on("pods", verb)).await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    let admin = serve_admin(&operator.metrics, &operator.readiness).await;
+
+    // Retried several times (250 ms, 500 ms, 1 s, ...), and said once.
+    wait_until("three failures of the pod watch", TIMEOUT, || async {
+        (support::metric_sum(&operator.metrics, FAILURES) >= 3).then_some(())
+    })
+    .await;
+    let cause = format!("Forbidden: the operator's RBAC lacks {verb} on pods");
+    let failing = format!("watch of pods in namespace {ns} (identity controller) failing: {cause}");
+    let lines = watch_log_lines(&ns, "Pod");
+    assert_eq!(lines.len(), 1, "one line for all the retries: {lines:#?}");
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["fields"]["message"], failing.as_str());
+    assert_eq!(lines[0]["fields"]["watcher"], "identity");
+    assert_eq!(lines[0]["fields"]["reason"], "Forbidden");
+    let since = support::metric_sum(&operator.metrics, SINCE) as i64;
+    assert!(
+        (started..=jiff::Timestamp::now().as_second()).contains(&since),
+        "failing since {since}, the test started at {started}"
+    );
+
+    // Ready (the webhook does not read task pods), and /readyz says which watch fails.
+    let (status, body) = wait_until("/readyz 200", TIMEOUT, || async {
+        let (status, body) = http_get(&admin, "/readyz").await?;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert_eq!(lines[0], "ok");
+    let prefix = format!("watch pods in namespace {ns} (identity controller) failing for ");
+    let suffix = format!("s: {cause}");
+    assert!(lines[1].starts_with(&prefix) && lines[1].ends_with(&suffix), "{body}");
+    let (status_live, _) = http_get(&admin, "/livez").await.unwrap();
+    assert_eq!((status, status_live), (200, 200));
+
+    // The rule back: the watch says it recovered, and nothing fails any more.
+    install_operator_rbac(&env, |_| {}).await;
+    let recovered = wait_until("the pod watch recovers", TIMEOUT, || async {
+        let lines = watch_log_lines(&ns, "Pod");
+        (lines.len() > 1).then_some(lines)
+    })
+    .await;
+    assert_eq!(recovered.len(), 2, "{recovered:#?}");
+    assert_eq!(recovered[1]["level"], "WARN");
+    let message = recovered[1]["fields"]["message"].as_str().unwrap();
+    let recovered_after = format!("watch of pods in namespace {ns} (identity controller) recovered after ");
+    assert!(
+        message.starts_with(&recovered_after) && message.ends_with(&format!("(it failed with {cause})")),
+        "{message}"
+    );
+    assert_eq!(http_get(&admin, "/readyz").await.unwrap(), (200, "ok".to_owned()));
+    let failures = support::metric_sum(&operator.metrics, FAILURES);
+    assert!(
+        !operator.metrics.encode().contains(SINCE),
+        "no failing-since series once recovered"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        support::metric_sum(&operator.metrics, FAILURES),
+        failures,
+        "no failures since"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn without_list_on_pods_the_pod_watch_is_logged_once_counted_and_named_on_readyz_while_ready() {
+    a_forbidden_pod_watch_is_reported_until_the_rule_is_back("rbac-no-list-pods", "list").await;
+}
+
+/// The list works, the watch request does not; once it does, the watch waits quietly for
+/// changes, and that quiet is what tells it recovered.
+#[tokio::test]
+async fn without_watch_on_pods_the_pod_watch_is_reported_and_recovers_once_the_watch_works() {
+    a_forbidden_pod_watch_is_reported_until_the_rule_is_back("rbac-no-watch-pods", "watch").await;
+}
+
+#[tokio::test]
+async fn without_list_on_shares_the_webhook_is_not_ready_and_readyz_names_the_watch() {
+    let env = TestEnv::new("rbac-webhook-no-shares").await;
+    let ns = env.namespace.clone();
+    let client = install_operator_rbac(&env, without_verb_on_only("windowsshares", "list")).await;
+    let certs = tempfile::tempdir().unwrap();
+    support::webhook::write_certificates(certs.path());
+    let settings = winflow::webhook::WebhookSettings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        cert_dir: certs.path().to_owned(),
+        reload_interval: Duration::from_secs(1),
+        namespace: Some(ns.clone()),
+        instance: "test".to_owned(),
+    };
+    let (metrics, readiness) = (Metrics::default(), Readiness::expecting(1));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, webhook) = winflow::webhook::start(client, settings, metrics.clone(), readiness.clone(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    let admin = serve_admin(&metrics, &readiness).await;
+
+    // The webhook cannot decide without its cache of shares: not ready, and /readyz says why.
+    let body = wait_until("/readyz names the share watch", TIMEOUT, || async {
+        let (status, body) = http_get(&admin, "/readyz").await?;
+        assert_eq!(status, 503, "{body}");
+        body.contains("windowsshares").then_some(body)
+    })
+    .await;
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert_eq!(lines[0], "caches not synced");
+    let prefix = format!("watch windowsshares.winflow.io in namespace {ns} (webhook) failing for ");
+    let suffix = "s: Forbidden: the operator's RBAC lacks list on windowsshares.winflow.io";
+    assert!(lines[1].starts_with(&prefix) && lines[1].ends_with(suffix), "{body}");
+    let failures = r#"winflow_watch_failures_total{watcher="webhook",kind="WindowsShare",reason="Forbidden"}"#;
+    assert!(support::metric_sum(&metrics, failures) >= 1);
+
+    // Allowed again, it syncs and is ready with nothing to report.
+    install_operator_rbac(&env, |_| {}).await;
+    wait_until("/readyz ok", TIMEOUT, || async {
+        (http_get(&admin, "/readyz").await? == (200, "ok".to_owned())).then_some(())
+    })
+    .await;
+    let _ = stop.send(());
+    webhook.await.unwrap();
 }
