@@ -256,6 +256,31 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
         "{} denials after the controller wrote, {denied} before",
         pods.denied
     );
+    // A server-side dry run is denied the same way, and changes nothing: no count.
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let probe: Pod = serde_json::from_value(support::task_pod(
+        "dry-run-probe",
+        "payroll-export",
+        "payroll_export",
+        "export_ledger",
+    ))
+    .unwrap();
+    let err = pods_of(&intruder)
+        .create(&dry_run, &probe)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("may not create pods of identity"), "{err}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = env.api::<WindowsTaskIdentity>().get("payroll-export").await.unwrap();
+    assert_eq!(
+        after.status.unwrap().pods.unwrap().denied,
+        pods.denied,
+        "a dry run was counted as a denial"
+    );
     let events = wait_until("denial Event", TIMEOUT, || async {
         let events = Api::<Event>::namespaced(env.client.clone(), &ns)
             .list(&ListParams::default())

@@ -136,7 +136,9 @@ impl AdmissionHandler for PodWebhook {
                 started.elapsed(),
             );
             log_audit(webhook, request, &decision.audit);
-            if !decision.audit.allowed {
+            // A dry run (kubectl --dry-run=server, a pipeline's check) changes nothing: no
+            // count, no Event (the webhooks declare sideEffects: NoneOnDryRun).
+            if !decision.audit.allowed && !request.dry_run {
                 self.record_denial(&decision.audit);
             }
             decision.response

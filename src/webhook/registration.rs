@@ -118,7 +118,7 @@ pub fn mutating_configuration(registration: &Registration) -> MutatingWebhookCon
             // Other webhooks may add containers after winflow: run again so they get the env.
             reinvocation_policy: Some("IfNeeded".to_owned()),
             rules: Some(pod_rules(&[(&["CREATE"], &["pods"])])),
-            side_effects: "None".to_owned(),
+            side_effects: "NoneOnDryRun".to_owned(),
             timeout_seconds: Some(10),
             ..MutatingWebhook::default()
         }]),
@@ -135,7 +135,7 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
         namespace_selector,
         object_selector,
         rules: Some(rules),
-        side_effects: "None".to_owned(),
+        side_effects: "NoneOnDryRun".to_owned(),
         timeout_seconds: Some(10),
         ..ValidatingWebhook::default()
     };
@@ -203,7 +203,7 @@ mod tests {
             (selector[0].key.as_str(), selector[0].operator.as_str()),
             ("winflow.io/identity", "Exists")
         );
-        assert_eq!(hook.side_effects, "None");
+        assert_eq!(hook.side_effects, "NoneOnDryRun");
         assert_eq!(
             hook.rules.as_ref().unwrap()[0].operations.as_deref(),
             Some(&["CREATE".to_owned()][..])
