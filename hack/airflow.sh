@@ -80,39 +80,11 @@ chmod 755 "$dir"
 # shellcheck source=hack/processes.sh
 . "$here/processes.sh"
 
-# The Airflow daemons fork processes of their own, and the scheduler's Kubernetes job watcher
-# outlives it, ignoring SIGTERM: each daemon runs in a session of its own (setsid keeps the
-# pid), and stopping it stops its whole process group.
-start_daemon() {
-  local name=$1
-  shift
-  start "$name" setsid "$@"
-  daemons+=("${#pids[@]}")
-}
-daemons=()
-
-stop_group() {
-  local name=$1 pid=$2 i
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    alive "$pid" || break
-    sleep 0.1
-  done
-  alive "$pid" && log "$name ignored SIGTERM for 5 s; killing it"
-  # Whatever of the group is left, the leader included.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
-  local status=$? i n
+  local status=$?
   set +e
   trap '' INT TERM
   [ -z "$stdin_pid" ] || kill "$stdin_pid" 2>/dev/null
-  for ((i = ${#daemons[@]} - 1; i >= 0; i--)); do
-    n=$((daemons[i] - 1))
-    stop_group "${names[n]}" "${pids[n]}"
-  done
   stop_all
   remove_state_dir "${WINFLOW_KEEP_AIRFLOW:-}"
   log "stopped"
@@ -214,9 +186,9 @@ EOF
 log "state directory $dir; migrating the metadata database"
 airflow db migrate >"$dir/migrate.log" 2>&1 || { tail -n 30 "$dir/migrate.log" >&2; die "airflow db migrate failed"; }
 
-start_daemon api-server airflow api-server --host "$address" --port "$api_port"
-start_daemon scheduler airflow scheduler
-start_daemon dag-processor airflow dag-processor
+start api-server airflow api-server --host "$address" --port "$api_port"
+start scheduler airflow scheduler
+start dag-processor airflow dag-processor
 
 log "waiting for $api_url/api/v2/monitor/health"
 deadline=$((SECONDS + 180))

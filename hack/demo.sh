@@ -45,13 +45,10 @@ operator_log=""
 waiting_pid=""
 provider_pid=""
 
-# True while the process runs; a zombie (exited, not yet reaped) counts as dead.
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
+# alive, start and stop_one; `start` logs to $dir/NAME.log (the control plane's state
+# directory, once it runs).
+# shellcheck source=hack/processes.sh
+. hack/processes.sh
 
 cleanup() {
   local status=$? op_status=0 cp_status=0
@@ -61,19 +58,16 @@ cleanup() {
     kill "$waiting_pid" 2>/dev/null
     wait "$waiting_pid" 2>/dev/null
   fi
-  if [ -n "$provider_pid" ]; then
-    kill "$provider_pid" 2>/dev/null
-    wait "$provider_pid" 2>/dev/null
-  fi
+  [ -z "$provider_pid" ] || stop_one oidc-provider "$provider_pid"
   if [ -n "$operator_pid" ]; then
     # Its log helps when something failed (not after Ctrl-C or SIGTERM).
     if [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ] && [ -f "$operator_log" ]; then
       log "last lines of the operator log ($operator_log):"
       tail -n 40 "$operator_log" >&2
     fi
-    kill -TERM "$operator_pid" 2>/dev/null
-    wait "$operator_pid"
-    op_status=$?
+    # It answers admission for --shutdown-delay (5 s) after SIGTERM before it exits.
+    stop_one winflow "$operator_pid" 30
+    op_status=$stopped_status
     # 143: the operator ended by the SIGTERM we sent; anything else non-zero is a failure.
     if [ "$op_status" -ne 0 ] && [ "$op_status" -ne 143 ]; then
       log "winflow exited with status $op_status"
@@ -126,12 +120,10 @@ kubectl wait --for condition=established crd --all --timeout=60s
 step "creating namespace airflow"
 kubectl create namespace airflow
 
-# If this script is killed outright, the kernel stops the operator too (util-linux setpriv);
-# the control plane stops by itself when our end of its stdin pipe closes.
-pdeathsig=()
-if command -v setpriv >/dev/null; then
-  pdeathsig=(setpriv --pdeathsig TERM)
-fi
+# If this script is killed outright, the kernel stops the provider and the operator too
+# (processes.sh starts them under setpriv --pdeathsig); the control plane stops by itself when
+# our end of its stdin pipe closes.
+dir=$state_dir
 
 free_port() {
   python3 -c '
@@ -168,11 +160,11 @@ cat >"$state_dir/oidc-provider.json" <<JSON
 {"port": $provider_port, "accessTokenTtlSeconds": 3600,
  "clients": [{"clientId": "payroll-export", "clientSecret": "$client_secret", "scope": "payroll.read"}]}
 JSON
-WINFLOW_OIDC_NODE_MODULES=$node_modules "${pdeathsig[@]}" node tests/oidc/provider.mjs \
-  --config "$state_dir/oidc-provider.json" </dev/null >"$state_dir/oidc-provider.out" 2>"$state_dir/oidc-provider.log" &
-provider_pid=$!
+start oidc-provider env WINFLOW_OIDC_NODE_MODULES="$node_modules" node tests/oidc/provider.mjs \
+  --config "$state_dir/oidc-provider.json"
+provider_pid=${pids[-1]}
 deadline=$((SECONDS + 30))
-until grep -q '^ready ' "$state_dir/oidc-provider.out" 2>/dev/null; do
+until grep -q '^ready ' "$state_dir/oidc-provider.log" 2>/dev/null; do
   if ! alive "$provider_pid" || [ "$SECONDS" -ge "$deadline" ]; then
     log "the OpenID provider did not start; its log:"
     cat "$state_dir/oidc-provider.log" >&2
@@ -180,19 +172,18 @@ until grep -q '^ready ' "$state_dir/oidc-provider.out" 2>/dev/null; do
   fi
   sleep 0.2
 done
-issuer=$(sed -n 's/^ready //p' "$state_dir/oidc-provider.out")
+issuer=$(sed -n 's/^ready //p' "$state_dir/oidc-provider.log")
 echo "issuer $issuer"
 
 step "starting winflow run (log: $state_dir/winflow.log)"
 admin_port=$(free_port)
 webhook_port=$(free_port)
 operator_log=$state_dir/winflow.log
-"${pdeathsig[@]}" target/debug/winflow run --admin-addr "127.0.0.1:$admin_port" --log-format text \
+start winflow target/debug/winflow run --admin-addr "127.0.0.1:$admin_port" --log-format text \
   --cert-dir "$cert_dir" --webhook-addr "127.0.0.1:$webhook_port" \
   --register-webhooks "https://127.0.0.1:$webhook_port" \
-  --allow-insecure-loopback-issuers \
-  </dev/null >"$operator_log" 2>&1 &
-operator_pid=$!
+  --allow-insecure-loopback-issuers
+operator_pid=${pids[-1]}
 
 # The operator's admin server answers /readyz with 200 once its controllers run.
 deadline=$((SECONDS + 60))

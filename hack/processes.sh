@@ -15,20 +15,24 @@ alive() {
   [ "${stat%% *}" != Z ]
 }
 
+# Stops a process started by `start` with its whole process group (daemons that fork
+# helpers of their own, e.g. Airflow's scheduler and its Kubernetes job watcher, which ignores
+# SIGTERM): SIGTERM, up to GRACE seconds (default 5) for the leader to exit, then SIGKILL for
+# whatever is left of the group. Its exit status is left in $stopped_status.
+stopped_status=0
 stop_one() {
-  local name=$1 pid=$2 i
+  local name=$1 pid=$2 grace=${3:-5} i
   if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
       alive "$pid" || break
       sleep 0.1
     done
-    if alive "$pid"; then
-      log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+    alive "$pid" && log "$name (pid $pid) ignored SIGTERM for $grace s; killing it"
   fi
-  wait "$pid" 2>/dev/null || true
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  stopped_status=0
+  wait "$pid" 2>/dev/null || stopped_status=$?
 }
 
 # Should this script itself be killed outright (SIGKILL, no cleanup), the kernel still kills
@@ -39,11 +43,14 @@ if command -v setpriv >/dev/null; then
   pdeathsig=(setpriv --pdeathsig KILL)
 fi
 
-# Starts a binary in the background with its output in DIR/NAME.log.
+# Starts a binary in the background with its output in DIR/NAME.log, in a session (and so
+# a process group) of its own: `stop_one` stops what it forked too, and a Ctrl-C at the
+# terminal reaches only this script, whose cleanup stops everything in order. setsid keeps
+# the pid (a background job of a script is no group leader, so setsid need not fork).
 start() {
   local name=$1
   shift
-  "${pdeathsig[@]}" "$@" </dev/null >>"$dir/$name.log" 2>&1 &
+  "${pdeathsig[@]}" setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 &
   names+=("$name")
   pids+=("$!")
 }
