@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
 use winflow::names::{FIELD_MANAGER, FINALIZER, credential_spec_name};
 
-use super::support::TestEnv;
+use crate::support::TestEnv;
+use crate::workload::{identity_name, identity_named, template_identity};
+use crate::{CLIENT_CONCURRENCY, run_all};
 
 /// Time until `identities` identities were written as a converged operator leaves them,
 /// `concurrency` identities at a time (as the operator's `--concurrency`), each given
@@ -24,20 +26,17 @@ use super::support::TestEnv;
 /// because the later phases' operator watches credential specs cluster-wide.
 pub async fn converge(identities: usize, concurrency: u16, status: &Value) -> Duration {
     let env = TestEnv::new(&format!("scale-ideal-n{identities}-c{concurrency}")).await;
-    let template = super::template_identity();
+    let template = template_identity();
     let started = Instant::now();
-    super::run_all(identities, usize::from(concurrency), |i| {
-        let identity = super::identity_named(&template, &super::identity_name(i));
+    run_all(identities, usize::from(concurrency), |i| {
+        let identity = identity_named(&template, &identity_name(i));
         write_converged(env.client.clone(), env.namespace.clone(), identity, status.clone())
     })
     .await;
     let elapsed = started.elapsed();
     let specs: Api<GMSACredentialSpec> = Api::all(env.client.clone());
-    super::run_all(identities, super::CLIENT_CONCURRENCY, |i| {
-        let (specs, name) = (
-            specs.clone(),
-            credential_spec_name(&env.namespace, &super::identity_name(i)),
-        );
+    run_all(identities, CLIENT_CONCURRENCY, |i| {
+        let (specs, name) = (specs.clone(), credential_spec_name(&env.namespace, &identity_name(i)));
         async move { specs.delete(&name, &DeleteParams::default()).await.map(|_| ()) }
     })
     .await;
