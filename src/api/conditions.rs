@@ -22,6 +22,8 @@ pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
 pub const REASON_NAMESPACE_ENFORCED: &str = "NamespaceEnforced";
 pub const REASON_NAMESPACE_NOT_ENFORCED: &str = "NamespaceNotEnforced";
 pub const REASON_NAMESPACE_UNKNOWN: &str = "NamespaceUnknown";
+/// `TasksHealthy` while winflow cannot list pods.
+pub const REASON_PODS_UNKNOWN: &str = "PodsUnknown";
 
 /// A condition's wanted state, before bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]

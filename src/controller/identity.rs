@@ -1,8 +1,9 @@
 //! The WindowsTaskIdentity controller: credential spec, RBAC, service account and pod
-//! templates; status (with the namespace's enforcement) and Events; finalizer cleanup of the
-//! cluster-scoped credential spec.
+//! templates; status (with the namespace's enforcement, the task pods and the token issuer's
+//! outcome) and Events; finalizer cleanup of the cluster-scoped credential spec. Tokens are
+//! kept by the token issuer beside it (`token::Issuer`), which the reconcile never waits for.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
@@ -27,6 +28,7 @@ use crate::names::{
     WINDOWS_TEMPLATE_KEY,
 };
 use crate::task_pod::{self, TaskPod};
+use crate::token::{IdentityKey, Issuer};
 use crate::watch_health::Watcher;
 use crate::{pods, validate};
 
@@ -34,7 +36,20 @@ const CONTROLLER: &str = "identity";
 
 type Guarded = DeserializeGuard<WindowsTaskIdentity>;
 
-/// Runs the controller until `shutdown` completes.
+/// What the identity reconciles need besides the shared `Context`: the controller's caches
+/// of task pods and namespaces, and the token issuer, all made by `run` before the controller
+/// starts.
+struct IdentityContext {
+    shared: Arc<Context>,
+    task_pods: reflector::Store<TaskPod>,
+    namespaces: reflector::Store<Namespaces>,
+    /// Until when reconciles wait for the caches' initial lists (set by the first that waits).
+    task_pods_deadline: OnceLock<tokio::time::Instant>,
+    namespaces_deadline: OnceLock<tokio::time::Instant>,
+    issuer: Issuer,
+}
+
+/// Runs the controller, and the token issuer beside it, until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
     readiness: crate::admin::Readiness,
@@ -61,6 +76,8 @@ pub async fn run(
     let controller = Controller::for_stream(identity_changes, store.clone());
     tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
+    let share_changes =
+        watches::events(shares, watcher::Config::default(), Watcher::Identity, &ctx.metrics).touched_objects();
     // Reconciles read task pods from this cache instead of listing them on every pod event;
     // it keeps only the fields the status is made of.
     let (pod_store, pod_writer) = reflector::store();
@@ -72,7 +89,6 @@ pub async fn run(
     )
     .modify(task_pod::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
-    let _ = ctx.task_pods.set(pod_store);
     // Namespaces as metadata: reconciles read the winflow.io/enforce label (the Enforced
     // condition) from this cache, and a change of that label re-checks the namespace's
     // identities. Only the watched namespace when there is one.
@@ -92,25 +108,50 @@ pub async fn run(
     });
     let enforcement_changes =
         watches::value_changes(reflector::reflector(namespace_writer, namespace_watch), is_enforced);
-    let _ = ctx.namespaces.set(namespace_store);
     let in_namespace = store.clone();
-    // Secrets as metadata only: a token Secret changed or deleted by hand, and a client
-    // secret that appears or changes, re-check the identity at once.
-    let secrets = watches::events(
-        scoped::<PartialObjectMeta<Secret>>(client.clone(), namespace.as_deref()),
-        watcher::Config::default(),
-        Watcher::Identity,
-        &ctx.metrics,
-    )
-    .touched_objects();
-    let referrers = store.clone();
     // Children report deletions and changes made by others; winflow's own writes are no news.
     let ns = namespace.as_deref();
-    let config_maps = child_changes(scoped::<PartialObjectMeta<ConfigMap>>(client.clone(), ns), &ctx);
-    let roles = child_changes(scoped::<PartialObjectMeta<Role>>(client.clone(), ns), &ctx);
-    let role_bindings = child_changes(scoped::<PartialObjectMeta<RoleBinding>>(client.clone(), ns), &ctx);
-    let service_accounts = child_changes(scoped::<PartialObjectMeta<ServiceAccount>>(client.clone(), ns), &ctx);
-    let credential_specs = child_changes(credential_specs, &ctx);
+    let managed = || watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let config_maps = child_changes(
+        scoped::<PartialObjectMeta<ConfigMap>>(client.clone(), ns),
+        managed(),
+        &ctx,
+    );
+    let roles = child_changes(scoped::<PartialObjectMeta<Role>>(client.clone(), ns), managed(), &ctx);
+    let role_bindings = child_changes(
+        scoped::<PartialObjectMeta<RoleBinding>>(client.clone(), ns),
+        managed(),
+        &ctx,
+    );
+    let service_accounts = child_changes(
+        scoped::<PartialObjectMeta<ServiceAccount>>(client.clone(), ns),
+        managed(),
+        &ctx,
+    );
+    let credential_specs = child_changes(credential_specs, managed(), &ctx);
+    // Secrets as metadata only, all of them: a token Secret changed or deleted by someone
+    // else, and a client secret that appears or changes, re-check the identity at once.
+    let secrets = child_changes(
+        scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
+        watcher::Config::default(),
+        &ctx,
+    );
+    let referrers = store.clone();
+    let (issuer, token_outcomes) = Issuer::new(
+        client.clone(),
+        ctx.metrics.clone(),
+        ctx.config.token.clone(),
+        ctx.child_versions.clone(),
+    );
+    let concurrency = ctx.config.concurrency;
+    let identity_ctx = Arc::new(IdentityContext {
+        shared: ctx,
+        task_pods: pod_store,
+        namespaces: namespace_store,
+        task_pods_deadline: OnceLock::new(),
+        namespaces_deadline: OnceLock::new(),
+        issuer,
+    });
     controller
         .owns_stream(config_maps)
         .owns_stream(roles)
@@ -121,25 +162,21 @@ pub async fn run(
             Some(ObjectRef::<Guarded>::new(name).within(namespace))
         })
         // A share that appears, binds or breaks re-checks the identities that mount it.
-        .watches_stream(
-            watches::events(shares, watcher::Config::default(), Watcher::Identity, &ctx.metrics).touched_objects(),
-            move |share| {
-                let namespace = share.meta().namespace.clone();
-                let name = share.meta().name.clone().unwrap_or_default();
-                store
-                    .state()
-                    .into_iter()
-                    .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
-                    .filter(|identity| {
-                        identity.metadata.namespace == namespace && identity.spec.shares.iter().any(|s| s.name == name)
-                    })
-                    .map(|identity| {
-                        ObjectRef::<Guarded>::new(&identity.name_any())
-                            .within(&identity.namespace().unwrap_or_default())
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(share_changes, move |share| {
+            let namespace = share.meta().namespace.clone();
+            let name = share.meta().name.clone().unwrap_or_default();
+            store
+                .state()
+                .into_iter()
+                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+                .filter(|identity| {
+                    identity.metadata.namespace == namespace && identity.spec.shares.iter().any(|s| s.name == name)
+                })
+                .map(|identity| {
+                    ObjectRef::<Guarded>::new(&identity.name_any()).within(&identity.namespace().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+        })
         .watches_stream(secrets, move |secret| identities_using_secret(&referrers, &secret))
         .watches_stream(enforcement_changes, move |ns| {
             identities_in_namespace(&in_namespace, &ns.name_any())
@@ -150,9 +187,13 @@ pub async fn run(
             let name = pod.identity()?;
             Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+        // The token issuer's outcome changed: the status says so.
+        .reconcile_on(
+            token_outcomes.map(|IdentityKey { namespace, name }| ObjectRef::<Guarded>::new(&name).within(&namespace)),
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, identity_ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "identity controller event");
@@ -161,23 +202,24 @@ pub async fn run(
         .await;
 }
 
-/// The watch of one kind of child (winflow's labelled objects, as metadata only: versions
-/// and owners are all a trigger needs), as triggers of the identity that owns the child:
-/// deletions, and versions winflow did not write itself. Keeps `ctx.child_versions` current.
+/// The watch of one kind of child (as metadata only: versions and owners are all a trigger
+/// needs), as triggers: deletions, and versions winflow did not write itself. Keeps
+/// `ctx.child_versions` current. Objects the watch sees that are not winflow's (`config`
+/// may select more) are triggers whenever they change.
 fn child_changes<K>(
     api: Api<K>,
+    config: watcher::Config,
     ctx: &Arc<Context>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let ctx = ctx.clone();
-    watches::events(api, managed, Watcher::Identity, &ctx.metrics).filter_map(move |event| {
+    watches::events(api, config, Watcher::Identity, &ctx.metrics).filter_map(move |event| {
         let versions = &ctx.child_versions;
         let trigger = match event {
             Ok(watcher::Event::Apply(child) | watcher::Event::InitApply(child)) => {
-                versions.observed(&child).then_some(Ok(child))
+                (!is_managed(&child) || versions.observed(&child)).then_some(Ok(child))
             }
             Ok(watcher::Event::Delete(child)) => {
                 versions.deleted(&child);
@@ -192,6 +234,12 @@ where
         };
         std::future::ready(trigger)
     })
+}
+
+/// Whether an object carries winflow's managed-by label (its children all do).
+fn is_managed<K: Resource>(object: &K) -> bool {
+    let labels = object.meta().labels.as_ref();
+    labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY_VALUE)
 }
 
 /// How often, at most, task pod changes re-check their identity.
@@ -261,35 +309,37 @@ fn object_key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
-async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<Guarded>, identity_ctx: Arc<IdentityContext>) -> Result<Action, Error> {
+    let ctx = &identity_ctx.shared;
     let work = async {
         match &guard.0 {
-            Ok(identity) if identity.metadata.deletion_timestamp.is_some() => cleanup(identity, &ctx).await,
-            Ok(identity) => reconcile_identity(identity, &ctx).await,
-            Err(invalid) => report_undecodable(invalid, &ctx).await,
+            Ok(identity) if identity.metadata.deletion_timestamp.is_some() => cleanup(identity, &identity_ctx).await,
+            Ok(identity) => reconcile_identity(identity, &identity_ctx).await,
+            Err(invalid) => report_undecodable(invalid, ctx).await,
         }
     };
-    super::measured(CONTROLLER, &guard, &ctx, work).await
+    super::measured(CONTROLLER, &guard, ctx, work).await
 }
 
-fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    super::retry_with_backoff(CONTROLLER, &guard, error, &ctx)
+fn error_policy(guard: Arc<Guarded>, error: &Error, identity_ctx: Arc<IdentityContext>) -> Action {
+    super::retry_with_backoff(CONTROLLER, &guard, error, &identity_ctx.shared)
 }
 
 fn identities_api(ctx: &Context, namespace: &str) -> Api<WindowsTaskIdentity> {
     Api::namespaced(ctx.client.clone(), namespace)
 }
 
-async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_identity(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext) -> Result<Action, Error> {
+    let ctx = &identity_ctx.shared;
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     if !finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await? {
         return Ok(Action::await_change());
     }
     // Task pods are reported whether or not the spec is valid: they may still be running.
-    let tasks = observe_pods(identity, ctx).await?;
+    let tasks = observe_pods(identity, identity_ctx).await;
     let recheck = tasks.recheck;
-    let enforced = observe_enforcement(identity, ctx).await;
+    let enforced = observe_enforcement(identity, identity_ctx).await;
 
     let children = match build::children_for(identity) {
         Ok(children) => children,
@@ -301,7 +351,12 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
             return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
         }
     };
-    let (wanted, summary, token_wake) = apply_children(identity, &children, ctx).await?;
+    let Some((wanted, summary, look_again)) = apply_children(identity, &children, identity_ctx).await? else {
+        // The token issuer has no outcome for the current token settings yet; it wakes this
+        // identity when it has one (at the latest when the attempt is reported pending), and
+        // the status is written then: once, for a provider that answers at once.
+        return Ok(Action::requeue(ctx.config.retry_period));
+    };
     let ready = wanted.last().is_some_and(|c| c.status);
     update_status(identity, ctx, wanted, Some(summary), tasks, enforced).await?;
     let next = if ready {
@@ -309,8 +364,7 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
     } else {
         ctx.config.retry_period
     };
-    // Token renewals, retries and expiries are due at their own times.
-    let next = [Some(next), recheck, token_wake]
+    let next = [Some(next), recheck, look_again]
         .into_iter()
         .flatten()
         .min()
@@ -320,21 +374,44 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, ctx: &Context) -> Re
 
 /// The identity's task pods, summarised for its status.
 struct TaskPods {
-    status: PodsStatus,
+    /// `None` while winflow cannot list them: the status keeps what it said.
+    status: Option<PodsStatus>,
     healthy: ConditionState,
     /// When `TasksHealthy` may change without any pod changing.
     recheck: Option<std::time::Duration>,
 }
 
-async fn observe_pods(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<TaskPods, Error> {
+/// How long the first reconciles wait for a cache's initial list. It comes within
+/// milliseconds, unless winflow may not list that kind: then reconciles wait until a shared
+/// deadline after the first one, none after it, and the condition says why it cannot tell.
+const INITIAL_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `store` holds its initial list, waiting for it until `deadline` (set by the first
+/// caller).
+async fn initial_list_in<K>(store: &reflector::Store<K>, deadline: &OnceLock<tokio::time::Instant>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let deadline = *deadline.get_or_init(|| tokio::time::Instant::now() + INITIAL_LIST_WAIT);
+    tokio::time::timeout_at(deadline, super::store_synced(store))
+        .await
+        .unwrap_or(false)
+}
+
+async fn observe_pods(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext) -> TaskPods {
     let namespace = identity.namespace();
     let name = identity.name_any();
-    let store = ctx
-        .task_pods
-        .get()
-        .expect("the identity controller sets the task pod cache before reconciling");
+    let store = &identity_ctx.task_pods;
     // Until the first list is in, an empty cache would report zero pods.
-    super::store_synced(store).await;
+    if !initial_list_in(store, &identity_ctx.task_pods_deadline).await {
+        return TaskPods {
+            status: None,
+            healthy: status::tasks_unknown(),
+            // Without a list there are no pod events either: look again for when there is.
+            recheck: Some(identity_ctx.shared.config.retry_period),
+        };
+    }
     let all = store.state();
     let pods = all
         .iter()
@@ -346,31 +423,35 @@ async fn observe_pods(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<T
         .and_then(|s| s.pods.as_ref())
         .map_or(0, |p| p.denied);
     let (status, healthy, recheck) = pods::summarize(pods, denied, jiff::Timestamp::now());
-    Ok(TaskPods {
-        status,
+    TaskPods {
+        status: Some(status),
         healthy,
         recheck,
-    })
+    }
 }
 
-/// Applies every child that is winflow's to write and reports the conditions.
+/// Applies every child that is winflow's to write and reports the conditions (`Ready` last),
+/// the status fields they come with, and when to look again (at once when someone else wrote
+/// a child meanwhile); `None` while the token issuer has no outcome for the current token
+/// settings.
 async fn apply_children(
     identity: &WindowsTaskIdentity,
     children: &IdentityChildren,
-    ctx: &Context,
+    identity_ctx: &IdentityContext,
 ) -> Result<
-    (
+    Option<(
         Vec<ConditionState>,
         WindowsTaskIdentityStatus,
         Option<std::time::Duration>,
-    ),
+    )>,
     Error,
 > {
+    let ctx = &identity_ctx.shared;
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let client = ctx.client.clone();
     let metrics = &ctx.metrics;
-    let versions = Some(&ctx.child_versions);
+    let versions = Some(&*ctx.child_versions);
     let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics, versions).await?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
     let (roles, bindings) = (
@@ -411,7 +492,9 @@ async fn apply_children(
     .contains(&true);
     let shares = observe_shares(identity, ctx).await?;
     // After the service account: a workload-identity token is requested in its name.
-    let token = crate::token::reconcile(identity, &ctx.client, &ctx.tokens, &ctx.metrics).await?;
+    let Some(token) = identity_ctx.issuer.report(identity).await? else {
+        return Ok(None);
+    };
     let service_account_name = identity.spec.service_account.name.clone();
     let creators = subjects_of(&children.use_role_binding);
     let wanted = identity_conditions(&Observed {
@@ -438,12 +521,8 @@ async fn apply_children(
         token: token.status,
         ..WindowsTaskIdentityStatus::default()
     };
-    let wake = if changed_meanwhile {
-        Some(std::time::Duration::ZERO)
-    } else {
-        token.wake
-    };
-    Ok((wanted, summary, wake))
+    let look_again = changed_meanwhile.then_some(std::time::Duration::ZERO);
+    Ok(Some((wanted, summary, look_again)))
 }
 
 /// A RoleBinding's subjects as `Kind name`, service accounts as `ServiceAccount namespace/name`.
@@ -457,28 +536,13 @@ fn subjects_of(binding: &RoleBinding) -> Vec<String> {
         .collect()
 }
 
-/// How long the first reconcile waits for the namespace cache's initial list.
-const NAMESPACE_LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Whether the identity's namespace is labelled `winflow.io/enforce: "true"`, from the
 /// namespace cache, as the `Enforced` condition.
-async fn observe_enforcement(identity: &WindowsTaskIdentity, ctx: &Context) -> ConditionState {
+async fn observe_enforcement(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext) -> ConditionState {
     let namespace = identity.namespace().unwrap_or_default();
-    let store = ctx
-        .namespaces
-        .get()
-        .expect("the identity controller sets the namespace cache before reconciling");
-    // Until the first list is in, an empty cache would report every namespace unlabelled. It
-    // comes within milliseconds, unless winflow may not list namespaces: then reconciles wait
-    // until a shared deadline after the first one, none after it, and the condition says why
-    // it cannot tell.
-    let deadline = *ctx
-        .namespaces_deadline
-        .get_or_init(|| tokio::time::Instant::now() + NAMESPACE_LIST_WAIT);
-    let synced = tokio::time::timeout_at(deadline, super::store_synced(store))
-        .await
-        .unwrap_or(false);
-    if !synced {
+    let store = &identity_ctx.namespaces;
+    // Until the first list is in, an empty cache would report every namespace unlabelled.
+    if !initial_list_in(store, &identity_ctx.namespaces_deadline).await {
         return status::enforcement_unknown(&namespace);
     }
     let enforced = store
@@ -521,7 +585,7 @@ async fn ensure_service_account(
     match &children.service_account {
         Some(desired) => {
             let ChildReport { state, .. } =
-                ensure_child(&api, desired, &ctx.metrics, Some(&ctx.child_versions)).await?;
+                ensure_child(&api, desired, &ctx.metrics, Some(&*ctx.child_versions)).await?;
             Ok(match state {
                 super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
@@ -535,8 +599,9 @@ async fn ensure_service_account(
 }
 
 /// Removes the credential spec (cluster scoped, so no garbage collection) and then the
-/// finalizer. Namespaced children go with their owner reference.
-async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action, Error> {
+/// finalizer. Namespaced children (the token Secret too) go with their owner reference.
+async fn cleanup(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext) -> Result<Action, Error> {
+    let ctx = &identity_ctx.shared;
     if !finalizer::is_pending(identity) {
         return Ok(Action::await_change());
     }
@@ -548,7 +613,7 @@ async fn cleanup(identity: &WindowsTaskIdentity, ctx: &Context) -> Result<Action
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
     finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
-    ctx.tokens.identity_deleted(&namespace, &name, &ctx.metrics);
+    identity_ctx.issuer.forget(identity).await;
     ctx.written_status.forget(&object_key(&namespace, &name));
     Ok(Action::await_change())
 }
@@ -597,7 +662,7 @@ async fn update_status(
     wanted.push(tasks.healthy);
     wanted.push(enforced);
     next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
-    next.pods = Some(tasks.status);
+    next.pods = tasks.status.or_else(|| previous.pods.clone());
     if next == previous {
         return Ok(());
     }

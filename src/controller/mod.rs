@@ -2,7 +2,7 @@
 
 pub mod apply;
 mod backoff;
-mod child_versions;
+pub(crate) mod child_versions;
 pub mod finalizer;
 pub mod identity;
 mod report;
@@ -33,7 +33,7 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// Name written as the reporting controller of Events.
     pub instance: String,
-    /// OIDC provider access and token refresh retries.
+    /// OIDC provider access (request slots, deadlines) and token refresh retries.
     pub token: crate::token::TokenConfig,
 }
 
@@ -57,18 +57,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub config: ControllerConfig,
     pub backoff: backoff::Backoff,
-    /// Task pods (label `winflow.io/identity`), as the identity controller's watch keeps them;
-    /// set when that controller starts.
-    pub task_pods: std::sync::OnceLock<kube::runtime::reflector::Store<crate::task_pod::TaskPod>>,
-    /// Namespaces (metadata only), as the identity controller's watch keeps them, for the
-    /// `Enforced` condition; set when that controller starts.
-    pub namespaces: std::sync::OnceLock<kube::runtime::reflector::Store<Namespaces>>,
-    /// Until when reconciles wait for the namespace cache's initial list (set by the first).
-    pub namespaces_deadline: std::sync::OnceLock<tokio::time::Instant>,
-    /// The OIDC client and each identity's token refresh failures.
-    pub tokens: crate::token::Tokens,
-    /// Identity children known to hold what winflow wants, kept by their watches.
-    pub(crate) child_versions: child_versions::ChildVersions,
+    /// Identity children known to hold what winflow wants, kept by their watches; the token
+    /// issuer writes token Secrets through it too.
+    pub(crate) child_versions: std::sync::Arc<child_versions::ChildVersions>,
     /// Identity statuses written and not yet seen in the cache.
     pub(crate) written_status: written::WrittenStatus<crate::api::WindowsTaskIdentityStatus>,
 }
@@ -79,18 +70,13 @@ impl Context {
             controller: "winflow".to_owned(),
             instance: Some(config.instance.clone()),
         };
-        let tokens = crate::token::Tokens::new(config.token.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             config,
             backoff: backoff::Backoff::default(),
-            task_pods: std::sync::OnceLock::new(),
-            namespaces: std::sync::OnceLock::new(),
-            namespaces_deadline: std::sync::OnceLock::new(),
-            tokens,
-            child_versions: child_versions::ChildVersions::default(),
+            child_versions: Default::default(),
             written_status: written::WrittenStatus::default(),
         }
     }

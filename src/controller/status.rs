@@ -200,6 +200,18 @@ pub fn enforcement_unknown(namespace: &str) -> ConditionState {
     )
 }
 
+/// `TasksHealthy` while winflow cannot read task pods (its pod watch never listed them).
+pub fn tasks_unknown() -> ConditionState {
+    ConditionState::new(
+        crate::pods::TASKS_HEALTHY,
+        false,
+        REASON_PODS_UNKNOWN,
+        format!(
+            "winflow cannot list pods (its ClusterRole needs list and watch on pods), so it cannot tell how this identity's task pods (label {IDENTITY_LABEL}) are doing"
+        ),
+    )
+}
+
 /// `Ready` is true when every configuration condition is; otherwise it carries the first
 /// failing condition's reason and message.
 pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {

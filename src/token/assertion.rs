@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use super::{Failure, REASON_ASSERTION_FAILED};
+use super::{Failure, Reason};
 use crate::metrics::Metrics;
 
 /// A fresh token of `service_account` for `audience`, to send as `client_assertion`.
@@ -35,19 +35,19 @@ pub async fn mint(
     {
         Ok(answer) => answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
             Failure::new(
-                REASON_ASSERTION_FAILED,
+                Reason::AssertionFailed,
                 format!("the API server's TokenRequest for service account {service_account} returned no token"),
             )
         }),
         Err(kube::Error::Api(status)) => Err(Failure::new(
-            REASON_ASSERTION_FAILED,
+            Reason::AssertionFailed,
             format!(
                 "the API server refused a token for service account {service_account} (audience {audience:?}): {}",
                 status.message
             ),
         )),
         Err(e) => Err(Failure::new(
-            REASON_ASSERTION_FAILED,
+            Reason::AssertionFailed,
             format!("requesting a token for service account {service_account} failed: {e}"),
         )),
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use openidconnect::core::{CoreClient, CoreProviderMetadata};
 use openidconnect::{AccessToken, ClientId, ClientSecret, IssuerUrl, OAuth2TokenResponse, Scope};
 
-use super::Failure;
 use super::ca_bundle::CaBundle;
+use super::{Failure, Reason};
 
 /// Everything winflow needs to know about the provider's reply.
 pub struct Granted {
@@ -33,8 +33,14 @@ pub struct OidcSettings {
     pub allow_insecure_loopback: bool,
     /// How long a discovery document is trusted before it is fetched again.
     pub rediscover_after: Duration,
-    /// Bound on each HTTP exchange with a provider.
-    pub request_timeout: Duration,
+    /// Bound on one attempt at a token: minting the assertion, discovery and the token
+    /// request together (each HTTP exchange is within it, so it needs no bound of its own).
+    pub attempt_deadline: Duration,
+    /// Attempts in flight at once, over all issuers.
+    pub concurrency: usize,
+    /// Attempts in flight at once to one issuer URL: fewer than `concurrency`, so that an
+    /// issuer that never answers leaves slots to the others.
+    pub concurrency_per_issuer: usize,
     /// CA certificates trusted for issuers in addition to the public roots
     /// (`--oidc-ca-file`): for providers behind a private CA.
     pub ca_bundle: Option<CaBundle>,
@@ -45,7 +51,9 @@ impl Default for OidcSettings {
         Self {
             allow_insecure_loopback: false,
             rediscover_after: Duration::from_secs(3600),
-            request_timeout: Duration::from_secs(10),
+            attempt_deadline: Duration::from_secs(20),
+            concurrency: 8,
+            concurrency_per_issuer: 4,
             ca_bundle: None,
         }
     }
@@ -64,9 +72,7 @@ impl Oidc {
     pub fn new(settings: OidcSettings) -> Self {
         // Redirects are refused: discovery and token requests go to the issuer's own
         // endpoints only (a redirect could carry client credentials elsewhere).
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.request_timeout);
+        let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if let Some(bundle) = &settings.ca_bundle {
             builder = bundle.add_to(builder);
         }
@@ -80,16 +86,22 @@ impl Oidc {
         }
     }
 
-    /// Requests a token with the client-credentials grant.
+    /// The issuer's discovery document (cached for `rediscover_after`).
+    pub async fn discover(&self, issuer: &str) -> Result<CoreProviderMetadata, Failure> {
+        check_issuer_url(issuer, self.settings.allow_insecure_loopback)?;
+        self.metadata(issuer).await
+    }
+
+    /// Requests a token with the client-credentials grant from the token endpoint that
+    /// `issuer`'s discovery document names.
     pub async fn request_token(
         &self,
         issuer: &str,
+        metadata: CoreProviderMetadata,
         client_id: &str,
         auth: ClientAuth,
         scopes: &[String],
     ) -> Result<Granted, Failure> {
-        check_issuer_url(issuer, self.settings.allow_insecure_loopback)?;
-        let metadata = self.metadata(issuer).await?;
         let secret = match &auth {
             ClientAuth::Secret(secret) => Some(secret.clone()),
             ClientAuth::Assertion(_) => None,
@@ -97,7 +109,7 @@ impl Oidc {
         let client = CoreClient::from_provider_metadata(metadata, ClientId::new(client_id.to_owned()), secret);
         let mut request = client.exchange_client_credentials().map_err(|e| {
             Failure::new(
-                super::REASON_DISCOVERY_FAILED,
+                Reason::DiscoveryFailed,
                 format!("the provider's discovery document has no usable token endpoint: {e}"),
             )
         })?;
@@ -109,15 +121,14 @@ impl Oidc {
         }
         let response = request.request_async(&self.http).await.map_err(|e| {
             let failure = token_failure(&e, self.settings.ca_bundle.as_ref());
-            if failure.reason == super::REASON_PROVIDER_UNAVAILABLE {
-                // The endpoints may have moved: discover again on the next attempt.
+            if failure.reason == Reason::ProviderUnavailable {
                 self.forget(issuer);
             }
             failure
         })?;
         let lifetime = response.expires_in().ok_or_else(|| {
             Failure::new(
-                super::REASON_TOKEN_REQUEST_FAILED,
+                Reason::TokenRequestFailed,
                 "the provider's token response has no expires_in, so winflow cannot schedule renewal".to_owned(),
             )
         })?;
@@ -140,7 +151,7 @@ impl Oidc {
         }
         let url = IssuerUrl::new(issuer.to_owned()).map_err(|e| {
             Failure::new(
-                super::REASON_DISCOVERY_FAILED,
+                Reason::DiscoveryFailed,
                 format!("issuer URL {issuer:?} is not a URL: {e}"),
             )
         })?;
@@ -154,7 +165,8 @@ impl Oidc {
         Ok(metadata)
     }
 
-    fn forget(&self, issuer: &str) {
+    /// Discover `issuer` again on the next attempt: its endpoints may have moved.
+    pub fn forget(&self, issuer: &str) {
         self.discovered.lock().expect("discovery cache lock").remove(issuer);
     }
 }
@@ -163,7 +175,7 @@ impl Oidc {
 pub fn check_issuer_url(issuer: &str, allow_insecure_loopback: bool) -> Result<(), Failure> {
     let url = reqwest::Url::parse(issuer).map_err(|e| {
         Failure::new(
-            super::REASON_INVALID_ISSUER,
+            Reason::InvalidIssuer,
             format!("spec.token.issuerUrl {issuer:?} is not a URL: {e}"),
         )
     })?;
@@ -171,13 +183,13 @@ pub fn check_issuer_url(issuer: &str, allow_insecure_loopback: bool) -> Result<(
         "https" => Ok(()),
         "http" if allow_insecure_loopback && is_loopback(&url) => Ok(()),
         "http" => Err(Failure::new(
-            super::REASON_INVALID_ISSUER,
+            Reason::InvalidIssuer,
             format!(
                 "spec.token.issuerUrl {issuer:?} uses plain http; issuers must use https (http is accepted only for loopback addresses when the operator runs with --allow-insecure-loopback-issuers, for local use)"
             ),
         )),
         other => Err(Failure::new(
-            super::REASON_INVALID_ISSUER,
+            Reason::InvalidIssuer,
             format!("spec.token.issuerUrl {issuer:?} has scheme {other:?}; issuers must use https"),
         )),
     }
@@ -280,7 +292,7 @@ fn certificate_failure(
         other => format!("is not accepted: {other}"),
     };
     Failure::new(
-        super::REASON_CERTIFICATE_NOT_TRUSTED,
+        Reason::CertificateNotTrusted,
         format!("{context}: the TLS certificate of {server} {why}"),
     )
 }
@@ -302,7 +314,7 @@ fn discovery_failure(
         }
         // Unreachable is not a discovery problem: nothing to fix in the settings.
         return Failure::new(
-            super::REASON_PROVIDER_UNAVAILABLE,
+            Reason::ProviderUnavailable,
             format!(
                 "issuer {issuer:?} did not answer its discovery request: {}",
                 root_cause(e)
@@ -319,7 +331,7 @@ fn discovery_failure(
         _ => error.to_string(),
     };
     Failure::new(
-        super::REASON_DISCOVERY_FAILED,
+        Reason::DiscoveryFailed,
         format!("OIDC discovery for issuer {issuer:?} failed: {detail}"),
     )
 }
@@ -341,9 +353,9 @@ fn token_failure(
                 .map(|d| format!(" ({})", crate::text::truncate(d, 200)))
                 .unwrap_or_default();
             let reason = match code {
-                T::InvalidClient | T::UnauthorizedClient => super::REASON_INVALID_CLIENT,
-                T::InvalidScope => super::REASON_INVALID_SCOPE,
-                _ => super::REASON_TOKEN_REQUEST_FAILED,
+                T::InvalidClient | T::UnauthorizedClient => Reason::InvalidClient,
+                T::InvalidScope => Reason::InvalidScope,
+                _ => Reason::TokenRequestFailed,
             };
             Failure::new(
                 reason,
@@ -358,17 +370,17 @@ fn token_failure(
                 ca_bundle,
             ),
             None => Failure::new(
-                super::REASON_PROVIDER_UNAVAILABLE,
+                Reason::ProviderUnavailable,
                 format!("the token endpoint did not answer: {}", root_cause(e)),
             ),
         },
         // The body is never quoted: it may hold a token.
         E::Parse(e, _) => Failure::new(
-            super::REASON_TOKEN_REQUEST_FAILED,
+            Reason::TokenRequestFailed,
             format!("the token response is not valid OAuth 2.0 JSON (at {})", e.path()),
         ),
         E::Other(why) => Failure::new(
-            super::REASON_TOKEN_REQUEST_FAILED,
+            Reason::TokenRequestFailed,
             format!("the token request failed: {}", crate::text::truncate(why, 200)),
         ),
     }
@@ -386,7 +398,7 @@ mod tests {
         for loopback in ["http://127.0.0.1:8080", "http://localhost:9000/oidc", "http://[::1]:80"] {
             assert!(check_issuer_url(loopback, true).is_ok(), "{loopback}");
             let refused = check_issuer_url(loopback, false).unwrap_err();
-            assert_eq!(refused.reason, super::super::REASON_INVALID_ISSUER);
+            assert_eq!(refused.reason, Reason::InvalidIssuer);
             assert!(
                 refused.message.contains("--allow-insecure-loopback-issuers"),
                 "{}",
@@ -444,9 +456,8 @@ mod tests {
     }
 
     async fn discover(settings: OidcSettings, issuer: &str) -> Failure {
-        let secret = ClientAuth::Secret(ClientSecret::new("not-sent".to_owned()));
-        match Oidc::new(settings).request_token(issuer, "reports", secret, &[]).await {
-            Ok(_) => panic!("a server that answers 404 issued a token"),
+        match Oidc::new(settings).discover(issuer).await {
+            Ok(_) => panic!("a server that answers 404 served a discovery document"),
             Err(failure) => failure,
         }
     }
@@ -457,7 +468,7 @@ mod tests {
         let issuer = format!("https://{addr}");
 
         let untrusted = discover(OidcSettings::default(), &issuer).await;
-        assert_eq!(untrusted.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(untrusted.reason, Reason::CertificateNotTrusted);
         assert_eq!(
             untrusted.message,
             format!(
@@ -475,7 +486,7 @@ mod tests {
             &issuer,
         )
         .await;
-        assert_eq!(wrong.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(wrong.reason, Reason::CertificateNotTrusted);
         assert!(
             wrong
                 .message
@@ -497,7 +508,7 @@ mod tests {
             &issuer,
         )
         .await;
-        assert_eq!(replaced.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(replaced.reason, Reason::CertificateNotTrusted);
         assert!(replaced.message.contains("same name"), "{}", replaced.message);
 
         // With its CA, the handshake succeeds and the request reaches the server (which has no
@@ -510,12 +521,7 @@ mod tests {
             &issuer,
         )
         .await;
-        assert_eq!(
-            trusted.reason,
-            super::super::REASON_DISCOVERY_FAILED,
-            "{}",
-            trusted.message
-        );
+        assert_eq!(trusted.reason, Reason::DiscoveryFailed, "{}", trusted.message);
         assert!(trusted.message.contains("HTTP 404"), "{}", trusted.message);
     }
 
@@ -531,7 +537,7 @@ mod tests {
             &issuer,
         )
         .await;
-        assert_eq!(failure.reason, super::super::REASON_CERTIFICATE_NOT_TRUSTED);
+        assert_eq!(failure.reason, Reason::CertificateNotTrusted);
         assert_eq!(
             failure.message,
             format!(

@@ -6,19 +6,18 @@ use jiff::Timestamp;
 
 use crate::text::human_duration;
 
+use super::Reason;
 use super::schedule::{Failures, Held};
 use super::secret::{rfc3339, rfc3339_up};
 use crate::api::conditions::{ConditionState, REASON_CONFLICT, REASON_NOT_REQUESTED, TOKEN_READY};
 use crate::api::identity::TokenStatus;
 
-/// The outcome of a token reconcile.
+/// How an identity's token stands: its `TokenReady` condition and `status.token`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenReport {
     pub condition: ConditionState,
     /// `None` when no token is requested (the field is dropped from status).
     pub status: Option<TokenStatus>,
-    /// When the token needs attention again (renewal, retry or expiry).
-    pub wake: Option<Duration>,
 }
 
 impl TokenReport {
@@ -26,7 +25,6 @@ impl TokenReport {
         Self {
             condition: ConditionState::new(TOKEN_READY, true, REASON_NOT_REQUESTED, "spec.token is not set"),
             status: None,
-            wake: None,
         }
     }
 
@@ -44,7 +42,6 @@ impl TokenReport {
                 secret_name: Some(secret_name.to_owned()),
                 ..TokenStatus::default()
             }),
-            wake: None,
         }
     }
 }
@@ -67,17 +64,49 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or_default()
 }
 
+impl Facts<'_> {
+    fn next_attempt(&self) -> Option<Timestamp> {
+        self.retry.or(self.renewal)
+    }
+
+    fn valid(&self) -> Option<&Held> {
+        self.held.filter(|h| h.is_valid_at(self.now))
+    }
+
+    /// When the token needs attention again: the next attempt, or the expiry of the valid
+    /// token (it is then taken out of the Secret), whichever comes first.
+    pub fn next_look(&self) -> Option<Timestamp> {
+        [self.next_attempt(), self.valid().map(|h| h.expires_at)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn status(&self, renewal_time: Option<String>) -> TokenStatus {
+        TokenStatus {
+            secret_name: Some(self.secret_name.to_owned()),
+            expires_at: self.held.map(|h| rfc3339(h.expires_at)),
+            renewal_time,
+            last_refresh_time: self.held.map(|h| rfc3339(h.issued_at)),
+            failed_attempts: self.failures.map_or(0, |f| f.count.try_into().unwrap_or(i32::MAX)),
+            last_failure_reason: self.failures.map(|f| f.reason.as_str().to_owned()),
+        }
+    }
+}
+
+fn token_ready(status: bool, reason: Reason, message: String) -> ConditionState {
+    ConditionState::new(TOKEN_READY, status, reason.as_str(), message)
+}
+
 pub fn describe(facts: &Facts<'_>) -> TokenReport {
-    let valid = facts.held.filter(|h| h.is_valid_at(facts.now));
-    let next_attempt = facts.retry.or(facts.renewal);
+    let next_attempt = facts.next_attempt();
     let next = next_attempt
         .map(rfc3339_up)
         .unwrap_or_else(|| "the next reconcile".to_owned());
-    let condition = match (valid, facts.failures) {
-        (Some(held), Some(failures)) => ConditionState::new(
-            TOKEN_READY,
+    let condition = match (facts.valid(), facts.failures) {
+        (Some(held), Some(failures)) => token_ready(
             true,
-            super::REASON_BACKOFF,
+            Reason::Backoff,
             format!(
                 "refreshing the token failed {} time(s) in a row ({}: {}); the current token stays valid until {}; next attempt at {next}",
                 failures.count,
@@ -89,10 +118,9 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
         (Some(held), None) => {
             let lifetime = until(held.issued_at, held.expires_at);
             if lifetime <= facts.min_validity {
-                ConditionState::new(
-                    TOKEN_READY,
+                token_ready(
                     false,
-                    super::REASON_LIFETIME_TOO_SHORT,
+                    Reason::LifetimeTooShort,
                     format!(
                         "the provider grants tokens for {}, not longer than spec.token.minValidity ({}), so no pod could be admitted; lower minValidity or have the provider grant longer tokens",
                         human_duration(lifetime),
@@ -100,10 +128,9 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
                     ),
                 )
             } else {
-                ConditionState::new(
-                    TOKEN_READY,
+                token_ready(
                     true,
-                    super::REASON_TOKEN_ISSUED,
+                    Reason::TokenIssued,
                     format!(
                         "Secret {} holds a token valid until {}; it is renewed at {next}",
                         facts.secret_name,
@@ -117,47 +144,69 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
                 .map(|f| format!("{}: {}", f.reason, f.message))
                 .unwrap_or_else(|| "no attempt yet".to_owned());
             match (facts.held, failures) {
-                (Some(expired), _) => ConditionState::new(
-                    TOKEN_READY,
+                (Some(expired), _) => token_ready(
                     false,
-                    super::REASON_EXPIRED,
+                    Reason::Expired,
                     format!(
                         "the token expired at {} and could not be refreshed ({why}); next attempt at {next}",
                         rfc3339(expired.expires_at)
                     ),
                 ),
-                (None, Some(failure)) => ConditionState::new(
-                    TOKEN_READY,
+                (None, Some(failure)) => token_ready(
                     false,
                     failure.reason,
                     format!("{}; next attempt at {next}", failure.message),
                 ),
-                (None, None) => ConditionState::new(
-                    TOKEN_READY,
+                (None, None) => token_ready(
                     false,
-                    super::REASON_BACKOFF,
+                    Reason::Backoff,
                     format!("no token yet ({why}); next attempt at {next}"),
                 ),
             }
         }
     };
-    let wake = [next_attempt, valid.map(|h| h.expires_at)]
-        .into_iter()
-        .flatten()
-        .map(|at| until(facts.now, at).max(Duration::from_millis(200)))
-        .min();
-    let status = TokenStatus {
-        secret_name: Some(facts.secret_name.to_owned()),
-        expires_at: facts.held.map(|h| rfc3339(h.expires_at)),
-        renewal_time: next_attempt.map(rfc3339_up),
-        last_refresh_time: facts.held.map(|h| rfc3339(h.issued_at)),
-        failed_attempts: facts.failures.map_or(0, |f| f.count.try_into().unwrap_or(i32::MAX)),
-        last_failure_reason: facts.failures.map(|f| f.reason.to_owned()),
+    TokenReport {
+        condition,
+        status: Some(facts.status(next_attempt.map(rfc3339_up))),
+    }
+}
+
+/// An attempt whose outcome is not in yet, for a report of it.
+pub struct Attempting<'a> {
+    pub issuer: &'a str,
+    pub since: Timestamp,
+    /// What it waits for, as `attempt::Stage` says it.
+    pub waiting_for: &'a str,
+    /// How long it may take once it has its slots.
+    pub deadline: Duration,
+}
+
+/// While the first attempt for the current settings is under way: `TokenPending`, true as long
+/// as the Secret still holds a valid token (pods go on using it), and no renewal time (a fresh
+/// token is being requested now).
+pub fn pending(facts: &Facts<'_>, attempting: &Attempting<'_>) -> TokenReport {
+    let requesting = format!(
+        "requesting a token from issuer {:?} since {} ({}; an attempt is given {}, --token-attempt-deadline)",
+        attempting.issuer,
+        rfc3339(attempting.since),
+        attempting.waiting_for,
+        human_duration(attempting.deadline)
+    );
+    let condition = match facts.valid() {
+        Some(held) => token_ready(
+            true,
+            Reason::TokenPending,
+            format!(
+                "Secret {} holds a token valid until {} for the previous token settings; {requesting}",
+                facts.secret_name,
+                rfc3339(held.expires_at)
+            ),
+        ),
+        None => token_ready(false, Reason::TokenPending, format!("no token yet: {requesting}")),
     };
     TokenReport {
         condition,
-        status: Some(status),
-        wake,
+        status: Some(facts.status(None)),
     }
 }
 
@@ -178,7 +227,7 @@ mod tests {
         }
     }
 
-    fn failures(count: u32, reason: &'static str) -> Failures {
+    fn failures(count: u32, reason: Reason) -> Failures {
         Failures {
             count,
             last_at: at(2500),
@@ -203,7 +252,8 @@ mod tests {
     #[test]
     fn a_fresh_token_is_issued_with_its_renewal_and_wakes_for_it() {
         let token = held(true);
-        let report = describe(&facts(Some(&token), None, at(100)));
+        let facts = facts(Some(&token), None, at(100));
+        let report = describe(&facts);
         assert!(report.condition.status);
         assert_eq!(report.condition.reason, "TokenIssued");
         let status = report.status.unwrap();
@@ -211,14 +261,15 @@ mod tests {
         assert_eq!(status.renewal_time.as_deref(), Some("2027-01-15T08:40:00Z"));
         assert_eq!(status.last_refresh_time.as_deref(), Some("2027-01-15T08:00:00Z"));
         assert_eq!(status.failed_attempts, 0);
-        assert_eq!(report.wake, Some(Duration::from_secs(2300)));
+        assert_eq!(facts.next_look(), Some(at(2400)), "2300 s on, at the renewal");
     }
 
     #[test]
     fn failures_with_a_valid_token_back_off_and_keep_it() {
         let token = held(true);
-        let run = failures(3, "ProviderUnavailable");
-        let report = describe(&facts(Some(&token), Some(&run), at(2505)));
+        let run = failures(3, Reason::ProviderUnavailable);
+        let facts = facts(Some(&token), Some(&run), at(2505));
+        let report = describe(&facts);
         assert!(report.condition.status, "the old token still serves pods");
         assert_eq!(report.condition.reason, "Backoff");
         assert!(
@@ -231,19 +282,19 @@ mod tests {
         assert_eq!(status.failed_attempts, 3);
         assert_eq!(status.last_failure_reason.as_deref(), Some("ProviderUnavailable"));
         assert_eq!(status.renewal_time.as_deref(), Some("2027-01-15T08:41:50Z"));
-        assert_eq!(report.wake, Some(Duration::from_secs(5)));
+        assert_eq!(facts.next_look(), Some(at(2510)), "5 s on, at the retry");
     }
 
     #[test]
     fn without_a_valid_token_the_reason_says_why() {
         let expired = held(false);
-        let run = failures(9, "ProviderUnavailable");
+        let run = failures(9, Reason::ProviderUnavailable);
         let report = describe(&facts(Some(&expired), Some(&run), at(3700)));
         assert!(!report.condition.status);
         assert_eq!(report.condition.reason, "Expired");
         assert!(report.condition.message.contains("expired at 2027-01-15T09:00:00Z"));
 
-        let first = failures(1, "InvalidClient");
+        let first = failures(1, Reason::InvalidClient);
         let report = describe(&facts(None, Some(&first), at(2505)));
         assert_eq!(report.condition.reason, "InvalidClient");
         assert!(
@@ -266,5 +317,51 @@ mod tests {
         assert_eq!(report.condition.reason, "LifetimeTooShort");
         assert!(report.condition.message.contains("5m"), "{}", report.condition.message);
         assert!(TokenReport::conflict("x").condition.message.contains("left untouched"));
+    }
+
+    #[test]
+    fn an_expiry_before_the_next_attempt_is_looked_at_first() {
+        let expiring = Held {
+            expires_at: at(2505),
+            ..held(true)
+        };
+        let run = failures(2, Reason::ProviderUnavailable);
+        assert_eq!(facts(Some(&expiring), Some(&run), at(2500)).next_look(), Some(at(2505)));
+        // Once expired, only the next attempt is left.
+        assert_eq!(facts(Some(&expiring), Some(&run), at(2506)).next_look(), Some(at(2510)));
+    }
+
+    #[test]
+    fn an_attempt_under_way_is_pending_and_a_valid_token_keeps_serving() {
+        let attempting = Attempting {
+            issuer: "https://idp.example.com",
+            since: at(2500),
+            waiting_for: "waiting for the discovery document",
+            deadline: Duration::from_secs(20),
+        };
+        let token = held(true);
+        let report = pending(&facts(Some(&token), None, at(2505)), &attempting);
+        assert!(report.condition.status, "pods go on using the valid token");
+        assert_eq!(report.condition.reason, "TokenPending");
+        assert_eq!(
+            report.condition.message,
+            "Secret payroll-export-token holds a token valid until 2027-01-15T09:00:00Z for the previous token settings; requesting a token from issuer \"https://idp.example.com\" since 2027-01-15T08:41:40Z (waiting for the discovery document; an attempt is given 20s, --token-attempt-deadline)"
+        );
+        let status = report.status.unwrap();
+        assert_eq!(status.expires_at.as_deref(), Some("2027-01-15T09:00:00Z"));
+        assert_eq!(status.renewal_time, None, "a fresh token is being requested now");
+
+        let report = pending(&facts(None, None, at(2505)), &attempting);
+        assert!(!report.condition.status);
+        assert_eq!(report.condition.reason, "TokenPending");
+        assert!(
+            report
+                .condition
+                .message
+                .starts_with("no token yet: requesting a token from issuer \"https://idp.example.com\" since"),
+            "{}",
+            report.condition.message
+        );
+        assert_eq!(report.status.unwrap().expires_at, None);
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
+use super::{Failure, Reason};
+
 /// How failed refreshes are retried: doubling from `first`, never longer than `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -95,10 +97,25 @@ pub struct Failures {
     pub last_at: Timestamp,
     /// The inputs the failing attempts used: new inputs are tried at once.
     pub inputs: String,
-    /// `CamelCase` reason of the last failure.
-    pub reason: &'static str,
+    /// Why the last attempt failed.
+    pub reason: Reason,
     /// What went wrong, for status and Events (never a secret).
     pub message: String,
+}
+
+impl Failures {
+    /// The run of failures after `failure` at `now`: one more of the same inputs, or the first
+    /// of new inputs (a changed setting or client secret starts a new run of backoff).
+    pub fn after(previous: Option<Failures>, failure: &Failure, inputs: &str, now: Timestamp) -> Failures {
+        let count = previous.filter(|p| p.inputs == inputs).map_or(0, |p| p.count);
+        Failures {
+            count: count + 1,
+            last_at: now,
+            inputs: inputs.to_owned(),
+            reason: failure.reason,
+            message: failure.message.clone(),
+        }
+    }
 }
 
 /// Why a refresh is needed now.
@@ -304,7 +321,7 @@ mod tests {
             count: 3,
             last_at: at(21),
             inputs: "v1".to_owned(),
-            reason: "ProviderUnavailable",
+            reason: Reason::ProviderUnavailable,
             message: "connection refused".to_owned(),
         };
         // The third failure would wait 6.4 to 8 s, but the token has 9 s left: a third of that.
@@ -339,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_failures_counts_on_until_the_inputs_change() {
+        let refused = Failure::new(Reason::InvalidClient, "invalid_client".to_owned());
+        let first = Failures::after(None, &refused, "v1", at(1));
+        assert_eq!(
+            (first.count, first.last_at, first.reason),
+            (1, at(1), Reason::InvalidClient)
+        );
+        let unavailable = Failure::new(Reason::ProviderUnavailable, "refused".to_owned());
+        let second = Failures::after(Some(first), &unavailable, "v1", at(3));
+        assert_eq!((second.count, second.last_at), (2, at(3)));
+        assert_eq!(
+            (second.reason, second.message.as_str()),
+            (Reason::ProviderUnavailable, "refused")
+        );
+        let fixed = Failures::after(Some(second), &refused, "v2", at(4));
+        assert_eq!((fixed.count, fixed.inputs.as_str()), (1, "v2"));
+    }
+
+    #[test]
     fn retries_get_denser_as_a_valid_token_runs_out() {
         let policy = RetryPolicy {
             first: secs(5),
@@ -348,7 +384,7 @@ mod tests {
             count: 4,
             last_at: at(100),
             inputs: "v1".to_owned(),
-            reason: "ProviderUnavailable",
+            reason: Reason::ProviderUnavailable,
             message: String::new(),
         };
         // Backoff alone would wait 32 s or more (with jitter); 6 s are left, so 2 s.

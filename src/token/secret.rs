@@ -21,6 +21,8 @@ pub const EXPIRES_AT_ANNOTATION: &str = "winflow.io/expires-at";
 pub const ISSUED_AT_ANNOTATION: &str = "winflow.io/issued-at";
 /// Digest of what the token was requested with; a different digest means a new token is due.
 pub const INPUTS_ANNOTATION: &str = "winflow.io/token-inputs";
+/// When winflow took the expired token out of the Secret.
+pub const REMOVED_AT_ANNOTATION: &str = "winflow.io/token-removed-at";
 
 /// The token Secret's name: `spec.token.secretName`, or `<identity>-token`.
 pub fn secret_name(settings: &TokenSettings, identity: &str) -> String {
@@ -47,24 +49,31 @@ pub fn inputs_digest(settings: &TokenSettings, credentials_version: &str) -> Str
 }
 
 /// The token as the Secret holds it; `None` for `access_token` writes the Secret without one
-/// (an expired token is removed rather than handed to pods).
+/// (an expired token is removed rather than handed to pods), noting when in `removed_at`.
 pub struct TokenContent<'a> {
     pub access_token: Option<&'a str>,
     pub token_type: &'a str,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     pub inputs: &'a str,
+    pub removed_at: Option<Timestamp>,
 }
 
 /// The Secret winflow applies; owned by the identity, so it goes when the identity goes.
 pub fn token_secret(identity: &WindowsTaskIdentity, name: &str, content: &TokenContent<'_>) -> Secret {
     let mut meta = namespaced_meta(identity, name.to_owned());
     let expires_at = rfc3339(content.expires_at);
-    meta.annotations = Some(BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (EXPIRES_AT_ANNOTATION.to_owned(), expires_at.clone()),
         (ISSUED_AT_ANNOTATION.to_owned(), rfc3339(content.issued_at)),
         (INPUTS_ANNOTATION.to_owned(), content.inputs.to_owned()),
-    ]));
+    ]);
+    // Also what tells the apply from the Secret that holds the token: `ensure_child` counts
+    // keys the Secret has beyond those wanted as someone else's, not as a change.
+    if let Some(removed_at) = content.removed_at {
+        annotations.insert(REMOVED_AT_ANNOTATION.to_owned(), rfc3339(removed_at));
+    }
+    meta.annotations = Some(annotations);
     let mut data = BTreeMap::from([(EXPIRES_AT_KEY.to_owned(), ByteString(expires_at.into_bytes()))]);
     if let Some(token) = content.access_token {
         data.insert(ACCESS_TOKEN_KEY.to_owned(), ByteString(token.as_bytes().to_vec()));
@@ -137,6 +146,7 @@ mod tests {
                 issued_at,
                 expires_at,
                 inputs: "abc",
+                removed_at: None,
             },
         );
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
@@ -167,10 +177,27 @@ mod tests {
                 issued_at,
                 expires_at,
                 inputs: "abc",
+                removed_at: Some(expires_at),
             },
         );
         assert!(!blanked.data.as_ref().unwrap().contains_key("access_token"));
         assert!(!super::held(&blanked).unwrap().has_token);
+        assert!(
+            !secret
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(REMOVED_AT_ANNOTATION)
+        );
+        // The blank is a change to the Secret that holds the token, and applying it is written.
+        let removed = &blanked.metadata.annotations.as_ref().unwrap()[REMOVED_AT_ANNOTATION];
+        assert_eq!(removed, "2026-11-29T11:00:00Z");
+        let (blank, full) = (
+            serde_json::to_value(&blanked).unwrap(),
+            serde_json::to_value(&secret).unwrap(),
+        );
+        assert!(!crate::controller::apply::is_subset(&blank, &full));
     }
 
     #[test]
