@@ -99,6 +99,17 @@ struct RunArgs {
     /// Longest wait between token refresh attempts.
     #[arg(long, env = "WINFLOW_TOKEN_RETRY_MAX", value_parser = duration, default_value = "2m")]
     token_retry_max: Duration,
+    /// Token attempts in flight at once, over all OIDC issuers.
+    #[arg(long, env = "WINFLOW_TOKEN_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 8)]
+    token_concurrency: u16,
+    /// Token attempts in flight at once to one issuer: keep it below --token-concurrency, so
+    /// that an issuer that never answers leaves slots to the others.
+    #[arg(long, env = "WINFLOW_TOKEN_CONCURRENCY_PER_ISSUER", value_parser = clap::value_parser!(u16).range(1..), default_value_t = 4)]
+    token_concurrency_per_issuer: u16,
+    /// How long one token attempt (service account token, discovery and token request
+    /// together) may take before it is given up as DeadlineExceeded.
+    #[arg(long, env = "WINFLOW_TOKEN_ATTEMPT_DEADLINE", value_parser = duration, default_value = "20s")]
+    token_attempt_deadline: Duration,
     /// How long an issuer's discovery document is used before it is fetched again (it is
     /// also fetched again after the provider could not be reached).
     #[arg(long, env = "WINFLOW_OIDC_REDISCOVER_AFTER", value_parser = duration, default_value = "1h")]
@@ -277,7 +288,9 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 allow_insecure_loopback: args.allow_insecure_loopback_issuers,
                 rediscover_after: args.oidc_rediscover_after,
                 ca_bundle: oidc_ca,
-                ..OidcSettings::default()
+                attempt_deadline: args.token_attempt_deadline,
+                concurrency: usize::from(args.token_concurrency),
+                concurrency_per_issuer: usize::from(args.token_concurrency_per_issuer),
             },
             retry: RetryPolicy {
                 first: args.token_retry_first,
