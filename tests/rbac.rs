@@ -52,6 +52,19 @@ async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<P
     env.client_as_service_account("winflow").await
 }
 
+/// An operator under deploy/rbac.yaml's rules as `edit_rules` leaves them, and the Key Vault
+/// example (`payroll-export`) created for it.
+async fn key_vault_example_under(
+    test: &str,
+    edit_rules: impl FnOnce(&mut Vec<PolicyRule>),
+) -> (TestEnv, support::Operator) {
+    let env = TestEnv::new(test).await;
+    let operator_client = install_operator_rbac(&env, edit_rules).await;
+    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    (env, operator)
+}
+
 fn is_forbidden(result: Result<impl Sized, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
 }
@@ -294,10 +307,7 @@ async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_sub
 /// `use` is refused by RBAC escalation prevention, and the identity says so (`AccessGranted`
 /// and `Ready` false, `ApiError`) while its other objects are in place.
 async fn without_use_the_role_is_refused(test: &str, resource: &'static str, refused_role: &str, kept_role: &str) {
-    let env = TestEnv::new(test).await;
-    let operator_client = install_operator_rbac(&env, without_use_on(resource)).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
-    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let (env, operator) = key_vault_example_under(test, without_use_on(resource)).await;
     let identity: WindowsTaskIdentity =
         support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
     let access = support::condition(&identity, "AccessGranted").unwrap();
@@ -352,10 +362,7 @@ async fn without_use_on_identities_the_use_role_is_refused_and_the_identity_says
 
 #[tokio::test]
 async fn without_namespace_rights_identities_still_converge_and_say_what_they_cannot_tell() {
-    let env = TestEnv::new("rbac-no-namespaces").await;
-    let operator_client = install_operator_rbac(&env, without_rule_on("namespaces")).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
-    support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
+    let (env, operator) = key_vault_example_under("rbac-no-namespaces", without_rule_on("namespaces")).await;
     let identity: WindowsTaskIdentity =
         support::wait_for_condition(&env, "payroll-export", "Enforced", "False", Some("NamespaceUnknown")).await;
     let enforced = support::condition(&identity, "Enforced").unwrap();
@@ -365,6 +372,31 @@ async fn without_namespace_rights_identities_still_converge_and_say_what_they_ca
         enforced.message
     );
     assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn without_list_on_pods_identities_still_converge_and_say_they_cannot_count_their_tasks() {
+    let (env, operator) = key_vault_example_under("rbac-no-list-pods-identity", without_verb_on("pods", "list")).await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "TasksHealthy", "False", Some("PodsUnknown")).await;
+    let tasks = support::condition(&identity, "TasksHealthy").unwrap();
+    assert!(
+        tasks.message.contains("winflow cannot list pods") && tasks.message.contains("list and watch on pods"),
+        "{}",
+        tasks.message
+    );
+    assert_eq!(support::condition(&identity, "Ready").unwrap().status, "True");
+    assert!(
+        identity.status.unwrap().pods.is_none(),
+        "no pod counts it could not make"
+    );
+
+    // With the rule back, the identity counts its task pods again by itself.
+    install_operator_rbac(&env, |_| {}).await;
+    let identity: WindowsTaskIdentity =
+        support::wait_for_condition(&env, "payroll-export", "TasksHealthy", "True", Some("NoRecentFailures")).await;
+    assert!(identity.status.unwrap().pods.is_some());
     operator.stop().await;
 }
 
