@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::api::conditions::ConditionState;
+use crate::api::conditions::{ConditionReason, ConditionState, TASKS_HEALTHY};
 use crate::api::identity::{PodsStatus, TaskFailure};
 use crate::task_pod::TaskPod;
-
-pub const TASKS_HEALTHY: &str = "TasksHealthy";
-pub const REASON_NO_RECENT_FAILURES: &str = "NoRecentFailures";
-pub const REASON_AUTHENTICATION_FAILURES: &str = "AuthenticationFailures";
 
 /// How long an authentication failure keeps `TasksHealthy` false.
 pub const RECENT_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
@@ -206,7 +202,7 @@ pub fn summarize<'a>(
                     .unwrap_or("no message")
             );
             (
-                ConditionState::new(TASKS_HEALTHY, false, REASON_AUTHENTICATION_FAILURES, message),
+                ConditionState::new(TASKS_HEALTHY, false, ConditionReason::AuthenticationFailures, message),
                 Some(left),
             )
         }
@@ -214,7 +210,7 @@ pub fn summarize<'a>(
             ConditionState::new(
                 TASKS_HEALTHY,
                 true,
-                REASON_NO_RECENT_FAILURES,
+                ConditionReason::NoRecentFailures,
                 "no task pod failed to authenticate since the last success or in the last hour",
             ),
             None,

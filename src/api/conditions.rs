@@ -12,18 +12,72 @@ pub const TOKEN_READY: &str = "TokenReady";
 /// Whether the identity's namespace is labelled `winflow.io/enforce: "true"`. Outside `Ready`.
 pub const ENFORCED: &str = "Enforced";
 
-pub const REASON_RECONCILED: &str = "Reconciled";
-pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
-pub const REASON_CONFLICT: &str = "Conflict";
-pub const REASON_NOT_REQUESTED: &str = "NotRequested";
-pub const REASON_SERVICE_ACCOUNT_MISSING: &str = "ServiceAccountMissing";
-pub const REASON_API_ERROR: &str = "ApiError";
-pub const REASON_SHARE_NOT_READY: &str = "ShareNotReady";
-pub const REASON_NAMESPACE_ENFORCED: &str = "NamespaceEnforced";
-pub const REASON_NAMESPACE_NOT_ENFORCED: &str = "NamespaceNotEnforced";
-pub const REASON_NAMESPACE_UNKNOWN: &str = "NamespaceUnknown";
-/// `TasksHealthy` while winflow cannot list pods.
-pub const REASON_PODS_UNKNOWN: &str = "PodsUnknown";
+/// The task pods' health (`status.pods`). Outside `Ready`.
+pub const TASKS_HEALTHY: &str = "TasksHealthy";
+
+/// A condition's reason as one domain decides it: `ConditionReason` for the identity's and the
+/// share's configuration, enforcement and task pods, `token::Reason` for `TokenReady`. The
+/// strings are part of the API (SPEC.md, the README's condition tables).
+pub trait Reason: Copy {
+    fn as_str(self) -> &'static str;
+}
+
+/// The reasons of every condition but `TokenReady`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionReason {
+    Reconciled,
+    InvalidSpec,
+    /// An object of a child's name exists and is not winflow's.
+    Conflict,
+    /// The spec does not ask for it (no shares, no token).
+    NotRequested,
+    ServiceAccountMissing,
+    /// The API server refused a child.
+    ApiError,
+    ShareNotReady,
+    NamespaceEnforced,
+    NamespaceNotEnforced,
+    /// winflow cannot list namespaces.
+    NamespaceUnknown,
+    NoRecentFailures,
+    AuthenticationFailures,
+    /// winflow cannot list pods.
+    PodsUnknown,
+    /// A share's claim is bound to its volume.
+    Bound,
+    Pending,
+    /// A share's credentials Secret is missing or lacks a key.
+    SecretMissing,
+}
+
+impl ConditionReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionReason::Reconciled => "Reconciled",
+            ConditionReason::InvalidSpec => "InvalidSpec",
+            ConditionReason::Conflict => "Conflict",
+            ConditionReason::NotRequested => "NotRequested",
+            ConditionReason::ServiceAccountMissing => "ServiceAccountMissing",
+            ConditionReason::ApiError => "ApiError",
+            ConditionReason::ShareNotReady => "ShareNotReady",
+            ConditionReason::NamespaceEnforced => "NamespaceEnforced",
+            ConditionReason::NamespaceNotEnforced => "NamespaceNotEnforced",
+            ConditionReason::NamespaceUnknown => "NamespaceUnknown",
+            ConditionReason::NoRecentFailures => "NoRecentFailures",
+            ConditionReason::AuthenticationFailures => "AuthenticationFailures",
+            ConditionReason::PodsUnknown => "PodsUnknown",
+            ConditionReason::Bound => "Bound",
+            ConditionReason::Pending => "Pending",
+            ConditionReason::SecretMissing => "SecretMissing",
+        }
+    }
+}
+
+impl Reason for ConditionReason {
+    fn as_str(self) -> &'static str {
+        ConditionReason::as_str(self)
+    }
+}
 
 /// A condition's wanted state, before bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,11 +89,11 @@ pub struct ConditionState {
 }
 
 impl ConditionState {
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(type_: &'static str, status: bool, reason: impl Reason, message: impl Into<String>) -> Self {
         Self {
             type_,
             status,
-            reason,
+            reason: reason.as_str(),
             message: message.into(),
         }
     }
@@ -98,13 +152,13 @@ mod tests {
     fn unchanged_status_keeps_transition_time() {
         let first = merge(
             &[],
-            &[ConditionState::new(READY, true, REASON_RECONCILED, "ok")],
+            &[ConditionState::new(READY, true, ConditionReason::Reconciled, "ok")],
             Some(1),
             &time("2026-01-01T00:00:00Z"),
         );
         let second = merge(
             &first,
-            &[ConditionState::new(READY, true, REASON_RECONCILED, "ok")],
+            &[ConditionState::new(READY, true, ConditionReason::Reconciled, "ok")],
             Some(1),
             &time("2026-01-02T00:00:00Z"),
         );
@@ -118,15 +172,15 @@ mod tests {
         let first = merge(
             &[],
             &[
-                ConditionState::new(READY, true, REASON_RECONCILED, "ok"),
-                ConditionState::new(ACCESS_GRANTED, true, REASON_RECONCILED, "ok"),
+                ConditionState::new(READY, true, ConditionReason::Reconciled, "ok"),
+                ConditionState::new(ACCESS_GRANTED, true, ConditionReason::Reconciled, "ok"),
             ],
             Some(1),
             &t1,
         );
         let second = merge(
             &first,
-            &[ConditionState::new(READY, false, REASON_CONFLICT, "taken")],
+            &[ConditionState::new(READY, false, ConditionReason::Conflict, "taken")],
             Some(2),
             &t2,
         );

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::apply::{ChildReport, ChildState, delete_managed_child, ensure_child};
 use super::{Context, Error, finalizer, report, scoped, watches};
-use crate::api::conditions::{self, ConditionState};
+use crate::api::conditions::{self, ConditionReason, ConditionState};
 use crate::api::share::{WindowsShare, WindowsShareStatus};
 use crate::build::{self, with_spec_hash};
 use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -23,10 +23,6 @@ use crate::validate;
 use crate::watch_health::Watcher;
 
 const CONTROLLER: &str = "share";
-
-pub const REASON_BOUND: &str = "Bound";
-pub const REASON_PENDING: &str = "Pending";
-pub const REASON_SECRET_MISSING: &str = "SecretMissing";
 
 type Guarded = DeserializeGuard<WindowsShare>;
 
@@ -142,7 +138,7 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
     if let Err(violations) = validate::check_share(&namespace, &name, &share.spec) {
         let message = validate::describe(&violations);
         warn!(share = %format!("{namespace}/{name}"), %message, "invalid spec");
-        let wanted = ConditionState::new(conditions::READY, false, conditions::REASON_INVALID_SPEC, message);
+        let wanted = ConditionState::new(conditions::READY, false, ConditionReason::InvalidSpec, message);
         update_status(share, ctx, wanted, None).await?;
         return Ok(Action::await_change());
     }
@@ -267,14 +263,14 @@ pub fn share_condition(
     secret: &(String, SecretCheck),
     bound: bool,
 ) -> ConditionState {
-    use crate::api::conditions::{READY, REASON_API_ERROR, REASON_CONFLICT};
+    use crate::api::conditions::READY;
     for child in [volume, claim] {
         match &child.state {
             ChildState::Conflict(message) => {
-                return ConditionState::new(READY, false, REASON_CONFLICT, message.clone());
+                return ConditionState::new(READY, false, ConditionReason::Conflict, message.clone());
             }
             ChildState::Rejected(message) => {
-                return ConditionState::new(READY, false, REASON_API_ERROR, message.clone());
+                return ConditionState::new(READY, false, ConditionReason::ApiError, message.clone());
             }
             ChildState::UpToDate | ChildState::Applied => {}
         }
@@ -285,7 +281,7 @@ pub fn share_condition(
             return ConditionState::new(
                 READY,
                 false,
-                REASON_SECRET_MISSING,
+                ConditionReason::SecretMissing,
                 format!("Secret {secret_name} does not exist; create it with keys username, password and domain"),
             );
         }
@@ -293,7 +289,7 @@ pub fn share_condition(
             return ConditionState::new(
                 READY,
                 false,
-                REASON_SECRET_MISSING,
+                ConditionReason::SecretMissing,
                 format!(
                     "Secret {secret_name} lacks the key(s) {}; it needs username, password and, for a domain account, domain",
                     keys.join(", ")
@@ -306,7 +302,7 @@ pub fn share_condition(
         return ConditionState::new(
             READY,
             false,
-            REASON_PENDING,
+            ConditionReason::Pending,
             format!(
                 "waiting for PersistentVolumeClaim {} to bind to PersistentVolume {}",
                 claim.name, volume.name
@@ -322,7 +318,7 @@ pub fn share_condition(
             "; note: Secret {secret_name} has no domain, so the SMB driver logs on with a local account of the file server; add key domain (for example CORP) for a domain account"
         ));
     }
-    ConditionState::new(READY, true, REASON_BOUND, message)
+    ConditionState::new(READY, true, ConditionReason::Bound, message)
 }
 
 async fn update_status(
@@ -422,13 +418,13 @@ mod tests {
         let pvc = ok("PersistentVolumeClaim");
         let missing = ("smb".to_owned(), SecretCheck::Missing);
         let c = share_condition(&pv, &pvc, &missing, true);
-        assert_eq!((c.status, c.reason), (false, REASON_SECRET_MISSING));
+        assert_eq!((c.status, c.reason), (false, ConditionReason::SecretMissing.as_str()));
         assert!(c.message.contains("Secret smb does not exist"));
         let complete = ("smb".to_owned(), SecretCheck::Complete { has_domain: true });
         let c = share_condition(&pv, &pvc, &complete, false);
-        assert_eq!((c.status, c.reason), (false, REASON_PENDING));
+        assert_eq!((c.status, c.reason), (false, ConditionReason::Pending.as_str()));
         let c = share_condition(&pv, &pvc, &complete, true);
-        assert_eq!((c.status, c.reason), (true, REASON_BOUND));
+        assert_eq!((c.status, c.reason), (true, ConditionReason::Bound.as_str()));
         assert!(!c.message.contains("no domain"));
         let no_domain = ("smb".to_owned(), SecretCheck::Complete { has_domain: false });
         assert!(
@@ -442,7 +438,7 @@ mod tests {
         };
         assert_eq!(
             share_condition(&conflict, &pvc, &complete, true).reason,
-            conditions::REASON_CONFLICT
+            ConditionReason::Conflict.as_str()
         );
     }
 }

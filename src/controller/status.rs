@@ -41,18 +41,18 @@ pub enum ShareState {
     Ready,
 }
 
-fn child_failure(report: &ChildReport) -> Option<(&'static str, String)> {
+fn child_failure(report: &ChildReport) -> Option<(ConditionReason, String)> {
     match &report.state {
         ChildState::UpToDate | ChildState::Applied => None,
-        ChildState::Conflict(message) => Some((REASON_CONFLICT, message.clone())),
-        ChildState::Rejected(message) => Some((REASON_API_ERROR, message.clone())),
+        ChildState::Conflict(message) => Some((ConditionReason::Conflict, message.clone())),
+        ChildState::Rejected(message) => Some((ConditionReason::ApiError, message.clone())),
     }
 }
 
 fn from_children(type_: &'static str, reports: &[&ChildReport], ok_message: String) -> ConditionState {
     match reports.iter().find_map(|r| child_failure(r)) {
         Some((reason, message)) => ConditionState::new(type_, false, reason, message),
-        None => ConditionState::new(type_, true, REASON_RECONCILED, ok_message),
+        None => ConditionState::new(type_, true, ConditionReason::Reconciled, ok_message),
     }
 }
 
@@ -67,7 +67,7 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
         ServiceAccountState::Missing => ConditionState::new(
             ACCESS_GRANTED,
             false,
-            REASON_SERVICE_ACCOUNT_MISSING,
+            ConditionReason::ServiceAccountMissing,
             format!(
                 "service account {} does not exist and serviceAccount.create is false; create it or set create: true",
                 observed.service_account_name
@@ -122,7 +122,12 @@ pub fn identity_conditions(observed: &Observed<'_>) -> Vec<ConditionState> {
 /// `SharesReady`: true when every named share is Ready; otherwise names each one that is not.
 pub fn shares_condition(shares: &[(String, ShareState)]) -> ConditionState {
     if shares.is_empty() {
-        return ConditionState::new(SHARES_READY, true, REASON_NOT_REQUESTED, "spec.shares is not set");
+        return ConditionState::new(
+            SHARES_READY,
+            true,
+            ConditionReason::NotRequested,
+            "spec.shares is not set",
+        );
     }
     let problems: Vec<String> = shares
         .iter()
@@ -137,11 +142,11 @@ pub fn shares_condition(shares: &[(String, ShareState)]) -> ConditionState {
         ConditionState::new(
             SHARES_READY,
             true,
-            REASON_RECONCILED,
+            ConditionReason::Reconciled,
             format!("every share is bound: {}", names.join(", ")),
         )
     } else {
-        ConditionState::new(SHARES_READY, false, REASON_SHARE_NOT_READY, problems.join("; "))
+        ConditionState::new(SHARES_READY, false, ConditionReason::ShareNotReady, problems.join("; "))
     }
 }
 
@@ -171,7 +176,7 @@ pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
         ConditionState::new(
             ENFORCED,
             true,
-            REASON_NAMESPACE_ENFORCED,
+            ConditionReason::NamespaceEnforced,
             format!(
                 "namespace {namespace:?} is labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are checked too: none of them can reach this identity's credentials"
             ),
@@ -180,7 +185,7 @@ pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
         ConditionState::new(
             ENFORCED,
             false,
-            REASON_NAMESPACE_NOT_ENFORCED,
+            ConditionReason::NamespaceNotEnforced,
             format!(
                 "namespace {namespace:?} is not labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are not checked: they could mount this identity's token Secret, its shares' claims or credentials Secrets, run as its service account or set its credential spec; label the namespace to close that"
             ),
@@ -193,7 +198,7 @@ pub fn enforcement_unknown(namespace: &str) -> ConditionState {
     ConditionState::new(
         ENFORCED,
         false,
-        REASON_NAMESPACE_UNKNOWN,
+        ConditionReason::NamespaceUnknown,
         format!(
             "winflow cannot list namespaces (its ClusterRole needs get, list and watch on namespaces), so it cannot tell whether namespace {namespace:?} is labelled {ENFORCE_LABEL}=true"
         ),
@@ -203,9 +208,9 @@ pub fn enforcement_unknown(namespace: &str) -> ConditionState {
 /// `TasksHealthy` while winflow cannot read task pods (its pod watch never listed them).
 pub fn tasks_unknown() -> ConditionState {
     ConditionState::new(
-        crate::pods::TASKS_HEALTHY,
+        TASKS_HEALTHY,
         false,
-        REASON_PODS_UNKNOWN,
+        ConditionReason::PodsUnknown,
         format!(
             "winflow cannot list pods (its ClusterRole needs list and watch on pods), so it cannot tell how this identity's task pods (label {IDENTITY_LABEL}) are doing"
         ),
@@ -216,16 +221,16 @@ pub fn tasks_unknown() -> ConditionState {
 /// failing condition's reason and message.
 pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {
     match conditions.iter().find(|c| !c.status) {
-        Some(failing) => ConditionState::new(
-            READY,
-            false,
-            failing.reason,
-            format!("{}: {}", failing.type_, failing.message),
-        ),
+        Some(failing) => ConditionState {
+            type_: READY,
+            status: false,
+            reason: failing.reason,
+            message: format!("{}: {}", failing.type_, failing.message),
+        },
         None => ConditionState::new(
             READY,
             true,
-            REASON_RECONCILED,
+            ConditionReason::Reconciled,
             "the credential spec, access rights and pod templates are in place",
         ),
     }
@@ -234,7 +239,7 @@ pub fn ready_summary(conditions: &[ConditionState]) -> ConditionState {
 /// The conditions of an identity whose spec breaks a rule: only `Ready` changes, the other
 /// conditions keep describing the children as last applied.
 pub fn invalid_spec_conditions(message: String) -> Vec<ConditionState> {
-    vec![ConditionState::new(READY, false, REASON_INVALID_SPEC, message)]
+    vec![ConditionState::new(READY, false, ConditionReason::InvalidSpec, message)]
 }
 
 #[cfg(test)]
@@ -267,7 +272,12 @@ mod tests {
             service_account: sa,
             pod_templates: cm,
             shares: &[],
-            token: ConditionState::new(TOKEN_READY, true, REASON_NOT_REQUESTED, "spec.token is not set"),
+            token: ConditionState::new(
+                TOKEN_READY,
+                true,
+                ConditionReason::NotRequested,
+                "spec.token is not set",
+            ),
         }
     }
 
@@ -298,9 +308,12 @@ mod tests {
             ServiceAccountState::ExistingUnmanaged,
         ));
         let cs = conditions.iter().find(|c| c.type_ == CREDENTIAL_SPEC_READY).unwrap();
-        assert_eq!((cs.status, cs.reason), (false, REASON_CONFLICT));
+        assert_eq!((cs.status, cs.reason), (false, ConditionReason::Conflict.as_str()));
         let ready = conditions.last().unwrap();
-        assert_eq!((ready.status, ready.reason), (false, REASON_CONFLICT));
+        assert_eq!(
+            (ready.status, ready.reason),
+            (false, ConditionReason::Conflict.as_str())
+        );
         assert_eq!(ready.message, "CredentialSpecReady: taken");
         let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
         assert!(
@@ -367,7 +380,10 @@ mod tests {
         o.use_role = &refused;
         let conditions = identity_conditions(&o);
         let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
-        assert_eq!((access.status, access.reason), (false, REASON_API_ERROR));
+        assert_eq!(
+            (access.status, access.reason),
+            (false, ConditionReason::ApiError.as_str())
+        );
         assert!(
             access.message.contains("Role winflow-reports-use"),
             "{}",
@@ -382,10 +398,13 @@ mod tests {
         let on = enforced_condition("airflow", true);
         assert_eq!(
             (on.type_, on.status, on.reason),
-            (ENFORCED, true, REASON_NAMESPACE_ENFORCED)
+            (ENFORCED, true, ConditionReason::NamespaceEnforced.as_str())
         );
         let off = enforced_condition("airflow", false);
-        assert_eq!((off.status, off.reason), (false, REASON_NAMESPACE_NOT_ENFORCED));
+        assert_eq!(
+            (off.status, off.reason),
+            (false, ConditionReason::NamespaceNotEnforced.as_str())
+        );
         assert!(
             off.message
                 .starts_with("namespace \"airflow\" is not labelled winflow.io/enforce=true")
@@ -401,7 +420,10 @@ mod tests {
         let ok = report("X", ChildState::UpToDate);
         let conditions = identity_conditions(&observed(&ok, &ok, &ok, &ok, ServiceAccountState::Missing));
         let access = conditions.iter().find(|c| c.type_ == ACCESS_GRANTED).unwrap();
-        assert_eq!((access.status, access.reason), (false, REASON_SERVICE_ACCOUNT_MISSING));
+        assert_eq!(
+            (access.status, access.reason),
+            (false, ConditionReason::ServiceAccountMissing.as_str())
+        );
     }
 
     #[test]
@@ -417,7 +439,7 @@ mod tests {
         let conditions = identity_conditions(&o);
         let ready = conditions.last().unwrap();
         assert!(!ready.status);
-        assert_eq!(ready.reason, REASON_SHARE_NOT_READY);
+        assert_eq!(ready.reason, ConditionReason::ShareNotReady.as_str());
         assert_eq!(
             ready.message,
             "SharesReady: WindowsShare archive does not exist; WindowsShare scratch is not Ready (Pending: waiting)"
@@ -425,6 +447,6 @@ mod tests {
         let all_ready = [("reports".to_owned(), ShareState::Ready)];
         let c = shares_condition(&all_ready);
         assert!(c.status && c.message == "every share is bound: reports");
-        assert_eq!(shares_condition(&[]).reason, REASON_NOT_REQUESTED);
+        assert_eq!(shares_condition(&[]).reason, ConditionReason::NotRequested.as_str());
     }
 }

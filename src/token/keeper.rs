@@ -387,7 +387,7 @@ mod tests {
     use super::*;
     use crate::api::conditions::ConditionState;
 
-    fn report(reason: &'static str) -> TokenReport {
+    fn report(reason: Reason) -> TokenReport {
         TokenReport {
             condition: ConditionState::new("TokenReady", true, reason, "m"),
             status: None,
@@ -411,17 +411,20 @@ mod tests {
     fn an_outcome_answers_only_its_own_wish_and_says_when_it_is_news() {
         let outcome = Outcome::default();
         assert_eq!(outcome.for_version(&version("v1")), None);
-        assert!(outcome.replace(version("v1"), report("TokenIssued")));
-        assert_eq!(outcome.for_version(&version("v1")), Some(report("TokenIssued")));
+        assert!(outcome.replace(version("v1"), report(Reason::TokenIssued)));
+        assert_eq!(outcome.for_version(&version("v1")), Some(report(Reason::TokenIssued)));
         assert_eq!(
             outcome.for_version(&version("v2")),
             None,
             "new settings, no outcome yet"
         );
-        assert!(!outcome.replace(version("v1"), report("TokenIssued")), "the same again");
-        assert!(outcome.replace(version("v1"), report("Backoff")));
         assert!(
-            outcome.replace(version("v2"), report("Backoff")),
+            !outcome.replace(version("v1"), report(Reason::TokenIssued)),
+            "the same again"
+        );
+        assert!(outcome.replace(version("v1"), report(Reason::Backoff)));
+        assert!(
+            outcome.replace(version("v2"), report(Reason::Backoff)),
             "an answer to new settings"
         );
     }

@@ -2,7 +2,7 @@
 //! of the `winflow_token_refreshes_total{result}` metric and of the token log lines. Their
 //! strings are part of the API (SPEC.md and the README's `TokenReady` table).
 
-use crate::api::conditions::REASON_API_ERROR;
+use crate::api::conditions::{self, ConditionReason};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -49,8 +49,14 @@ impl Reason {
             Reason::DeadlineExceeded => "DeadlineExceeded",
             Reason::TokenPending => "TokenPending",
             // The reason of every child the API server refused.
-            Reason::ApiError => REASON_API_ERROR,
+            Reason::ApiError => ConditionReason::ApiError.as_str(),
         }
+    }
+}
+
+impl conditions::Reason for Reason {
+    fn as_str(self) -> &'static str {
+        Reason::as_str(self)
     }
 }
 

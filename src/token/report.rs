@@ -9,7 +9,7 @@ use crate::text::human_duration;
 use super::Reason;
 use super::schedule::{Failures, Held};
 use super::secret::{rfc3339, rfc3339_up};
-use crate::api::conditions::{ConditionState, REASON_CONFLICT, REASON_NOT_REQUESTED, TOKEN_READY};
+use crate::api::conditions::{ConditionReason, ConditionState, TOKEN_READY};
 use crate::api::identity::TokenStatus;
 
 /// How an identity's token stands: its `TokenReady` condition and `status.token`.
@@ -23,7 +23,12 @@ pub struct TokenReport {
 impl TokenReport {
     pub fn not_requested() -> Self {
         Self {
-            condition: ConditionState::new(TOKEN_READY, true, REASON_NOT_REQUESTED, "spec.token is not set"),
+            condition: ConditionState::new(
+                TOKEN_READY,
+                true,
+                ConditionReason::NotRequested,
+                "spec.token is not set",
+            ),
             status: None,
         }
     }
@@ -33,7 +38,7 @@ impl TokenReport {
             condition: ConditionState::new(
                 TOKEN_READY,
                 false,
-                REASON_CONFLICT,
+                ConditionReason::Conflict,
                 format!(
                     "Secret {secret_name} exists and is not managed by winflow for this identity; it was left untouched (delete it, or set spec.token.secretName to another name)"
                 ),
@@ -95,7 +100,7 @@ impl Facts<'_> {
 }
 
 fn token_ready(status: bool, reason: Reason, message: String) -> ConditionState {
-    ConditionState::new(TOKEN_READY, status, reason.as_str(), message)
+    ConditionState::new(TOKEN_READY, status, reason, message)
 }
 
 pub fn describe(facts: &Facts<'_>) -> TokenReport {
