@@ -8,16 +8,19 @@
 //! `WINFLOW_BENCH_CONCURRENCY=4,16` (operator `--concurrency` per row; the first is the
 //! default), `WINFLOW_BENCH_RAW_WRITES=1000`, `WINFLOW_BENCH_BURST_PODS=100`,
 //! `WINFLOW_BENCH_BURST_UPDATES=1000`, `WINFLOW_BENCH_SUSTAINED_SECONDS=20`, `WINFLOW_BENCH_PODS=10000`,
-//! `WINFLOW_BENCH_LOG_LEVEL=info` (the operators' logs go to target/bench/scale-logs/).
+//! `WINFLOW_BENCH_LOG_LEVEL=info` (the operators' logs go to target/bench/scale-logs/),
+//! `WINFLOW_BENCH_HUNG_PLAIN=100` and `WINFLOW_BENCH_HUNG_IDENTITIES=20` (plain identities
+//! Ready alone and beside identities on an OIDC issuer that never answers).
 //! `WINFLOW_BENCH_PROFILE_SECONDS=20` also takes a CPU profile of the API server while the
 //! identities converge (target/bench/apiserver-<row>.pprof) and, where Go is installed,
 //! prints the share of its time each code path took.
 //!
 //! Layout: `workload` makes the identities and pods, `sampling` reads CPU, memory, the
-//! operator's metrics and the API server's request counts, `phases` runs each measurement,
-//! `report` prints them; `ideal` and `profile` are the convergence row's yardstick and the
-//! API server's CPU profile.
+//! operator's metrics and the API server's request counts, `phases` runs each measurement
+//! (`hung_issuer` the one next to a hung OIDC issuer), `report` prints them; `ideal` and
+//! `profile` are the convergence row's yardstick and the API server's CPU profile.
 
+mod hung_issuer;
 mod ideal;
 mod phases;
 mod profile;
@@ -35,6 +38,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use support::process::OperatorProcess;
 
+use hung_issuer::hung_issuer_phase;
 use phases::{Kept, converge, idle, memory, pod_burst, restart};
 use report::print_report;
 use sampling::{reconcile_errors, writes_json};
@@ -57,6 +61,10 @@ struct Settings {
     log_level: String,
     /// Seconds of API server CPU profile per convergence run; 0: none.
     profile_seconds: u64,
+    /// Plain identities created alone, and again beside the hung issuer's identities.
+    hung_plain: usize,
+    /// Identities on an OIDC issuer that never answers.
+    hung_identities: usize,
 }
 
 fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
@@ -87,6 +95,8 @@ impl Settings {
             sustained_seconds: Duration::from_secs(env_number("WINFLOW_BENCH_SUSTAINED_SECONDS", 20) as u64),
             log_level: std::env::var("WINFLOW_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
             profile_seconds: env_number("WINFLOW_BENCH_PROFILE_SECONDS", 0) as u64,
+            hung_plain: env_number("WINFLOW_BENCH_HUNG_PLAIN", 100),
+            hung_identities: env_number("WINFLOW_BENCH_HUNG_IDENTITIES", 20),
         }
     }
 }
@@ -97,12 +107,23 @@ fn bench_dir() -> PathBuf {
 
 /// Starts the release operator for one namespace, logging to target/bench/scale-logs/<log>.log.
 async fn start_operator(namespace: &str, concurrency: u16, settings: &Settings, log: &str) -> OperatorProcess {
+    start_operator_with(namespace, concurrency, settings, log, &[]).await
+}
+
+/// As `start_operator`, with `extra` arguments to `winflow run`.
+async fn start_operator_with(
+    namespace: &str,
+    concurrency: u16,
+    settings: &Settings,
+    log: &str,
+    extra: &[&str],
+) -> OperatorProcess {
     let dir = bench_dir().join("scale-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join(format!("{log}.log"));
     let _ = std::fs::remove_file(&log);
     let concurrency = concurrency.to_string();
-    let args = [
+    let mut args = vec![
         "--namespace",
         namespace,
         "--concurrency",
@@ -110,6 +131,7 @@ async fn start_operator(namespace: &str, concurrency: u16, settings: &Settings, 
         "--log-level",
         &settings.log_level,
     ];
+    args.extend_from_slice(extra);
     let operator = OperatorProcess::start(&support::kubeconfig_path(), &args, Some(&log));
     operator.wait_ready().await;
     operator
@@ -194,6 +216,7 @@ async fn main() {
     let burst = pod_burst(&run, &operator, &settings).await;
     let memory = memory(&run, &operator, &settings).await;
     assert!(operator.terminate().await, "the operator stops on SIGTERM");
+    let hung_issuer = hung_issuer_phase(&settings).await;
 
     let report = json!({
         "binary_bytes": binary_bytes,
@@ -207,6 +230,7 @@ async fn main() {
             "pod_burst": burst,
         },
         "memory": memory,
+        "hung_issuer": hung_issuer,
     });
     print_report(&report);
     std::fs::create_dir_all(bench_dir()).unwrap();

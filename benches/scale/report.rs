@@ -236,4 +236,25 @@ pub fn print_report(report: &Value) {
         f(&memory["settled_after_create_seconds"]),
         memory["status_writes"]
     );
+
+    let hung = &report["hung_issuer"];
+    println!(
+        "\nnext to a hung OIDC issuer ({} identities on an issuer that accepts and never answers; --concurrency {}, --token-concurrency {}, per issuer {}, deadline {})",
+        hung["hung_identities"],
+        hung["concurrency"],
+        hung["token_concurrency"],
+        hung["token_concurrency_per_issuer"],
+        hung["token_attempt_deadline"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  {} plain identities Ready: alone {:.2} s, beside the hung issuer's identities {:.2} s, ratio {:.2} (target 1)",
+        hung["plain_identities"],
+        f(&hung["alone_ready_seconds"]),
+        f(&hung["beside_hung_ready_seconds"]),
+        f(&hung["ratio"])
+    );
+    println!(
+        "  meanwhile the hung issuer had accepted {} connections ({} when the plain ones were created) and {} of its identities had an outcome (0: all still pending)",
+        hung["hung_connections_at_ready"], hung["hung_connections_before"], hung["hung_outcomes_at_ready"]
+    );
 }
