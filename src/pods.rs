@@ -107,8 +107,9 @@ fn airflow_id(pod: &TaskPod, key: &str) -> Option<String> {
         .cloned()
 }
 
-/// Why and when a failed pod failed: its first terminated container, else the pod's own status.
-fn failure_of(pod: &TaskPod) -> TaskFailure {
+/// Why and when a failed pod failed: its first terminated container, else the pod's own
+/// status; and the kind of failure that is.
+fn failure_of(pod: &TaskPod) -> (FailureCategory, TaskFailure) {
     let status = pod.status.as_ref();
     let terminated = pod.terminated().find(|t| t.exit_code != 0);
     let reason = terminated
@@ -126,7 +127,7 @@ fn failure_of(pod: &TaskPod) -> TaskFailure {
         reason.as_deref().unwrap_or_default(),
         message.as_deref().unwrap_or_default(),
     );
-    TaskFailure {
+    let failure = TaskFailure {
         pod: pod.metadata.name.clone().unwrap_or_default(),
         dag_id: airflow_id(pod, "dag_id"),
         task_id: airflow_id(pod, "task_id"),
@@ -134,7 +135,8 @@ fn failure_of(pod: &TaskPod) -> TaskFailure {
         message: message.map(|m| crate::text::truncate(&m, 512)),
         category: category.as_str().to_owned(),
         time,
-    }
+    };
+    (category, failure)
 }
 
 /// When a pod's last container finished (or, lacking that, when the pod was created).
@@ -174,18 +176,18 @@ pub fn summarize<'a>(
             _ => status.pending += 1,
         }
     }
-    failures.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.pod.cmp(&b.pod)));
-    let recent_auth = failures.iter().rev().find(|f| {
+    failures.sort_by(|(_, a), (_, b)| a.time.cmp(&b.time).then_with(|| a.pod.cmp(&b.pod)));
+    let recent_auth = failures.iter().rev().find(|(category, f)| {
         let Ok(failed_at) = f.time.parse::<Timestamp>() else {
             return false;
         };
         let recent = now.duration_since(failed_at).unsigned_abs() < RECENT_FAILURE_WINDOW;
         // Times have second precision: a success in the same second does not count as after.
         let not_since_succeeded = last_success.is_none_or(|success| success <= failed_at);
-        recent && not_since_succeeded && f.category != FailureCategory::Other.as_str()
+        recent && not_since_succeeded && category.is_authentication()
     });
     let (condition, recheck) = match recent_auth {
-        Some(failure) => {
+        Some((_, failure)) => {
             let failed_at: Timestamp = failure.time.parse().expect("checked above");
             let left = RECENT_FAILURE_WINDOW.saturating_sub(now.duration_since(failed_at).unsigned_abs());
             let message = format!(
@@ -216,7 +218,7 @@ pub fn summarize<'a>(
             None,
         ),
     };
-    status.last_failure = failures.pop();
+    status.last_failure = failures.pop().map(|(_, failure)| failure);
     (status, condition, recheck)
 }
 
