@@ -1,6 +1,14 @@
 //! Leader election on a `coordination.k8s.io` Lease: only the holder reconciles; every replica
-//! keeps serving the webhook. Written on kube's Lease API because no leader-election crate
-//! supports this kube version.
+//! keeps serving the webhook.
+//!
+//! Written on kube's Lease API rather than a crate. kube-leader-election 0.44 needs kube 4 and
+//! kube-coordinate 2.0.0-rc.0 kube 2. kube-lease-manager 0.13.1 is built on kube 5 but does not
+//! do what this module does: a follower sleeps until the expiry it last read, so a released
+//! lease is taken only when it would have expired anyway (a graceful hand-over takes the whole
+//! lease duration); expiry is the holder's `renewTime` on the reader's wall clock, so clocks
+//! skewed by more than its grace period let two replicas lead; a holder whose renewals fail
+//! keeps reporting itself leader while its lease runs out (no renew deadline); and its
+//! release is a patch after a read, not a compare-and-swap.
 //!
 //! As in client-go, a lease is taken over when its record has not changed for a whole lease
 //! duration as observed on this replica's own clock (no trust in other replicas' clocks). The
