@@ -5,7 +5,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
@@ -107,7 +107,7 @@ impl ReloadingCertificate {
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.current.read().expect("webhook certificate lock"))
     }
 
     fn reload(&self) {
@@ -117,7 +117,7 @@ impl ReloadingCertificate {
             }
             Ok(key) => {
                 info!(dir = %self.dir.display(), sha256 = %fingerprint(&key), "reloaded the webhook certificate");
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+                *self.current.write().expect("webhook certificate lock") = Arc::new(key);
             }
             Err(error) => {
                 warn!(%error, "cannot reload the webhook certificate; still serving the previous one");
