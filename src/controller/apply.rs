@@ -27,12 +27,6 @@ pub enum ChildState {
     Rejected(String),
 }
 
-impl ChildState {
-    pub fn is_ready(&self) -> bool {
-        matches!(self, ChildState::UpToDate | ChildState::Applied)
-    }
-}
-
 /// A child as the controller reports it.
 #[derive(Clone, Debug)]
 pub struct ChildReport {
