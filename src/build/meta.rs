@@ -70,7 +70,9 @@ pub fn carries_labels_of(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
         .all(|(key, value)| have.and_then(|l| l.get(key)) == Some(value))
 }
 
-/// Adds the spec-hash annotation: a digest of the object as winflow wants it.
+/// Adds the spec-hash annotation: a digest of the object as winflow wants it. The zero-write
+/// check (`controller::apply::is_subset`) reads it back: an entry winflow stopped setting
+/// changes it, where comparing the entries alone would call the child up to date.
 pub fn with_spec_hash<K: Resource + Serialize>(mut object: K) -> K {
     let json = serde_json::to_vec(&object).expect("Kubernetes objects serialize to JSON");
     let digest = Sha256::digest(&json);

@@ -142,9 +142,11 @@ fn to_json<T: Serialize>(object: &T) -> Value {
 }
 
 /// Whether `existing` holds everything in `desired`. Maps may hold more (fields set by other
-/// managers or defaulted by the server); lists must match element by element, so a removed
-/// entry is noticed. Empty maps, lists and strings and `false` count as absent, as the API
-/// server drops them (Go's `omitempty`), for example a PersistentVolume's empty storage class.
+/// managers or defaulted by the server), so an entry winflow no longer sets is noticed only
+/// through the spec-hash annotation every child carries, whose value then differs; lists
+/// must match element by element, so a removed entry is noticed. Empty maps, lists and
+/// strings and `false` count as absent, as the API server drops them (Go's `omitempty`), for
+/// example a PersistentVolume's empty storage class.
 pub fn is_subset(desired: &Value, existing: &Value) -> bool {
     match (desired, existing) {
         (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
@@ -172,6 +174,7 @@ fn is_empty(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::with_spec_hash;
     use serde_json::json;
 
     #[test]
@@ -210,6 +213,35 @@ mod tests {
         assert!(!is_subset(&json!({"a": 0}), &json!({})));
         assert!(!is_subset(&json!({"a": true}), &json!({})));
         assert!(!is_subset(&json!({"a": ""}), &json!({"a": "x"})));
+    }
+
+    #[test]
+    fn an_entry_winflow_no_longer_sets_is_drift_through_the_spec_hash() {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let account = |annotations: &[(&str, &str)]| ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("airflow-worker".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        let client_id = ("azure.workload.identity/client-id", "c0ffee");
+        let before = account(&[("team", "finance"), client_id]);
+        let after = account(&[("team", "finance")]);
+        assert!(is_subset(&to_json(&after), &to_json(&before)), "a subset by itself");
+        let (before, after) = (with_spec_hash(before), with_spec_hash(after));
+        assert!(!is_subset(&to_json(&after), &to_json(&before)));
+        assert!(is_subset(
+            &to_json(&after),
+            &to_json(&with_spec_hash(account(&[("team", "finance")])))
+        ));
     }
 
     #[test]
