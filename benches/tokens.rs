@@ -239,7 +239,7 @@ async fn main() {
         secrets.create(&PostParams::default(), &secret).await.unwrap();
     }
     let operator = env.start_operator_with(
-        env.client.clone(),
+        env.config.clone(),
         Duration::from_secs(300),
         support::test_token_config(),
     );

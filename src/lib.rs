@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod api_writes;
 pub mod build;
 pub mod crdgen;
 pub mod names;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use winflow::admin::{self, Readiness};
+use winflow::api_writes;
 use winflow::controller::{self, Context, ControllerConfig};
 use winflow::leader::{self, LeaseSettings};
 use winflow::metrics::Metrics;
@@ -252,8 +253,8 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             Some(bundle)
         }
     };
-    let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
+    let client = api_writes::infer_client(&metrics).await?;
     let webhook_parts = usize::from(args.cert_dir.is_some());
     let election = match (args.leader_elect, &args.operator_namespace) {
         (false, _) => None,
@@ -322,7 +323,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                     check_every: Duration::from_secs(300),
                 };
                 // Before serving: the HTTPS server starts only with a certificate.
-                let mut keeper = CertKeeper::new(client.clone(), settings, metrics.clone());
+                let mut keeper = CertKeeper::new(client.clone(), settings);
                 keeper.ensure().await?;
                 tokio::spawn(keeper.keep(stop.stopped()));
             }
@@ -345,7 +346,6 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 webhook::register(
                     client.clone(),
                     &local_registration(url, cert_dir, &args.webhook_failure_policy)?,
-                    &metrics,
                 )
                 .await?;
                 tracing::info!(%url, "registered the webhook configurations");

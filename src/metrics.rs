@@ -185,7 +185,7 @@ impl Metrics {
         }
     }
 
-    pub fn api_write(&self, kind: &str, verb: &'static str) {
+    pub(crate) fn api_write(&self, kind: &str, verb: &'static str) {
         self.api_writes
             .get_or_create(&WriteLabels {
                 kind: kind.to_owned(),

@@ -865,7 +865,8 @@ async fn the_installed_charts_rbac_is_enough_for_the_examples_and_no_more() {
         format!("system:serviceaccounts:{ns}"),
         "system:authenticated".to_owned(),
     ];
-    let operator_client = env.client_as(&user, &groups).await;
+    let operator_config = env.config_as(&user, &groups);
+    let operator_client = Client::try_from(operator_config.clone()).unwrap();
     // Labelled, so that every condition, Enforced too (read from a namespace watch), is True.
     Api::<Namespace>::all(env.client.clone())
         .patch(
@@ -875,7 +876,7 @@ async fn the_installed_charts_rbac_is_enough_for_the_examples_and_no_more() {
         )
         .await
         .unwrap();
-    let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
+    let operator = env.start_operator_as(operator_config, Duration::from_secs(300));
     support::apply_file(&env, "examples/share-reports.yaml").await;
     support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;

@@ -17,6 +17,29 @@ const OTHER: &str = "example.com/other-controller";
 /// The finalizer patches winflow sent (the first one from the stale view fails its test).
 const PATCHES: &str = r#"winflow_api_writes_total{kind="WindowsTaskIdentity",verb="patch"}"#;
 
+/// winflow's side: the identities through a client that counts its writes as the operator's
+/// does.
+struct Winflow {
+    api: Api<WindowsTaskIdentity>,
+    metrics: Metrics,
+}
+
+impl Winflow {
+    fn new(env: &TestEnv) -> Self {
+        let metrics = Metrics::default();
+        let (client, _) = support::counted_client(env.config.clone(), &metrics);
+        Self {
+            api: Api::namespaced(client, &env.namespace),
+            metrics,
+        }
+    }
+
+    /// The finalizer patches winflow counted.
+    async fn patches(&self) -> u64 {
+        metric_sum(&self.metrics, PATCHES)
+    }
+}
+
 async fn created(env: &TestEnv, name: &str) -> (Api<WindowsTaskIdentity>, WindowsTaskIdentity) {
     let api = env.api::<WindowsTaskIdentity>();
     let identity = api
@@ -50,11 +73,11 @@ async fn adding_from_a_stale_view_keeps_the_finalizer_another_controller_added_j
         json!([{"op": "add", "path": "/metadata/finalizers", "value": [OTHER]}]),
     )
     .await;
-    let metrics = Metrics::default();
-    assert!(finalizer::ensure(&api, &stale, &metrics).await.unwrap());
+    let winflow = Winflow::new(&env);
+    assert!(finalizer::ensure(&winflow.api, &stale).await.unwrap());
     assert_eq!(finalizers(&api, "no-list-yet").await, [OTHER, FINALIZER]);
     assert_eq!(
-        metric_sum(&metrics, PATCHES),
+        winflow.patches().await,
         2,
         "the stale patch failed its test and was rebuilt"
     );
@@ -66,37 +89,37 @@ async fn adding_from_a_stale_view_keeps_the_finalizer_another_controller_added_j
     let stale = api.get("with-a-list").await.unwrap();
     let append = json!([{"op": "add", "path": "/metadata/finalizers/-", "value": OTHER}]);
     other_controller_patches(&api, "with-a-list", append).await;
-    let metrics = Metrics::default();
-    assert!(finalizer::ensure(&api, &stale, &metrics).await.unwrap());
+    let winflow = Winflow::new(&env);
+    assert!(finalizer::ensure(&winflow.api, &stale).await.unwrap());
     assert_eq!(
         finalizers(&api, "with-a-list").await,
         ["example.com/first", OTHER, FINALIZER]
     );
-    assert_eq!(metric_sum(&metrics, PATCHES), 2);
+    assert_eq!(winflow.patches().await, 2);
 
     // Up to date, and already there: no write at all.
     let current = api.get("with-a-list").await.unwrap();
-    let metrics = Metrics::default();
-    assert!(finalizer::ensure(&api, &current, &metrics).await.unwrap());
-    assert_eq!(metric_sum(&metrics, PATCHES), 0);
+    let winflow = Winflow::new(&env);
+    assert!(finalizer::ensure(&winflow.api, &current).await.unwrap());
+    assert_eq!(winflow.patches().await, 0);
     // Gone: nothing left to reconcile.
     clear_finalizers(&api, "with-a-list").await;
     api.delete("with-a-list", &DeleteParams::default()).await.unwrap();
-    assert!(!finalizer::ensure(&api, &stale, &Metrics::default()).await.unwrap());
+    assert!(!finalizer::ensure(&Winflow::new(&env).api, &stale).await.unwrap());
     clear_finalizers(&api, "no-list-yet").await;
 }
 
 #[tokio::test]
 async fn removing_from_a_stale_view_keeps_the_finalizers_others_added_or_removed_meanwhile() {
     let env = TestEnv::new("finalizer-remove").await;
-    let metrics = Metrics::default();
+    let winflow = Winflow::new(&env);
     // Seen as [winflow's]; the other controller then puts its own in front, moving winflow's.
     let (api, fresh) = created(&env, "inserted-before").await;
-    assert!(finalizer::ensure(&api, &fresh, &metrics).await.unwrap());
+    assert!(finalizer::ensure(&winflow.api, &fresh).await.unwrap());
     let stale = api.get("inserted-before").await.unwrap();
     let insert = json!([{"op": "add", "path": "/metadata/finalizers/0", "value": OTHER}]);
     other_controller_patches(&api, "inserted-before", insert).await;
-    finalizer::remove(&api, &stale, &metrics).await.unwrap();
+    finalizer::remove(&winflow.api, &stale).await.unwrap();
     assert_eq!(finalizers(&api, "inserted-before").await, [OTHER]);
 
     // Seen as [other's, winflow's]; the identity is being deleted, and while winflow cleans up
@@ -112,13 +135,13 @@ async fn removing_from_a_stale_view_keeps_the_finalizers_others_added_or_removed
         {"op": "remove", "path": "/metadata/finalizers/0"}
     ]);
     other_controller_patches(&api, "removed-before", remove_other).await;
-    finalizer::remove(&api, &stale, &metrics).await.unwrap();
+    finalizer::remove(&winflow.api, &stale).await.unwrap();
     assert!(
         api.get_opt("removed-before").await.unwrap().is_none(),
         "the last finalizer went, so did the identity"
     );
     // Already gone: nothing to remove, no error.
-    finalizer::remove(&api, &stale, &metrics).await.unwrap();
+    finalizer::remove(&winflow.api, &stale).await.unwrap();
     clear_finalizers(&api, "inserted-before").await;
 }
 

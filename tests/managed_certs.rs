@@ -89,23 +89,26 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
         failure_policy: "Ignore".to_owned(),
         namespace_selector: None,
     };
-    winflow::webhook::register(env.client.clone(), &registration, &Metrics::default())
+    winflow::webhook::register(env.client.clone(), &registration)
         .await
         .unwrap();
 
     // Two replicas start: the first issues, the second uses what the first wrote.
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let metrics_a = Metrics::default();
-    let mut a = CertKeeper::new(env.client.clone(), settings(&env, dir_a.path()), metrics_a.clone());
+    let (client_a, _) = support::counted_client(env.config.clone(), &metrics_a);
+    let mut a = CertKeeper::new(client_a.clone(), settings(&env, dir_a.path()));
     a.ensure().await.unwrap();
     let metrics_b = Metrics::default();
-    let mut b = CertKeeper::new(env.client.clone(), settings(&env, dir_b.path()), metrics_b.clone());
+    let (client_b, _) = support::counted_client(env.config.clone(), &metrics_b);
+    let mut b = CertKeeper::new(client_b, settings(&env, dir_b.path()));
     b.ensure().await.unwrap();
     assert_eq!(
         support::metric_sum(&metrics_b, "winflow_api_writes_total{kind=\"Secret\""),
         0,
         "replica b wrote no Secret"
     );
+
     let read = |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
     assert_eq!(read(dir_a.path(), "tls.crt"), read(dir_b.path(), "tls.crt"));
     let secret = env.api::<Secret>().get("winflow-webhook-certs").await.unwrap();
@@ -119,7 +122,7 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
 
     // The server serves it, and a client trusting only the bundle accepts it by Service name.
     let (addr, _server) = winflow::webhook::start(
-        env.client.clone(),
+        client_a,
         winflow::webhook::WebhookSettings {
             addr: "127.0.0.1:0".parse().unwrap(),
             cert_dir: dir_a.path().to_owned(),
@@ -189,7 +192,7 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
         .await
         .unwrap();
     let dir_c = tempfile::tempdir().unwrap();
-    let mut c = CertKeeper::new(other.client.clone(), settings(&other, dir_c.path()), Metrics::default());
+    let mut c = CertKeeper::new(other.client.clone(), settings(&other, dir_c.path()));
     let error = c.ensure().await.unwrap_err().to_string();
     assert!(error.contains("not winflow's"), "{error}");
     let kept = other.api::<Secret>().get("winflow-webhook-certs").await.unwrap();

@@ -12,7 +12,7 @@ use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
 use support::process::http_get;
 use support::{TestEnv, wait_until};
@@ -23,8 +23,9 @@ use winflow::metrics::Metrics;
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// deploy/rbac.yaml with the service account in the test's namespace, the cluster-scoped
-/// names made unique per test, and the rules passed through `edit_rules`.
-async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<PolicyRule>)) -> Client {
+/// names made unique per test, and the rules passed through `edit_rules`. Returns the
+/// configuration of a client acting as that service account.
+async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<PolicyRule>)) -> Config {
     let text = std::fs::read_to_string(format!("{}/deploy/rbac.yaml", support::REPO)).unwrap();
     let mut documents = serde_yaml_ng::Deserializer::from_str(&text);
     let mut account: ServiceAccount = serde::Deserialize::deserialize(documents.next().unwrap()).unwrap();
@@ -49,7 +50,7 @@ async fn install_operator_rbac(env: &TestEnv, edit_rules: impl FnOnce(&mut Vec<P
         .patch(&cluster_name, &apply, &Patch::Apply(&binding))
         .await
         .unwrap();
-    env.client_as_service_account("winflow").await
+    env.config_as_service_account("winflow")
 }
 
 /// An operator under deploy/rbac.yaml's rules as `edit_rules` leaves them, and the Key Vault
@@ -59,8 +60,8 @@ async fn key_vault_example_under(
     edit_rules: impl FnOnce(&mut Vec<PolicyRule>),
 ) -> (TestEnv, support::Operator) {
     let env = TestEnv::new(test).await;
-    let operator_client = install_operator_rbac(&env, edit_rules).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    let operator_config = install_operator_rbac(&env, edit_rules).await;
+    let operator = env.start_operator_as(operator_config, Duration::from_secs(300));
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     (env, operator)
 }
@@ -72,8 +73,9 @@ fn is_forbidden(result: Result<impl Sized, kube::Error>) -> bool {
 #[tokio::test]
 async fn the_operator_works_under_its_own_rbac_and_no_more() {
     let env = TestEnv::new("rbac").await;
-    let operator_client = install_operator_rbac(&env, |_| {}).await;
-    let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
+    let operator_config = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_config.clone(), Duration::from_secs(300));
+    let operator_client = Client::try_from(operator_config).unwrap();
 
     support::apply_file(&env, "examples/share-reports.yaml").await;
     support::apply_file(&env, "examples/identity-domain-joined.yaml").await;
@@ -231,11 +233,11 @@ fn payroll_pod(name: &str) -> Pod {
 #[tokio::test]
 async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_subject_access_reviews() {
     let env = TestEnv::new("rbac-webhook").await;
-    let operator_client = install_operator_rbac(&env, |_| {}).await;
-    let operator = env.start_operator_as(operator_client.clone(), Duration::from_secs(300));
+    let operator_config = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_config.clone(), Duration::from_secs(300));
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
     let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
-    let webhook = support::webhook::start_webhook_as(&env, operator_client.clone()).await;
+    let webhook = support::webhook::start_webhook_as(&env, operator_config).await;
     let pods: Api<Pod> = env.api();
     // The webhook's caches, its SubjectAccessReview and its pod lookup all under winflow's RBAC.
     let admitted = wait_until("the webhook mutates", TIMEOUT, || async {
@@ -429,8 +431,8 @@ async fn tokens_are_issued_and_removed_under_the_operators_rbac() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    let operator_client = install_operator_rbac(&env, |_| {}).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    let operator_config = install_operator_rbac(&env, |_| {}).await;
+    let operator = env.start_operator_as(operator_config, Duration::from_secs(300));
 
     // Workload identity needs serviceaccounts/token; both kinds need to write Secrets.
     for (file, token) in [
@@ -556,8 +558,8 @@ async fn a_forbidden_pod_watch_is_reported_until_the_rule_is_back(test: &str, ve
     let env = TestEnv::new(test).await;
     let ns = env.namespace.clone();
     let started = jiff::Timestamp::now().as_second();
-    let operator_client = install_operator_rbac(&env, without_verb_on("pods", verb)).await;
-    let operator = env.start_operator_as(operator_client, Duration::from_secs(300));
+    let operator_config = install_operator_rbac(&env, without_verb_on("pods", verb)).await;
+    let operator = env.start_operator_as(operator_config, Duration::from_secs(300));
     let admin = serve_admin(&operator.metrics, &operator.readiness).await;
 
     // Retried several times (250 ms, 500 ms, 1 s, ...), and said once.
@@ -640,7 +642,7 @@ async fn without_watch_on_pods_the_pod_watch_is_reported_and_recovers_once_the_w
 async fn without_list_on_shares_the_webhook_is_not_ready_and_readyz_names_the_watch() {
     let env = TestEnv::new("rbac-webhook-no-shares").await;
     let ns = env.namespace.clone();
-    let client = install_operator_rbac(&env, without_verb_on_only("windowsshares", "list")).await;
+    let config = install_operator_rbac(&env, without_verb_on_only("windowsshares", "list")).await;
     let certs = tempfile::tempdir().unwrap();
     support::webhook::write_certificates(certs.path());
     let settings = winflow::webhook::WebhookSettings {
@@ -651,6 +653,7 @@ async fn without_list_on_shares_the_webhook_is_not_ready_and_readyz_names_the_wa
         instance: "test".to_owned(),
     };
     let (metrics, readiness) = (Metrics::default(), Readiness::expecting(1));
+    let (client, _) = support::counted_client(config, &metrics);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (_, webhook) = winflow::webhook::start(client, settings, metrics.clone(), readiness.clone(), async move {
         let _ = stopped.await;

@@ -75,7 +75,7 @@ async fn an_issuer_on_a_private_ca_is_refused_with_how_to_trust_it_and_issues_on
         .unwrap();
 
     // The operator trusts only the public roots: the handshake refuses the certificate.
-    let operator = env.start_operator_with(env.client.clone(), Duration::from_secs(300), token_config(None));
+    let operator = env.start_operator_with(env.config.clone(), Duration::from_secs(300), token_config(None));
     env.api::<WindowsTaskIdentity>()
         .create(&PostParams::default(), &identity("reports", provider.issuer()))
         .await
@@ -115,7 +115,7 @@ async fn an_issuer_on_a_private_ca_is_refused_with_how_to_trust_it_and_issues_on
 
     // Restarted with the provider's CA (as with --oidc-ca-file), it gets the token.
     let ca = CaBundle::from_pem(provider.ca_pem().unwrap().as_bytes()).unwrap();
-    let _operator = env.start_operator_with(env.client.clone(), Duration::from_secs(300), token_config(Some(ca)));
+    let _operator = env.start_operator_with(env.config.clone(), Duration::from_secs(300), token_config(Some(ca)));
     let issued: WindowsTaskIdentity =
         support::wait_for_condition(&env, "reports", "TokenReady", "True", Some("TokenIssued")).await;
     assert_eq!(support::condition(&issued, "Ready").unwrap().status, "True");

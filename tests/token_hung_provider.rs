@@ -140,7 +140,7 @@ async fn a_hung_issuer_holds_back_neither_plain_identities_nor_a_working_provide
         },
         retry: support::test_token_config().retry,
     };
-    let operator = env.start_operator_with(env.client.clone(), Duration::from_secs(300), token);
+    let operator = env.start_operator_with(env.config.clone(), Duration::from_secs(300), token);
     let example_file = format!("{}/examples/identity-azure-key-vault.yaml", support::REPO);
     let example: WindowsTaskIdentity =
         serde_yaml_ng::from_str(&std::fs::read_to_string(example_file).unwrap()).unwrap();

@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::child_versions::{self, ChildVersions};
 use crate::build::carries_labels_of;
-use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
 
 /// What happened to one child.
@@ -42,7 +41,6 @@ pub struct ChildReport {
 pub async fn ensure_child<K>(
     api: &Api<K>,
     desired: &K,
-    metrics: &Metrics,
     versions: Option<&ChildVersions>,
 ) -> Result<ChildReport, kube::Error>
 where
@@ -80,7 +78,6 @@ where
     }
     // Forced: winflow owns these fields, so a hand edit of them is drift to repair.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    metrics.api_write(&kind, "apply");
     if let Some(versions) = versions {
         versions.start_write(desired);
     }
@@ -102,7 +99,7 @@ where
 /// Deletes a child if it is winflow's (cluster-scoped ones, which garbage collection cannot
 /// reach, and token Secrets an identity no longer uses),
 /// by the same ownership test as `ensure_child`. Returns whether winflow deleted it.
-pub async fn delete_managed_child<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<bool, kube::Error>
+pub async fn delete_managed_child<K>(api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
@@ -113,7 +110,6 @@ where
     if !carries_labels_of(existing.meta(), desired.meta()) {
         return Ok(false);
     }
-    metrics.api_write(&K::kind(&()), "delete");
     match api.delete(&name, &kube::api::DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),

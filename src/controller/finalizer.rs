@@ -10,7 +10,6 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::metrics::Metrics;
 use crate::names::FINALIZER;
 
 /// Patches tried before the last failed test is returned (and the reconcile retried with
@@ -19,19 +18,19 @@ const ATTEMPTS: usize = 5;
 
 /// Adds the finalizer unless the object has it. `false` when the object is gone (deleted
 /// since the cache saw it, for example with its namespace): nothing is left to reconcile.
-pub async fn ensure<K>(api: &Api<K>, object: &K, metrics: &Metrics) -> Result<bool, kube::Error>
+pub async fn ensure<K>(api: &Api<K>, object: &K) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    Ok(patch_tested(api, object, metrics, add_patch).await? == Outcome::Done)
+    Ok(patch_tested(api, object, add_patch).await? == Outcome::Done)
 }
 
 /// Removes the finalizer once cleanup is done. An object already gone needs no removal.
-pub async fn remove<K>(api: &Api<K>, object: &K, metrics: &Metrics) -> Result<(), kube::Error>
+pub async fn remove<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    patch_tested(api, object, metrics, remove_patch).await.map(|_| ())
+    patch_tested(api, object, remove_patch).await.map(|_| ())
 }
 
 /// The API server's 404: the object is gone.
@@ -57,7 +56,6 @@ enum Outcome {
 async fn patch_tested<K>(
     api: &Api<K>,
     object: &K,
-    metrics: &Metrics,
     build: fn(&ObjectMeta) -> Option<Value>,
 ) -> Result<Outcome, kube::Error>
 where
@@ -70,7 +68,6 @@ where
         let Some(patch) = build(seen.meta()) else {
             return Ok(Outcome::Done);
         };
-        metrics.api_write(&K::kind(&()), "patch");
         match api.patch(&name, &PatchParams::default(), &json_patch(patch)).await {
             Ok(_) => return Ok(Outcome::Done),
             Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),

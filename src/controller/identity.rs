@@ -333,7 +333,7 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, identity_ctx: &Ident
     let ctx = &identity_ctx.shared;
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
-    if !finalizer::ensure(&identities_api(ctx, &namespace), identity, &ctx.metrics).await? {
+    if !finalizer::ensure(&identities_api(ctx, &namespace), identity).await? {
         return Ok(Action::await_change());
     }
     // Task pods are reported whether or not the spec is valid: they may still be running.
@@ -450,20 +450,19 @@ async fn apply_children(
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let client = ctx.client.clone();
-    let metrics = &ctx.metrics;
     let versions = Some(&*ctx.child_versions);
-    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, metrics, versions).await?;
+    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, versions).await?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
     let (roles, bindings) = (
         Api::namespaced(client.clone(), &namespace),
         Api::namespaced(client.clone(), &namespace),
     );
-    let role = ensure_child(&roles, &children.role, metrics, versions).await?;
-    let role_binding = ensure_child(&bindings, &children.role_binding, metrics, versions).await?;
-    let use_role = ensure_child(&roles, &children.use_role, metrics, versions).await?;
-    let use_role_binding = ensure_child(&bindings, &children.use_role_binding, metrics, versions).await?;
+    let role = ensure_child(&roles, &children.role, versions).await?;
+    let role_binding = ensure_child(&bindings, &children.role_binding, versions).await?;
+    let use_role = ensure_child(&roles, &children.use_role, versions).await?;
+    let use_role_binding = ensure_child(&bindings, &children.use_role_binding, versions).await?;
     let config_maps = Api::namespaced(client, &namespace);
-    let pod_templates = ensure_child(&config_maps, &children.pod_templates, metrics, versions).await?;
+    let pod_templates = ensure_child(&config_maps, &children.pod_templates, versions).await?;
 
     for report in [
         &credential_spec,
@@ -584,8 +583,7 @@ async fn ensure_service_account(
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     match &children.service_account {
         Some(desired) => {
-            let ChildReport { state, .. } =
-                ensure_child(&api, desired, &ctx.metrics, Some(&*ctx.child_versions)).await?;
+            let ChildReport { state, .. } = ensure_child(&api, desired, Some(&*ctx.child_versions)).await?;
             Ok(match state {
                 super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
@@ -608,11 +606,11 @@ async fn cleanup(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext)
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let credential_spec = build::credential_spec_for(identity);
-    if delete_managed_child(&Api::all(ctx.client.clone()), &credential_spec, &ctx.metrics).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &credential_spec).await? {
         let spec_name = credential_spec.metadata.name.unwrap_or_default();
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
-    finalizer::remove(&identities_api(ctx, &namespace), identity, &ctx.metrics).await?;
+    finalizer::remove(&identities_api(ctx, &namespace), identity).await?;
     identity_ctx.issuer.forget(identity).await;
     ctx.written_status.forget(&object_key(&namespace, &name));
     Ok(Action::await_change())
@@ -636,7 +634,7 @@ async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) -> Result<Ac
         conditions,
         ..Default::default()
     };
-    report::write_status(&identities_api(ctx, namespace), name, &status, &ctx.metrics).await?;
+    report::write_status(&identities_api(ctx, namespace), name, &status).await?;
     Ok(Action::await_change())
 }
 
@@ -667,21 +665,14 @@ async fn update_status(
         return Ok(());
     }
     let api = identities_api(ctx, &identity.namespace().unwrap_or_default());
-    match report::write_status(&api, &identity.name_any(), &without_denials(&next), &ctx.metrics).await {
+    match report::write_status(&api, &identity.name_any(), &without_denials(&next)).await {
         // Deleted since the cache saw it: no status to keep, no Events to tell.
         Err(e) if finalizer::is_not_found(&e) => return Ok(()),
         result => result?,
     }
     ctx.written_status.remember(&key, &uid, next.clone());
     let reference = identity.object_ref(&());
-    report::publish_transitions(
-        &ctx.recorder,
-        &ctx.metrics,
-        &reference,
-        &previous.conditions,
-        &next.conditions,
-    )
-    .await;
+    report::publish_transitions(&ctx.recorder, &reference, &previous.conditions, &next.conditions).await;
     Ok(())
 }
 

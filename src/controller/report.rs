@@ -12,7 +12,6 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::api::conditions::{self, ConditionState};
-use crate::metrics::Metrics;
 use crate::names::FIELD_MANAGER;
 
 /// The conditions after applying `wanted` to `previous` at this moment.
@@ -21,12 +20,7 @@ pub fn next_conditions(previous: &[Condition], wanted: &[ConditionState], genera
 }
 
 /// Writes the status subresource by server-side apply with winflow's field manager.
-pub async fn write_status<K>(
-    api: &Api<K>,
-    name: &str,
-    status: &impl Serialize,
-    metrics: &Metrics,
-) -> Result<(), kube::Error>
+pub async fn write_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -35,7 +29,6 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    metrics.api_write(&K::kind(&()), "apply-status");
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
         .await?;
     Ok(())
@@ -47,7 +40,6 @@ where
 /// is no news either (only its changes are). Event failures are logged, never fatal.
 pub async fn publish_transitions(
     recorder: &Recorder,
-    metrics: &Metrics,
     reference: &ObjectReference,
     before: &[Condition],
     after: &[Condition],
@@ -77,7 +69,6 @@ pub async fn publish_transitions(
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        metrics.api_write("Event", "create");
         if let Err(e) = recorder.publish(&event, reference).await {
             warn!(error = %e, "could not record event");
         }

@@ -132,7 +132,7 @@ fn shares_api(ctx: &Context, namespace: &str) -> Api<WindowsShare> {
 async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
-    if !finalizer::ensure(&shares_api(ctx, &namespace), share, &ctx.metrics).await? {
+    if !finalizer::ensure(&shares_api(ctx, &namespace), share).await? {
         return Ok(Action::await_change());
     }
     if let Err(violations) = validate::check_share(&namespace, &name, &share.spec) {
@@ -146,13 +146,12 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
     let volume = ensure_child(
         &Api::all(ctx.client.clone()),
         &with_spec_hash(build::persistent_volume_for(share)),
-        &ctx.metrics,
         None,
     )
     .await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let desired = keeping_requested_size(&claims, build::persistent_volume_claim_for(share)).await?;
-    let claim = ensure_child(&claims, &with_spec_hash(desired), &ctx.metrics, None).await?;
+    let claim = ensure_child(&claims, &with_spec_hash(desired), None).await?;
     for report in [&volume, &claim] {
         if report.state == ChildState::Applied {
             info!(share = %format!("{namespace}/{name}"), kind = %report.kind, child = %report.name, "applied");
@@ -336,10 +335,9 @@ async fn update_status(
         return Ok(());
     }
     let api = shares_api(ctx, &share.namespace().unwrap_or_default());
-    report::write_status(&api, &share.name_any(), &next, &ctx.metrics).await?;
+    report::write_status(&api, &share.name_any(), &next).await?;
     report::publish_transitions(
         &ctx.recorder,
-        &ctx.metrics,
         &share.object_ref(&()),
         &previous.conditions,
         &next.conditions,
@@ -357,7 +355,7 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
     let volume = build::persistent_volume_for(share);
-    if delete_managed_child(&Api::all(ctx.client.clone()), &volume, &ctx.metrics).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &volume).await? {
         let volume_name = volume.metadata.name.unwrap_or_default();
         info!(
             share = %format!("{namespace}/{name}"),
@@ -366,7 +364,7 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
             "deleted PersistentVolume; the data on the share was retained (reclaim policy Retain)"
         );
     }
-    finalizer::remove(&shares_api(ctx, &namespace), share, &ctx.metrics).await?;
+    finalizer::remove(&shares_api(ctx, &namespace), share).await?;
     Ok(Action::await_change())
 }
 

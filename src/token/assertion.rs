@@ -8,7 +8,6 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 
 use super::{Failure, Reason};
-use crate::metrics::Metrics;
 
 /// A fresh token of `service_account` for `audience`, to send as `client_assertion`.
 pub async fn mint(
@@ -17,7 +16,6 @@ pub async fn mint(
     service_account: &str,
     audience: &str,
     expiration_seconds: i64,
-    metrics: &Metrics,
 ) -> Result<String, Failure> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
@@ -28,7 +26,6 @@ pub async fn mint(
         },
         ..TokenRequest::default()
     };
-    metrics.api_write("ServiceAccount/token", "create");
     match api
         .create_token_request(service_account, &PostParams::default(), &request)
         .await

@@ -17,7 +17,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::oidc::{ClientAuth, Granted, Oidc, OidcSettings};
 use super::want::{Credentials, Want, secret_missing};
 use super::{Failure, Reason, assertion};
-use crate::metrics::Metrics;
 use crate::text::human_duration;
 
 /// Where an attempt is.
@@ -126,17 +125,15 @@ pub struct Providers {
     limits: Limits,
     deadline: Duration,
     client: Client,
-    metrics: Metrics,
 }
 
 impl Providers {
-    pub fn new(settings: OidcSettings, client: Client, metrics: Metrics) -> Self {
+    pub fn new(settings: OidcSettings, client: Client) -> Self {
         Self {
             limits: Limits::new(settings.concurrency, settings.concurrency_per_issuer),
             deadline: settings.attempt_deadline,
             oidc: Oidc::new(settings),
             client,
-            metrics,
         }
     }
 
@@ -179,15 +176,7 @@ impl Providers {
                 expiration_seconds,
             } => {
                 progress.enter(Stage::Assertion);
-                let jwt = assertion::mint(
-                    &self.client,
-                    &namespace,
-                    &name,
-                    &audience,
-                    expiration_seconds,
-                    &self.metrics,
-                )
-                .await?;
+                let jwt = assertion::mint(&self.client, &namespace, &name, &audience, expiration_seconds).await?;
                 ClientAuth::Assertion(jwt)
             }
         };

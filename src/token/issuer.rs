@@ -74,7 +74,7 @@ impl Issuer {
     ) -> (Self, mpsc::UnboundedReceiver<IdentityKey>) {
         let (wake, woken) = mpsc::unbounded();
         let shared = Shared {
-            providers: Providers::new(config.oidc, client.clone(), metrics.clone()),
+            providers: Providers::new(config.oidc, client.clone()),
             client,
             metrics,
             retry: config.retry,
@@ -199,7 +199,7 @@ async fn remove_secret(shared: &Shared, identity: &WindowsTaskIdentity, name: &s
         metadata: crate::build::namespaced_meta(identity, name.to_owned()),
         ..Secret::default()
     };
-    if delete_managed_child(&secrets, &probe, &shared.metrics).await? {
+    if delete_managed_child(&secrets, &probe).await? {
         let key = IdentityKey::of(identity);
         info!(identity = %format!("{}/{}", key.namespace, key.name), secret = %name, "deleted the token Secret it no longer uses");
     }

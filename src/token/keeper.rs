@@ -331,7 +331,7 @@ impl Keeper {
         let desired = secret::token_secret(&want.identity, &want.secret_name, content);
         let secrets: Api<Secret> = Api::namespaced(self.shared.client.clone(), &want.namespace());
         let versions = &self.shared.versions;
-        let written = ensure_child(&secrets, &desired, &self.shared.metrics, Some(versions)).await?;
+        let written = ensure_child(&secrets, &desired, Some(versions)).await?;
         Ok(match written.state {
             ChildState::UpToDate | ChildState::Applied => Written::Done {
                 changed_meanwhile: versions.take_changed_meanwhile(&desired),

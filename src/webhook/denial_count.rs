@@ -13,7 +13,6 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::api::WindowsTaskIdentity;
-use crate::metrics::Metrics;
 
 /// The webhook's field manager: `status.pods.denied` is its field, not the controller's.
 pub const FIELD_MANAGER: &str = "winflow-webhook";
@@ -59,13 +58,13 @@ impl DenialCounts {
     }
 
     /// Writes the counts until the process ends.
-    pub async fn run(self: Arc<Self>, client: Client, metrics: Metrics) {
+    pub async fn run(self: Arc<Self>, client: Client) {
         loop {
             self.added.notified().await;
             tokio::time::sleep(BATCH_DELAY).await;
             for ((namespace, name), count) in self.take() {
                 let api: Api<WindowsTaskIdentity> = Api::namespaced(client.clone(), &namespace);
-                if let Err(error) = add_denials(&api, &name, count, &metrics).await {
+                if let Err(error) = add_denials(&api, &name, count).await {
                     tracing::warn!(%namespace, identity = %name, %error, "could not write the denial count; retrying with the next denial");
                     self.put_back((namespace, name), count);
                 }
@@ -75,12 +74,7 @@ impl DenialCounts {
 }
 
 /// Adds `count` to the identity's stored `status.pods.denied`.
-async fn add_denials(
-    api: &Api<WindowsTaskIdentity>,
-    name: &str,
-    count: i32,
-    metrics: &Metrics,
-) -> Result<(), kube::Error> {
+async fn add_denials(api: &Api<WindowsTaskIdentity>, name: &str, count: i32) -> Result<(), kube::Error> {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -101,7 +95,6 @@ async fn add_denials(
             "metadata": {"resourceVersion": identity.metadata.resource_version},
             "status": {"pods": {"denied": stored.saturating_add(count)}},
         });
-        metrics.api_write("WindowsTaskIdentity", "patch-status");
         match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => last = Some(kube::Error::Api(status)),

@@ -244,9 +244,7 @@ impl PodWebhook {
             secondary: None,
         };
         let recorder = self.recorder.clone();
-        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            metrics.api_write("Event", "create");
             if let Err(e) = recorder.publish(&event, &reference).await {
                 tracing::warn!(error = %e, "could not record denial event");
             }

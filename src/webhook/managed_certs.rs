@@ -27,7 +27,6 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
 use crate::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 const CA_LIFETIME: SignedDuration = SignedDuration::from_hours(5 * 365 * 24);
@@ -244,17 +243,15 @@ pub struct CertKeeper {
     settings: ManagedCerts,
     secrets: Api<Secret>,
     client: Client,
-    metrics: Metrics,
     applied: Option<Material>,
 }
 
 impl CertKeeper {
-    pub fn new(client: Client, settings: ManagedCerts, metrics: Metrics) -> Self {
+    pub fn new(client: Client, settings: ManagedCerts) -> Self {
         Self {
             secrets: Api::namespaced(client.clone(), &settings.namespace),
             client,
             settings,
-            metrics,
             applied: None,
         }
     }
@@ -310,8 +307,6 @@ impl CertKeeper {
                 None => issue(None, None, &dns_names, now)?,
             };
             let secret = to_secret(&self.settings, &next, existing.as_ref());
-            self.metrics
-                .api_write("Secret", if existing.is_some() { "replace" } else { "create" });
             let written = match &existing {
                 Some(_) => {
                     self.secrets
@@ -377,7 +372,6 @@ impl CertKeeper {
         }
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(operations))
             .expect("JSON patch operations are well formed");
-        self.metrics.api_write(&kind, "patch");
         api.patch(
             &self.settings.configuration,
             &PatchParams::default(),

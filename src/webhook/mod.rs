@@ -64,7 +64,7 @@ pub async fn start(
         instance: Some(settings.instance),
     };
     let denial_counts = Arc::new(denial_count::DenialCounts::default());
-    tokio::spawn(denial_counts.clone().run(client.clone(), metrics.clone()));
+    tokio::spawn(denial_counts.clone().run(client.clone()));
     let webhook = Arc::new(handler::PodWebhook {
         client: client.clone(),
         resources,
@@ -79,19 +79,13 @@ pub async fn start(
 }
 
 /// Applies both webhook configurations (local runs; a chart renders them in a cluster).
-pub async fn register(
-    client: Client,
-    registration: &registration::Registration,
-    metrics: &Metrics,
-) -> Result<(), kube::Error> {
+pub async fn register(client: Client, registration: &registration::Registration) -> Result<(), kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mutating = registration::mutating_configuration(registration);
     let validating = registration::validating_configuration(registration);
-    metrics.api_write("MutatingWebhookConfiguration", "apply");
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(&registration.name, &params, &Patch::Apply(&mutating))
         .await?;
-    metrics.api_write("ValidatingWebhookConfiguration", "apply");
     Api::<ValidatingWebhookConfiguration>::all(client)
         .patch(&registration.name, &params, &Patch::Apply(&validating))
         .await?;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -97,12 +98,33 @@ fn start_control_plane(node: bool) -> ControlPlane {
     }
 }
 
-async fn client_for(kubeconfig: &Path) -> Client {
+async fn config_for(kubeconfig: &Path) -> Config {
     let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("kubeconfig valid");
-    Client::try_from(config).expect("client")
+        .expect("kubeconfig valid")
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    Client::try_from(config_for(kubeconfig).await).expect("client")
+}
+
+/// A client as the operator builds its own (`winflow::api_writes::client`), its writes
+/// counted in `metrics`, with a User-Agent of its own: the audit log of the control plane the
+/// tests share tells its writes from every other client's by that. Returns the User-Agent.
+pub fn counted_client(mut config: Config, metrics: &Metrics) -> (Client, String) {
+    static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+    let user_agent = format!(
+        "winflow-test/{}-{}",
+        std::process::id(),
+        CLIENTS.fetch_add(1, Ordering::Relaxed)
+    );
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&user_agent).unwrap(),
+    ));
+    let client = winflow::api_writes::client(config, metrics).expect("client");
+    (client, user_agent)
 }
 
 /// Installs every CRD in `crds/` exactly as a user would and waits until they are served.
@@ -191,6 +213,8 @@ fn signal_control_plane(signal: &str) {
 /// A namespace of its own, an admin client and (once started) an operator for it.
 pub struct TestEnv {
     pub client: Client,
+    /// The admin client's configuration.
+    pub config: Config,
     pub namespace: String,
 }
 
@@ -206,8 +230,8 @@ impl TestEnv {
     }
 
     async fn in_control_plane(plane: &ControlPlane, test: &str) -> Self {
-        let kubeconfig = plane.kubeconfig.clone();
-        let client = client_for(&kubeconfig).await;
+        let config = config_for(&plane.kubeconfig).await;
+        let client = Client::try_from(config.clone()).expect("client");
         let suffix: String = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -227,32 +251,42 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .expect("namespace created");
-        Self { client, namespace }
+        Self {
+            client,
+            config,
+            namespace,
+        }
     }
 
-    /// A client that acts as `user` in `groups` (API server impersonation), to run code under
-    /// exactly the RBAC rules that user has.
-    pub async fn client_as(&self, user: &str, groups: &[String]) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&control_plane().kubeconfig).expect("kubeconfig readable");
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap();
+    /// The configuration of a client that acts as `user` in `groups` (API server
+    /// impersonation), to run code under exactly the RBAC rules that user has.
+    pub fn config_as(&self, user: &str, groups: &[String]) -> Config {
+        let mut config = self.config.clone();
         config.auth_info.impersonate = Some(user.to_owned());
         config.auth_info.impersonate_groups = Some(groups.to_vec());
-        Client::try_from(config).expect("client")
+        config
     }
 
-    /// A client that acts as service account `name` of this namespace, with the groups the
-    /// API server gives service accounts.
-    pub async fn client_as_service_account(&self, name: &str) -> Client {
+    /// A client that acts as `user` in `groups` (see `config_as`).
+    pub async fn client_as(&self, user: &str, groups: &[String]) -> Client {
+        Client::try_from(self.config_as(user, groups)).expect("client")
+    }
+
+    /// The configuration of a client that acts as service account `name` of this namespace,
+    /// with the groups the API server gives service accounts.
+    pub fn config_as_service_account(&self, name: &str) -> Config {
         let ns = &self.namespace;
         let groups = [
             "system:serviceaccounts".to_owned(),
             format!("system:serviceaccounts:{ns}"),
             "system:authenticated".to_owned(),
         ];
-        self.client_as(&format!("system:serviceaccount:{ns}:{name}"), &groups)
-            .await
+        self.config_as(&format!("system:serviceaccount:{ns}:{name}"), &groups)
+    }
+
+    /// A client that acts as service account `name` of this namespace.
+    pub async fn client_as_service_account(&self, name: &str) -> Client {
+        Client::try_from(self.config_as_service_account(name)).expect("client")
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -264,16 +298,17 @@ impl TestEnv {
 
     /// Starts an operator that watches only this test's namespace.
     pub fn start_operator(&self, resync: Duration) -> Operator {
-        self.start_operator_as(self.client.clone(), resync)
+        self.start_operator_as(self.config.clone(), resync)
     }
 
-    /// Starts an operator for this namespace that talks to the API server through `client`.
-    pub fn start_operator_as(&self, client: Client, resync: Duration) -> Operator {
-        self.start_operator_with(client, resync, test_token_config())
+    /// Starts an operator for this namespace whose client is made from `config` (as the
+    /// operator makes its own: every write counted).
+    pub fn start_operator_as(&self, config: Config, resync: Duration) -> Operator {
+        self.start_operator_with(config, resync, test_token_config())
     }
 
     /// Starts an operator for this namespace with the given token settings.
-    pub fn start_operator_with(&self, client: Client, resync: Duration, token: TokenConfig) -> Operator {
+    pub fn start_operator_with(&self, client_config: Config, resync: Duration, token: TokenConfig) -> Operator {
         let config = ControllerConfig {
             namespace: Some(self.namespace.clone()),
             resync_period: resync,
@@ -283,6 +318,7 @@ impl TestEnv {
             token,
         };
         let metrics = Metrics::default();
+        let (client, user_agent) = counted_client(client_config, &metrics);
         let ctx = Arc::new(Context::new(client, metrics.clone(), config));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let readiness = winflow::admin::Readiness::expecting(winflow::controller::READINESS_PARTS);
@@ -291,6 +327,7 @@ impl TestEnv {
         }));
         Operator {
             metrics,
+            user_agent,
             readiness,
             stop: Some(stop),
             task,
@@ -330,6 +367,8 @@ pub fn test_token_config() -> TokenConfig {
 /// An operator running inside the test process.
 pub struct Operator {
     pub metrics: Metrics,
+    /// Its client's User-Agent, by which the audit log tells its writes apart.
+    pub user_agent: String,
     /// What `/readyz` reports.
     pub readiness: winflow::admin::Readiness,
     stop: Option<tokio::sync::oneshot::Sender<()>>,

@@ -63,14 +63,15 @@ pub struct Served {
 /// Serves the webhook on a free loopback port with the certificate in `cert_dir`, for this
 /// test's namespace only, and waits until its identity cache is synced. Nothing registers it.
 pub async fn serve(env: &TestEnv, cert_dir: &Path, reload_interval: Duration, instance: &str) -> Served {
-    serve_as(env, env.client.clone(), cert_dir, reload_interval, instance).await
+    serve_as(env, env.config.clone(), cert_dir, reload_interval, instance).await
 }
 
-/// [`serve`], talking to the API server through `client` (for example as winflow's own
-/// service account, under exactly its RBAC).
+/// [`serve`], talking to the API server through a client made from `config` (for example
+/// as winflow's own service account, under exactly its RBAC), its writes counted as the
+/// operator counts them.
 pub async fn serve_as(
     env: &TestEnv,
-    client: kube::Client,
+    config: kube::Config,
     cert_dir: &Path,
     reload_interval: Duration,
     instance: &str,
@@ -83,6 +84,7 @@ pub async fn serve_as(
         instance: instance.to_owned(),
     };
     let (metrics, readiness) = (Metrics::default(), winflow::admin::Readiness::expecting(1));
+    let (client, _) = super::counted_client(config, &metrics);
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = stopped.await;
@@ -104,16 +106,17 @@ pub async fn serve_as(
 
 /// Serves the webhook on a free loopback port and registers it for this test's namespace only.
 pub async fn start_webhook(env: &TestEnv) -> Webhook {
-    start_webhook_as(env, env.client.clone()).await
+    start_webhook_as(env, env.config.clone()).await
 }
 
-/// [`start_webhook`], the webhook talking to the API server through `client`.
-pub async fn start_webhook_as(env: &TestEnv, client: kube::Client) -> Webhook {
+/// [`start_webhook`], the webhook talking to the API server through a client made from
+/// `config`.
+pub async fn start_webhook_as(env: &TestEnv, config: kube::Config) -> Webhook {
     let certs = tempfile::tempdir().unwrap();
     let ca = write_certificates(certs.path());
     let Served {
         addr, metrics, stop, ..
-    } = serve_as(env, client, certs.path(), Duration::from_secs(1), "test").await;
+    } = serve_as(env, config, certs.path(), Duration::from_secs(1), "test").await;
 
     // Scope the configurations to this namespace, so parallel tests do not see each other.
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
@@ -132,9 +135,7 @@ pub async fn start_webhook_as(env: &TestEnv, client: kube::Client) -> Webhook {
             match_expressions: None,
         }),
     };
-    webhook::register(env.client.clone(), &registration, &metrics)
-        .await
-        .unwrap();
+    webhook::register(env.client.clone(), &registration).await.unwrap();
     Webhook {
         addr,
         ca_pem: ca,
