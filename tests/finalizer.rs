@@ -7,7 +7,7 @@ mod support;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{TestEnv, fleet, metric_sum};
+use support::{TestEnv, audit, fleet};
 use winflow::api::WindowsTaskIdentity;
 use winflow::controller::finalizer;
 use winflow::metrics::Metrics;
@@ -22,21 +22,30 @@ const PATCHES: &str = r#"winflow_api_writes_total{kind="WindowsTaskIdentity",ver
 struct Winflow {
     api: Api<WindowsTaskIdentity>,
     metrics: Metrics,
+    user_agent: String,
 }
 
 impl Winflow {
     fn new(env: &TestEnv) -> Self {
         let metrics = Metrics::default();
-        let (client, _) = support::counted_client(env.config.clone(), &metrics);
+        let (client, user_agent) = support::counted_client(env.config.clone(), &metrics);
         Self {
             api: Api::namespaced(client, &env.namespace),
             metrics,
+            user_agent,
         }
     }
 
-    /// The finalizer patches winflow counted.
+    /// The finalizer patches winflow counted, once the API server's audit log records as many.
     async fn patches(&self) -> u64 {
-        metric_sum(&self.metrics, PATCHES)
+        let audited = audit::agreeing(&support::audit_log_path(), &self.metrics, &self.user_agent).await;
+        let counted = audited.counted(PATCHES);
+        assert_eq!(
+            audited.count("patch", "windowstaskidentities"),
+            counted,
+            "the API server recorded as many finalizer patches as winflow counted"
+        );
+        counted
     }
 }
 
@@ -142,6 +151,7 @@ async fn removing_from_a_stale_view_keeps_the_finalizers_others_added_or_removed
     );
     // Already gone: nothing to remove, no error.
     finalizer::remove(&winflow.api, &stale).await.unwrap();
+    winflow.patches().await;
     clear_finalizers(&api, "inserted-before").await;
 }
 

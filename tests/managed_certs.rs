@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use support::{TestEnv, wait_until};
+use support::{TestEnv, audit, wait_until};
 use winflow::admin::Readiness;
 use winflow::metrics::Metrics;
 use winflow::webhook::managed_certs::{CertKeeper, ManagedCerts};
@@ -100,7 +100,7 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
     let mut a = CertKeeper::new(client_a.clone(), settings(&env, dir_a.path()));
     a.ensure().await.unwrap();
     let metrics_b = Metrics::default();
-    let (client_b, _) = support::counted_client(env.config.clone(), &metrics_b);
+    let (client_b, agent_b) = support::counted_client(env.config.clone(), &metrics_b);
     let mut b = CertKeeper::new(client_b, settings(&env, dir_b.path()));
     b.ensure().await.unwrap();
     assert_eq!(
@@ -108,7 +108,11 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
         0,
         "replica b wrote no Secret"
     );
-
+    let audited_b = audit::agreeing(&support::audit_log_path(), &metrics_b, &agent_b).await;
+    assert!(
+        audited_b.writes.iter().all(|w| w.resource != "secrets"),
+        "nor does the API server's audit log show one: {audited_b:?}"
+    );
     let read = |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
     assert_eq!(read(dir_a.path(), "tls.crt"), read(dir_b.path(), "tls.crt"));
     let secret = env.api::<Secret>().get("winflow-webhook-certs").await.unwrap();

@@ -156,6 +156,12 @@ async fn a_client_secret_token_is_issued_accepted_and_rotated_once_per_renewal()
     }
     let writes = secret_writes(&operator) - writes_before;
     let window_end = unix_millis();
+    let audited = operator.audited_writes().await;
+    assert_eq!(
+        audited.count("patch", "secrets"),
+        audited.counted(SECRET_WRITES),
+        "the API server recorded every Secret write winflow counted, and no other"
+    );
     let tokens: BTreeSet<&String> = seen.values().map(|(token, _)| token).collect();
     let expiries: Vec<Timestamp> = seen.values().map(|(_, at)| *at).collect();
     println!(
@@ -229,11 +235,11 @@ fn unix_millis() -> u64 {
         .as_millis() as u64
 }
 
+/// winflow's count of its token Secret writes.
+const SECRET_WRITES: &str = "winflow_api_writes_total{kind=\"Secret\",verb=\"apply\"}";
+
 fn secret_writes(operator: &support::Operator) -> u64 {
-    support::metric_sum(
-        &operator.metrics,
-        "winflow_api_writes_total{kind=\"Secret\",verb=\"apply\"}",
-    )
+    support::metric_sum(&operator.metrics, SECRET_WRITES)
 }
 
 /// A task pod of the identity as the KubernetesPodOperator builds it.

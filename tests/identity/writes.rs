@@ -71,6 +71,7 @@ async fn steady_state_costs_zero_writes() {
     // Let the watch events of the operator's own writes settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes_before = operator.total_writes();
+    let audited_before = operator.audited_writes().await.writes.len();
     let reconciles_before = reconciles(&operator);
     let versions_before = resource_versions(&env, &names).await;
     let shares_before = share_versions(&env).await;
@@ -87,6 +88,11 @@ async fn steady_state_costs_zero_writes() {
         writes_before,
         "no API writes in steady state\n{}",
         operator.metrics.encode()
+    );
+    assert_eq!(
+        operator.audited_writes().await.writes.len(),
+        audited_before,
+        "nor did the API server record one"
     );
     assert_eq!(
         resource_versions(&env, &names).await,
@@ -132,21 +138,28 @@ async fn converging_writes_each_child_once_and_reconciles_once() {
     let writes =
         |kind: &str, verb: &str| count(&format!("winflow_api_writes_total{{kind=\"{kind}\",verb=\"{verb}\"}}"));
     let n = names.len() as u64;
+    // What the API server recorded of the operator's writes (agreeing with its counter).
+    let audited = operator.audited_writes().await;
     // The gMSA and the use Role and RoleBinding: two of each per identity.
     let children = [
-        ("GMSACredentialSpec", 1),
-        ("Role", 2),
-        ("RoleBinding", 2),
-        ("ConfigMap", 1),
+        ("GMSACredentialSpec", "gmsacredentialspecs", 1),
+        ("Role", "roles", 2),
+        ("RoleBinding", "rolebindings", 2),
+        ("ConfigMap", "configmaps", 1),
     ];
-    for (kind, per_identity) in children {
+    for (kind, resource, per_identity) in children {
         assert_eq!(
             writes(kind, "apply"),
             per_identity * n,
             "one apply per {kind} ({per_identity} per identity)\n{metrics}"
         );
+        assert_eq!(
+            audited.count("patch", resource),
+            per_identity * n,
+            "the API server recorded one apply per {kind}"
+        );
     }
-    let child_count: u64 = children.iter().map(|(_, per_identity)| per_identity).sum();
+    let child_count: u64 = children.iter().map(|(_, _, per_identity)| per_identity).sum();
     let mut built = with_worker_account(&names[0], 0);
     built.metadata.namespace = Some(env.namespace.clone());
     assert_eq!(
@@ -165,11 +178,27 @@ async fn converging_writes_each_child_once_and_reconciles_once() {
         "one status write each\n{metrics}"
     );
     assert_eq!(writes("Event", "create"), n, "one Ready Event each\n{metrics}");
+    for (verb, resource) in [
+        ("patch", "windowstaskidentities"),
+        ("patch", "windowstaskidentities/status"),
+        ("create", "events"),
+    ] {
+        assert_eq!(
+            audited.count(verb, resource),
+            n,
+            "the API server recorded one {verb} of {resource} per identity"
+        );
+    }
     let expected_writes = n * (child_count + 3);
     assert_eq!(
         operator.total_writes(),
         expected_writes,
         "nothing else was written\n{metrics}"
+    );
+    assert_eq!(
+        audited.writes.len() as u64,
+        expected_writes,
+        "nor did the API server record anything else"
     );
 
     let reconciled = count("winflow_reconciles_total{controller=\"identity\"");
@@ -187,6 +216,11 @@ async fn converging_writes_each_child_once_and_reconciles_once() {
         operator.total_writes(),
         expected_writes,
         "nothing is written once converged"
+    );
+    assert_eq!(
+        operator.audited_writes().await.writes.len() as u64,
+        expected_writes,
+        "the API server agrees"
     );
     println!("economy: {n} identities, {expected_writes} writes, {reconciled} reconciles");
     operator.stop().await;
@@ -300,5 +334,7 @@ async fn restarting_the_operator_loses_and_duplicates_nothing() {
         "restart over converged identities\n{}",
         third.metrics.encode()
     );
+    let audited = third.audited_writes().await;
+    assert!(audited.writes.is_empty(), "the API server recorded writes: {audited:?}");
     third.stop().await;
 }

@@ -396,6 +396,12 @@ impl Operator {
     pub fn total_writes(&self) -> u64 {
         metric_sum(&self.metrics, "winflow_api_writes_total{")
     }
+
+    /// The writes the API server recorded from this operator, once they agree with its own
+    /// count (see `audit::agreeing`).
+    pub async fn audited_writes(&self) -> audit::Agreed {
+        audit::agreeing(&audit_log_path(), &self.metrics, &self.user_agent).await
+    }
 }
 
 /// The sum of the samples whose line starts with `prefix` (a name, or a name and labels).
