@@ -11,8 +11,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::cluster::watch_health::{FailingWatch, Watcher};
 use crate::metrics::Metrics;
-use crate::watch_health::{FailingWatch, Watcher};
 
 /// Readiness: the number of parts (controller caches, the webhook's cache) still filling;
 /// ready at zero, until shutdown starts.
@@ -142,7 +142,7 @@ mod tests {
     }
 
     fn failing(watcher: Watcher, since: Instant) -> FailingWatch {
-        use crate::watch_health::{Cause, Watch};
+        use crate::cluster::watch_health::{Cause, Watch};
         let watch = match watcher {
             Watcher::Webhook => Watch::of::<crate::api::WindowsShare>(watcher, Some("airflow")),
             _ => Watch::of::<k8s_openapi::api::core::v1::Pod>(watcher, Some("airflow")),

@@ -4,8 +4,8 @@
 
 pub mod admin;
 pub mod api;
-pub mod api_writes;
 pub mod build;
+pub mod cluster;
 pub mod crdgen;
 pub mod names;
 pub mod pods;
@@ -23,4 +23,3 @@ pub mod metrics;
 pub mod telemetry;
 pub mod text;
 pub mod token;
-pub(crate) mod watch_health;

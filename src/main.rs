@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use winflow::admin::{self, Readiness};
-use winflow::api_writes;
+use winflow::cluster::api_writes;
 use winflow::controller::{self, Context, ControllerConfig};
 use winflow::leader::{self, LeaseSettings};
 use winflow::metrics::Metrics;

@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{TestEnv, audit, fleet};
 use winflow::api::WindowsTaskIdentity;
-use winflow::controller::finalizer;
+use winflow::cluster::finalizer;
 use winflow::metrics::Metrics;
 use winflow::names::FINALIZER;
 

@@ -16,20 +16,21 @@ use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, delete_managed_child, ensure_child};
 use super::status::{self, Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
-use super::{Context, Error, Namespaces, finalizer, report, scoped, watches};
+use super::{Context, Error, Namespaces};
 use crate::api::conditions::{self, ConditionState};
 use crate::api::identity::{PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
 use crate::build::{self, IdentityChildren};
+use crate::cluster::apply::{ChildReport, delete_managed_child, ensure_child};
+use crate::cluster::watch_health::Watcher;
+use crate::cluster::{finalizer, report, scoped, watch as watches};
 use crate::names::{
     self, ENFORCE_LABEL, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     WINDOWS_TEMPLATE_KEY,
 };
 use crate::task_pod::{self, TaskPod};
 use crate::token::{IdentityKey, Issuer};
-use crate::watch_health::Watcher;
 use crate::{pods, validate};
 
 const CONTROLLER: &str = "identity";
@@ -74,7 +75,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(watches::spec_or_deletion, PredicateConfig::default());
     let controller = Controller::for_stream(identity_changes, store.clone());
-    tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
+    tokio::spawn(crate::cluster::report_ready_when_synced(store.clone(), readiness));
     let shares: Api<DeserializeGuard<WindowsShare>> = scoped(client.clone(), namespace.as_deref());
     let share_changes =
         watches::events(shares, watcher::Config::default(), Watcher::Identity, &ctx.metrics).touched_objects();
@@ -251,7 +252,7 @@ fn throttled(
 ) -> impl futures::Stream<Item = Result<TaskPod, watcher::Error>> + Send + 'static {
     let identity_of = |pod: &TaskPod| (pod.metadata.namespace.clone(), pod.identity().map(str::to_owned));
     let pods = pods.filter_map(|pod| std::future::ready(pod.ok()));
-    super::throttle::per_key(pods, POD_TRIGGER_PERIOD, identity_of).map(Ok)
+    crate::cluster::throttle::per_key(pods, POD_TRIGGER_PERIOD, identity_of).map(Ok)
 }
 
 /// Whether a namespace is labelled `winflow.io/enforce: "true"`.
@@ -394,7 +395,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let deadline = *deadline.get_or_init(|| tokio::time::Instant::now() + INITIAL_LIST_WAIT);
-    tokio::time::timeout_at(deadline, super::store_synced(store))
+    tokio::time::timeout_at(deadline, crate::cluster::store_synced(store))
         .await
         .unwrap_or(false)
 }
@@ -472,7 +473,7 @@ async fn apply_children(
         &use_role_binding,
         &pod_templates,
     ] {
-        if report.state == super::apply::ChildState::Applied {
+        if report.state == crate::cluster::apply::ChildState::Applied {
             info!(identity = %object_key(&namespace, &name), kind = %report.kind, child = %report.name, "applied");
         }
     }
@@ -585,7 +586,7 @@ async fn ensure_service_account(
         Some(desired) => {
             let ChildReport { state, .. } = ensure_child(&api, desired, Some(&*ctx.child_versions)).await?;
             Ok(match state {
-                super::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
+                crate::cluster::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
             })
         }

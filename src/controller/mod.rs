@@ -1,21 +1,14 @@
 //! Controllers: each watches one kind and keeps its children and status current.
 
-pub mod apply;
 mod backoff;
-pub(crate) mod child_versions;
-pub mod finalizer;
 pub mod identity;
-mod report;
 pub mod share;
 pub mod status;
-mod throttle;
-pub(crate) mod watches;
-mod written;
 
 use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Api, Client, Resource};
+use kube::{Client, Resource};
 
 use crate::metrics::Metrics;
 
@@ -59,9 +52,9 @@ pub struct Context {
     pub backoff: backoff::Backoff,
     /// Identity children known to hold what winflow wants, kept by their watches; the token
     /// issuer writes token Secrets through it too.
-    pub(crate) child_versions: std::sync::Arc<child_versions::ChildVersions>,
+    pub(crate) child_versions: std::sync::Arc<crate::cluster::child_versions::ChildVersions>,
     /// Identity statuses written and not yet seen in the cache.
-    pub(crate) written_status: written::WrittenStatus<crate::api::WindowsTaskIdentityStatus>,
+    pub(crate) written_status: crate::cluster::written::WrittenStatus<crate::api::WindowsTaskIdentityStatus>,
 }
 
 impl Context {
@@ -77,7 +70,7 @@ impl Context {
             config,
             backoff: backoff::Backoff::default(),
             child_versions: Default::default(),
-            written_status: written::WrittenStatus::default(),
+            written_status: crate::cluster::written::WrittenStatus::default(),
         }
     }
 }
@@ -116,46 +109,6 @@ pub async fn run_all(
         identity::run(ctx.clone(), readiness.clone(), shutdown.clone()),
         share::run(ctx, readiness, shutdown),
     );
-}
-
-/// An API for one namespace, or for all of them.
-pub(crate) fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    }
-}
-
-/// Waits until a reflector store holds its initial list; `false` when its writer is gone.
-/// `Store::wait_until_ready` (kube-runtime 5.0) wakes only the last task that polled it, and a
-/// controller's own runner polls it too: a fresh future per short interval sees the state anyway.
-pub(crate) async fn store_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_millis(500), store.wait_until_ready()).await {
-            Ok(result) => return result.is_ok(),
-            Err(_elapsed) => {}
-        }
-    }
-}
-
-/// Marks one part of `readiness` ready once the controller's cache holds the initial list.
-pub(crate) async fn report_ready_when_synced<K>(
-    store: kube::runtime::reflector::Store<K>,
-    readiness: crate::admin::Readiness,
-) where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    if store_synced(&store).await {
-        readiness.set_ready();
-    }
 }
 
 /// `namespace/name` of a watched object, whether or not it decoded.

@@ -13,14 +13,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{ChildReport, ChildState, delete_managed_child, ensure_child};
-use super::{Context, Error, finalizer, report, scoped, watches};
+use super::{Context, Error};
 use crate::api::conditions::{self, ConditionReason, ConditionState};
 use crate::api::share::{WindowsShare, WindowsShareStatus};
 use crate::build::{self, with_spec_hash};
+use crate::cluster::apply::{ChildReport, ChildState, delete_managed_child, ensure_child};
+use crate::cluster::watch_health::Watcher;
+use crate::cluster::{finalizer, report, scoped, watch as watches};
 use crate::names::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::validate;
-use crate::watch_health::Watcher;
 
 const CONTROLLER: &str = "share";
 
@@ -49,7 +50,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(watches::spec_or_deletion, kube::runtime::PredicateConfig::default());
     let controller = Controller::for_stream(share_changes, store.clone());
-    tokio::spawn(super::report_ready_when_synced(store.clone(), readiness));
+    tokio::spawn(crate::cluster::report_ready_when_synced(store.clone(), readiness));
     // Secrets are watched as metadata only: their data never enters the operator's memory
     // through the watch. A Secret that appears or changes re-checks the shares naming it.
     let secrets = watches::events(

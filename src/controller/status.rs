@@ -1,7 +1,7 @@
 //! From what happened to the children to the identity's conditions. Pure.
 
 use crate::api::conditions::*;
-use crate::controller::apply::{ChildReport, ChildState};
+use crate::cluster::apply::{ChildReport, ChildState};
 use crate::names::{ENFORCE_LABEL, IDENTITY_LABEL};
 
 /// Whether the identity's service account is there to be bound.

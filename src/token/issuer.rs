@@ -19,8 +19,8 @@ use super::keeper::{Keeper, Outcome};
 use super::want::Want;
 use super::{RetryPolicy, TokenConfig, TokenReport, secret};
 use crate::api::WindowsTaskIdentity;
-use crate::controller::apply::delete_managed_child;
-use crate::controller::child_versions::ChildVersions;
+use crate::cluster::apply::delete_managed_child;
+use crate::cluster::child_versions::ChildVersions;
 use crate::metrics::Metrics;
 
 /// An identity, by namespace and name.

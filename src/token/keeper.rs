@@ -20,7 +20,7 @@ use super::schedule::{self, Failures, Held, Situation, Step, Why};
 use super::secret::{self, TokenContent};
 use super::want::{Version, Want};
 use super::{Failure, Reason, TokenReport};
-use crate::controller::apply::{ChildState, ensure_child};
+use crate::cluster::apply::{ChildState, ensure_child};
 use crate::validate::parse_duration;
 
 /// How long the first attempt for new settings may take before the status says it is under

@@ -197,7 +197,7 @@ mod tests {
             serde_json::to_value(&blanked).unwrap(),
             serde_json::to_value(&secret).unwrap(),
         );
-        assert!(!crate::controller::apply::is_subset(&blank, &full));
+        assert!(!crate::cluster::apply::is_subset(&blank, &full));
     }
 
     #[test]

@@ -22,8 +22,8 @@ use super::denial_count::DenialCounts;
 use super::denial_events::DenialEvents;
 use super::server::{AdmissionHandler, ReviewKind};
 use crate::api::{WindowsShare, WindowsTaskIdentity};
+use crate::cluster::watch_health::Watcher;
 use crate::metrics::Metrics;
-use crate::watch_health::Watcher;
 
 /// winflow's resources as watches keep them; every replica has its own, so every replica can
 /// decide.
@@ -53,8 +53,8 @@ where
         None => Api::all(client),
     };
     let (store, writer) = reflector::store();
-    let events = crate::controller::watches::events(api, watcher::Config::default(), Watcher::Webhook, metrics)
-        .modify(crate::controller::watches::drop_unread_metadata);
+    let events = crate::cluster::watch::events(api, watcher::Config::default(), Watcher::Webhook, metrics)
+        .modify(crate::cluster::watch::drop_unread_metadata);
     let stream = reflector::reflector(writer, events).applied_objects();
     (store, tokio::spawn(stream.for_each(|_| async {})))
 }
@@ -90,7 +90,7 @@ impl ResourceCache {
 
     /// Whether both caches hold their initial list (`false` when a watch is gone).
     pub async fn synced(&self) -> bool {
-        crate::controller::store_synced(&self.identities).await && crate::controller::store_synced(&self.shares).await
+        crate::cluster::store_synced(&self.identities).await && crate::cluster::store_synced(&self.shares).await
     }
 }
 

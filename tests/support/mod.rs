@@ -109,7 +109,7 @@ async fn client_for(kubeconfig: &Path) -> Client {
     Client::try_from(config_for(kubeconfig).await).expect("client")
 }
 
-/// A client as the operator builds its own (`winflow::api_writes::client`), its writes
+/// A client as the operator builds its own (`winflow::cluster::api_writes::client`), its writes
 /// counted in `metrics`, with a User-Agent of its own: the audit log of the control plane the
 /// tests share tells its writes from every other client's by that. Returns the User-Agent.
 pub fn counted_client(mut config: Config, metrics: &Metrics) -> (Client, String) {
@@ -123,7 +123,7 @@ pub fn counted_client(mut config: Config, metrics: &Metrics) -> (Client, String)
         http::header::USER_AGENT,
         http::HeaderValue::from_str(&user_agent).unwrap(),
     ));
-    let client = winflow::api_writes::client(config, metrics).expect("client");
+    let client = winflow::cluster::api_writes::client(config, metrics).expect("client");
     (client, user_agent)
 }
 

@@ -14,9 +14,9 @@ use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 
-use super::backoff::WatchBackoff;
+use super::watch_backoff::WatchBackoff;
+use super::watch_health::{Watch, WatchTracker, Watcher};
 use crate::metrics::Metrics;
-use crate::watch_health::{Watch, WatchTracker, Watcher};
 
 /// The events of one watch, read by `read_by`. A failure is reported (see `WatchTracker`),
 /// not passed on, and the watch is retried after its own backoff; "resource version too
