@@ -687,3 +687,42 @@ async fn without_list_on_shares_the_webhook_is_not_ready_and_readyz_names_the_wa
     let _ = stop.send(());
     webhook.await.unwrap();
 }
+
+/// A reconcile the API server fails says which step failed on which object: in its log line
+/// and as the `result` of the reconcile metric. Without `get` on service accounts the identity
+/// cannot check its own; with the rule back it converges.
+#[tokio::test]
+async fn a_failed_reconcile_names_the_step_and_the_object() {
+    const APPLY_ERRORS: &str = r#"winflow_reconciles_total{controller="identity",result="apply_error"}"#;
+    support::capture_logs();
+    let (env, operator) = key_vault_example_under(
+        "rbac-no-get-serviceaccounts",
+        without_verb_on_only("serviceaccounts", "get"),
+    )
+    .await;
+    wait_until("a reconcile fails applying the service account", TIMEOUT, || async {
+        (support::metric_sum(&operator.metrics, APPLY_ERRORS) >= 1).then_some(())
+    })
+    .await;
+    let object = format!("{}/payroll-export", env.namespace);
+    let failed: Vec<serde_json::Value> = support::captured_logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "reconcile failed" && line["fields"]["object"] == object.as_str())
+        .collect();
+    let error = failed
+        .first()
+        .map(|line| line["fields"]["error"].as_str().unwrap_or_default().to_owned());
+    let error = error.expect("a reconcile failed line for the identity");
+    assert!(
+        error.starts_with("applying ServiceAccount payroll-export: ") && error.contains("forbidden"),
+        "{error}"
+    );
+    assert!(
+        !operator.metrics.encode().contains(r#"result="api_error""#),
+        "no reconcile result is the unspecific api_error any more"
+    );
+    install_operator_rbac(&env, |_| {}).await;
+    support::wait_for_condition::<WindowsTaskIdentity>(&env, "payroll-export", "Ready", "True", None).await;
+    operator.stop().await;
+}

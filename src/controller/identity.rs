@@ -334,7 +334,10 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, identity_ctx: &Ident
     let ctx = &identity_ctx.shared;
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
-    if !finalizer::ensure(&identities_api(ctx, &namespace), identity).await? {
+    if !finalizer::ensure(&identities_api(ctx, &namespace), identity)
+        .await
+        .map_err(Error::Finalizer)?
+    {
         return Ok(Action::await_change());
     }
     // Task pods are reported whether or not the spec is valid: they may still be running.
@@ -452,18 +455,30 @@ async fn apply_children(
     let name = identity.name_any();
     let client = ctx.client.clone();
     let versions = Some(&*ctx.child_versions);
-    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, versions).await?;
+    let credential_spec = ensure_child(&Api::all(client.clone()), &children.credential_spec, versions)
+        .await
+        .map_err(Error::applying(&children.credential_spec))?;
     let service_account = ensure_service_account(identity, children, ctx).await?;
     let (roles, bindings) = (
         Api::namespaced(client.clone(), &namespace),
         Api::namespaced(client.clone(), &namespace),
     );
-    let role = ensure_child(&roles, &children.role, versions).await?;
-    let role_binding = ensure_child(&bindings, &children.role_binding, versions).await?;
-    let use_role = ensure_child(&roles, &children.use_role, versions).await?;
-    let use_role_binding = ensure_child(&bindings, &children.use_role_binding, versions).await?;
+    let role = ensure_child(&roles, &children.role, versions)
+        .await
+        .map_err(Error::applying(&children.role))?;
+    let role_binding = ensure_child(&bindings, &children.role_binding, versions)
+        .await
+        .map_err(Error::applying(&children.role_binding))?;
+    let use_role = ensure_child(&roles, &children.use_role, versions)
+        .await
+        .map_err(Error::applying(&children.use_role))?;
+    let use_role_binding = ensure_child(&bindings, &children.use_role_binding, versions)
+        .await
+        .map_err(Error::applying(&children.use_role_binding))?;
     let config_maps = Api::namespaced(client, &namespace);
-    let pod_templates = ensure_child(&config_maps, &children.pod_templates, versions).await?;
+    let pod_templates = ensure_child(&config_maps, &children.pod_templates, versions)
+        .await
+        .map_err(Error::applying(&children.pod_templates))?;
 
     for report in [
         &credential_spec,
@@ -492,7 +507,7 @@ async fn apply_children(
     .contains(&true);
     let shares = observe_shares(identity, ctx).await?;
     // After the service account: a workload-identity token is requested in its name.
-    let Some(token) = identity_ctx.issuer.report(identity).await? else {
+    let Some(token) = identity_ctx.issuer.report(identity).await.map_err(Error::Token)? else {
         return Ok(None);
     };
     let service_account_name = identity.spec.service_account.name.clone();
@@ -557,7 +572,8 @@ async fn observe_shares(identity: &WindowsTaskIdentity, ctx: &Context) -> Result
         Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     let mut states = Vec::new();
     for mount in &identity.spec.shares {
-        let state = match api.get_opt(&mount.name).await? {
+        let read = api.get_opt(&mount.name).await;
+        let state = match read.map_err(Error::reading(format_args!("WindowsShare {}", mount.name)))? {
             None => ShareState::Missing,
             Some(DeserializeGuard(Err(invalid))) => ShareState::NotReady(format!("InvalidSpec: {}", invalid.error)),
             Some(DeserializeGuard(Ok(share))) => {
@@ -584,16 +600,26 @@ async fn ensure_service_account(
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
     match &children.service_account {
         Some(desired) => {
-            let ChildReport { state, .. } = ensure_child(&api, desired, Some(&*ctx.child_versions)).await?;
+            let ChildReport { state, .. } = ensure_child(&api, desired, Some(&*ctx.child_versions))
+                .await
+                .map_err(Error::applying(desired))?;
             Ok(match state {
                 crate::cluster::apply::ChildState::Conflict(_) => ServiceAccountState::ExistingUnmanaged,
                 other => ServiceAccountState::Managed(other),
             })
         }
-        None => Ok(match api.get_opt(&identity.spec.service_account.name).await? {
-            Some(_) => ServiceAccountState::ExistingUnmanaged,
-            None => ServiceAccountState::Missing,
-        }),
+        None => Ok(
+            match api
+                .get_opt(&identity.spec.service_account.name)
+                .await
+                .map_err(Error::reading(format_args!(
+                    "ServiceAccount {}",
+                    identity.spec.service_account.name
+                )))? {
+                Some(_) => ServiceAccountState::ExistingUnmanaged,
+                None => ServiceAccountState::Missing,
+            },
+        ),
     }
 }
 
@@ -607,11 +633,16 @@ async fn cleanup(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext)
     let namespace = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let credential_spec = build::credential_spec_for(identity);
-    if delete_managed_child(&Api::all(ctx.client.clone()), &credential_spec).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &credential_spec)
+        .await
+        .map_err(Error::deleting(&credential_spec))?
+    {
         let spec_name = credential_spec.metadata.name.unwrap_or_default();
         info!(identity = %object_key(&namespace, &name), credential_spec = %spec_name, "deleted credential spec");
     }
-    finalizer::remove(&identities_api(ctx, &namespace), identity).await?;
+    finalizer::remove(&identities_api(ctx, &namespace), identity)
+        .await
+        .map_err(Error::Finalizer)?;
     identity_ctx.issuer.forget(identity).await;
     ctx.written_status.forget(&object_key(&namespace, &name));
     Ok(Action::await_change())
@@ -635,7 +666,9 @@ async fn report_undecodable(invalid: &InvalidObject, ctx: &Context) -> Result<Ac
         conditions,
         ..Default::default()
     };
-    report::write_status(&identities_api(ctx, namespace), name, &status).await?;
+    report::write_status(&identities_api(ctx, namespace), name, &status)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::await_change())
 }
 
@@ -669,7 +702,7 @@ async fn update_status(
     match report::write_status(&api, &identity.name_any(), &without_denials(&next)).await {
         // Deleted since the cache saw it: no status to keep, no Events to tell.
         Err(e) if finalizer::is_not_found(&e) => return Ok(()),
-        result => result?,
+        result => result.map_err(Error::Status)?,
     }
     ctx.written_status.remember(&key, &uid, next.clone());
     let reference = identity.object_ref(&());

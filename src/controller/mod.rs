@@ -78,19 +78,70 @@ impl Context {
 /// What the namespace cache holds of each namespace.
 pub type Namespaces = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
 
-/// Errors that end a reconciliation early; it is retried with backoff. Their `metric_label`
-/// is the `result` of the reconcile metric.
+/// What the API server failed while a reconciliation ran; it is retried with backoff. The
+/// message says which step and which object; `metric_label` is the `result` of the reconcile
+/// metric.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("adding or removing winflow's finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status: {0}")]
+    Status(#[source] kube::Error),
+    /// The token issuer's API part: the client secret's metadata, an unused token Secret.
+    #[error("handing the identity to the token issuer: {0}")]
+    Token(#[source] kube::Error),
 }
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "api_error",
+            Error::Finalizer(_) => "finalizer_error",
+            Error::Read { .. } => "read_error",
+            Error::Apply { .. } => "apply_error",
+            Error::Delete { .. } => "delete_error",
+            Error::Status(_) => "status_error",
+            Error::Token(_) => "token_error",
         }
+    }
+
+    /// The error of reading `what` (a kind and name).
+    pub(crate) fn reading(what: impl std::fmt::Display) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Read {
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    /// The error of applying `child`.
+    pub(crate) fn applying<K: Resource<DynamicType = ()>>(child: &K) -> impl FnOnce(kube::Error) -> Error + use<K> {
+        let (kind, name) = (K::kind(&()).into_owned(), child.meta().name.clone().unwrap_or_default());
+        move |source| Error::Apply { kind, name, source }
+    }
+
+    /// The error of deleting `child`.
+    pub(crate) fn deleting<K: Resource<DynamicType = ()>>(child: &K) -> impl FnOnce(kube::Error) -> Error + use<K> {
+        let (kind, name) = (K::kind(&()).into_owned(), child.meta().name.clone().unwrap_or_default());
+        move |source| Error::Delete { kind, name, source }
     }
 }
 
@@ -155,4 +206,45 @@ pub(crate) fn retry_with_backoff<K: Resource>(
     let delay = ctx.backoff.failed(&format!("{controller}:{key}"));
     tracing::warn!(controller, object = %key, error = %error, retry_in_seconds = delay.as_secs(), "reconcile failed");
     kube::runtime::controller::Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("roles.rbac.authorization.k8s.io \"r\" is forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn errors_name_the_step_and_the_object_and_each_step_has_its_own_result() {
+        let identity = crate::fixtures::key_vault();
+        let role = crate::build::children_for(&identity).unwrap().role;
+        let errors = [
+            Error::Finalizer(refused()),
+            Error::reading("Secret s")(refused()),
+            Error::applying(&role)(refused()),
+            Error::deleting(&role)(refused()),
+            Error::Status(refused()),
+            Error::Token(refused()),
+        ];
+        let labels: std::collections::BTreeSet<&str> = errors.iter().map(Error::metric_label).collect();
+        assert_eq!(labels.len(), errors.len(), "{labels:?}");
+        assert!(errors[1].to_string().starts_with("reading Secret s: "), "{}", errors[1]);
+        let name = role.metadata.name.unwrap();
+        assert!(
+            errors[2].to_string().starts_with(&format!("applying Role {name}: ")),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].to_string().starts_with(&format!("deleting Role {name}: ")),
+            "{}",
+            errors[3]
+        );
+    }
 }

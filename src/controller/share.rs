@@ -133,7 +133,10 @@ fn shares_api(ctx: &Context, namespace: &str) -> Api<WindowsShare> {
 async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
-    if !finalizer::ensure(&shares_api(ctx, &namespace), share).await? {
+    if !finalizer::ensure(&shares_api(ctx, &namespace), share)
+        .await
+        .map_err(Error::Finalizer)?
+    {
         return Ok(Action::await_change());
     }
     if let Err(violations) = validate::check_share(&namespace, &name, &share.spec) {
@@ -144,15 +147,16 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
-    let volume = ensure_child(
-        &Api::all(ctx.client.clone()),
-        &with_spec_hash(build::persistent_volume_for(share)),
-        None,
-    )
-    .await?;
+    let volume = with_spec_hash(build::persistent_volume_for(share));
+    let volume = ensure_child(&Api::all(ctx.client.clone()), &volume, None)
+        .await
+        .map_err(Error::applying(&volume))?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let desired = keeping_requested_size(&claims, build::persistent_volume_claim_for(share)).await?;
-    let claim = ensure_child(&claims, &with_spec_hash(desired), None).await?;
+    let desired = with_spec_hash(desired);
+    let claim = ensure_child(&claims, &desired, None)
+        .await
+        .map_err(Error::applying(&desired))?;
     for report in [&volume, &claim] {
         if report.state == ChildState::Applied {
             info!(share = %format!("{namespace}/{name}"), kind = %report.kind, child = %report.name, "applied");
@@ -163,7 +167,8 @@ async fn reconcile_share(share: &WindowsShare, ctx: &Context) -> Result<Action, 
         ChildState::UpToDate | ChildState::Applied => {
             claims
                 .get_opt(&claim.name)
-                .await?
+                .await
+                .map_err(Error::reading(format_args!("PersistentVolumeClaim {}", claim.name)))?
                 .and_then(|c| c.status?.phase)
                 .as_deref()
                 == Some("Bound")
@@ -196,7 +201,8 @@ async fn keeping_requested_size(
     let name = desired.metadata.name.clone().unwrap_or_default();
     let existing = claims
         .get_opt(&name)
-        .await?
+        .await
+        .map_err(Error::reading(format_args!("PersistentVolumeClaim {name}")))?
         .and_then(|claim| claim.spec?.resources?.requests?.get("storage").cloned());
     if let (Some(size), Some(spec)) = (existing, desired.spec.as_mut())
         && let Some(requests) = spec.resources.as_mut().and_then(|r| r.requests.as_mut())
@@ -220,7 +226,8 @@ pub enum SecretCheck {
 async fn check_secret(ctx: &Context, namespace: &str, name: &str) -> Result<(String, SecretCheck), Error> {
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
-        .await?;
+        .await
+        .map_err(Error::reading(format_args!("Secret {name}")))?;
     Ok((name.to_owned(), secret_check(secret.as_ref())))
 }
 
@@ -336,7 +343,9 @@ async fn update_status(
         return Ok(());
     }
     let api = shares_api(ctx, &share.namespace().unwrap_or_default());
-    report::write_status(&api, &share.name_any(), &next).await?;
+    report::write_status(&api, &share.name_any(), &next)
+        .await
+        .map_err(Error::Status)?;
     report::publish_transitions(
         &ctx.recorder,
         &share.object_ref(&()),
@@ -356,7 +365,10 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
     let namespace = share.namespace().unwrap_or_default();
     let name = share.name_any();
     let volume = build::persistent_volume_for(share);
-    if delete_managed_child(&Api::all(ctx.client.clone()), &volume).await? {
+    if delete_managed_child(&Api::all(ctx.client.clone()), &volume)
+        .await
+        .map_err(Error::deleting(&volume))?
+    {
         let volume_name = volume.metadata.name.unwrap_or_default();
         info!(
             share = %format!("{namespace}/{name}"),
@@ -365,7 +377,9 @@ async fn cleanup(share: &WindowsShare, ctx: &Context) -> Result<Action, Error> {
             "deleted PersistentVolume; the data on the share was retained (reclaim policy Retain)"
         );
     }
-    finalizer::remove(&shares_api(ctx, &namespace), share).await?;
+    finalizer::remove(&shares_api(ctx, &namespace), share)
+        .await
+        .map_err(Error::Finalizer)?;
     Ok(Action::await_change())
 }
 
