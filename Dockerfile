@@ -11,9 +11,11 @@
 FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# benches/ only because Cargo.toml declares a [[bench]] target; crds/ holds a file that
+# benches/ only because Cargo.toml declares a [[bench]] target, test-support/ because it is
+# a member of the workspace (the tests' and benches' shared crate); crds/ holds a file that
 # src/ embeds with include_str!.
 COPY benches ./benches
+COPY test-support ./test-support
 COPY crds ./crds
 COPY src ./src
 # Dependencies are cached in BuildKit cache mounts (the registry and target/) rather than in

@@ -6,8 +6,7 @@
 //! (target 1). Prints a table and writes target/bench/tokens.json.
 //! Run: `cargo bench --bench tokens`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use winflow_test_support as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

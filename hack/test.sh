@@ -24,11 +24,11 @@ step "oidc-provider node modules"; WINFLOW_OIDC_NODE_MODULES=$(bash hack/oidc-pr
 step "helm (tests/chart.rs)"; WINFLOW_HELM=$(bash hack/helm.sh); export WINFLOW_HELM
 step "hadolint (tests/image.rs)"; WINFLOW_HADOLINT=$(bash hack/hadolint.sh); export WINFLOW_HADOLINT
 
-step "cargo fmt --check"
-cargo fmt --check
+step "cargo fmt --all --check"
+cargo fmt --all --check
 
 step "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "cargo test"
 # Only this run's figures are shown below.

@@ -15,7 +15,7 @@
 //!    the KubernetesPodOperator; it is admitted with the gMSA and waits for a Windows node
 //!    until `startup_timeout_seconds` fails the task.
 
-mod support;
+use winflow_test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,8 +6,7 @@
 //! WINFLOW_AIRFLOW_PYTHON (hack/test.sh sets it), or else from hack/airflow-venv.sh. Without
 //! Airflow these tests fail, they are never skipped. No cluster is needed.
 
-#[path = "support/tools.rs"]
-mod tools;
+use winflow_test_support::tools;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! `winflow run` as a process: kubeconfig from the environment, the admin server's
 //! endpoints, reconciliation, and a clean exit on SIGTERM.
 
-mod support;
+use winflow_test_support as support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

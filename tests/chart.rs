@@ -7,7 +7,7 @@
 //! helm comes from WINFLOW_HELM, or from hack/helm.sh (which extracts it from a PyPI wheel);
 //! without it these tests fail, they are never skipped.
 
-mod support;
+use winflow_test_support as support;
 
 use std::path::Path;
 use std::time::Duration;

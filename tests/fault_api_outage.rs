@@ -3,7 +3,7 @@
 //! again and applies every change. This binary has its own control plane, so the outage
 //! disturbs no other test.
 
-mod support;
+use winflow_test_support as support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

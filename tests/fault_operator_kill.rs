@@ -2,7 +2,7 @@
 //! finishes the job from what it finds: every identity Ready with exactly one of each child,
 //! nothing orphaned, and deleting them all leaves no credential spec behind.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::{Duration, Instant};
 

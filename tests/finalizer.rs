@@ -2,7 +2,7 @@
 //! removes `winflow.io/cleanup` from a stale view (an object read before the other
 //! controller's write, as a cache lagging behind would hold it) and never drops the other one.
 
-mod support;
+use winflow_test_support as support;
 
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};

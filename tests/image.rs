@@ -3,8 +3,7 @@
 //! is printed (and written to `target/release-binary-size.txt`), and the image hack/image.sh
 //! writes for the local cluster has the Dockerfile's runtime configuration around that binary.
 
-#[path = "support/tools.rs"]
-mod tools;
+use winflow_test_support::tools;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -152,15 +151,51 @@ fn dockerfile_lints_clean() {
         "{builds:?}"
     );
     // What the build stages copy from the context must exist (the image is not built in CI).
+    for source in copied_sources(&instructions) {
+        assert!(Path::new(REPO).join(source).exists(), "COPY {source}: no such file");
+    }
+}
+
+/// What the Dockerfile's build stages copy from the context, as paths in the repository.
+fn copied_sources(instructions: &[Instruction]) -> Vec<&str> {
+    let mut sources = Vec::new();
     for copy in instructions
         .iter()
         .filter(|i| i.keyword == "COPY" && !i.args.starts_with("--from"))
     {
         let paths: Vec<&str> = copy.args.split(' ').filter(|a| !a.starts_with("--")).collect();
-        for source in &paths[..paths.len() - 1] {
-            assert!(Path::new(REPO).join(source).exists(), "COPY {source}: no such file");
-        }
+        sources.extend_from_slice(&paths[..paths.len() - 1]);
     }
+    sources
+}
+
+/// Cargo loads every member of the workspace and every path dependency even to build the
+/// binary alone, so the build context must hold them all: the copied sources alone are a
+/// workspace cargo can load.
+#[test]
+fn dockerfile_build_context_is_the_whole_workspace() {
+    let dockerfile = std::fs::read_to_string(Path::new(REPO).join("Dockerfile")).unwrap();
+    let instructions = instructions(&dockerfile);
+    let context = tempfile::tempdir().unwrap();
+    for source in copied_sources(&instructions) {
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(Path::new(REPO).join(source))
+            .arg(context.path().join(source))
+            .status()
+            .expect("cp runs");
+        assert!(copied.success(), "cp -r {source}");
+    }
+    let metadata = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .current_dir(context.path())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        metadata.status.success(),
+        "cargo cannot load the Dockerfile's build context:\n{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
 }
 
 /// The target directory of this very test run (the one holding debug/).

@@ -12,7 +12,7 @@
 //! that blocks pod creation. The figures (takeover time, creates and failed admissions) are
 //! printed and written to target/in-cluster-figures.txt.
 
-mod support;
+use winflow_test_support as support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! reconciling at once; a graceful shutdown hands over without waiting; every replica serves
 //! the webhook.
 
-mod support;
+use winflow_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

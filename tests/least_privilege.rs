@@ -5,7 +5,7 @@
 //! token as winflow injects it, a listed share) are admitted. One test per row of the README's
 //! threat model.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

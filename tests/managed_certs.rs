@@ -2,7 +2,7 @@
 //! shared by replicas, the caBundle patched into the webhook configurations, the HTTPS server
 //! serving a certificate the API server's bundle trusts, and rotation of both.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

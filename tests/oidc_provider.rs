@@ -3,7 +3,7 @@
 //! records, an outage and a restart on the same port, HTTPS with a throwaway CA, and
 //! Entra-style federated credentials.
 
-mod support;
+use winflow_test_support as support;
 
 use serde_json::{Value, json};
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig, sign_assertions};

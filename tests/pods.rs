@@ -1,7 +1,7 @@
 //! Task pods back on their identity: counts by phase, the last failure with its category,
 //! and TasksHealthy. There is no kubelet: the test writes pod status as a kubelet would.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

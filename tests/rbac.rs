@@ -4,7 +4,7 @@
 //! rules, it says what it cannot do: in conditions, and for a watch in the log, the metrics
 //! and `/readyz`.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

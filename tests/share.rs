@@ -1,7 +1,7 @@
 //! WindowsShare, and identities that mount shares, against a real kube-apiserver whose
 //! kube-controller-manager binds the static volumes to their claims.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

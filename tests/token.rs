@@ -1,7 +1,7 @@
 //! OIDC tokens against a real OpenID provider (npm `oidc-provider` on loopback) and a real
 //! control plane: issue, rotation, outage, bad settings, workload identity, admission.
 
-mod support;
+use winflow_test_support as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! CA) against a real control plane: refused with a reason a user can act on while the
 //! operator does not trust the CA, issued once it runs with the CA (`--oidc-ca-file`).
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

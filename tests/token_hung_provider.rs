@@ -3,7 +3,7 @@
 //! provider (npm `oidc-provider` on loopback), converge while every attempt at the hung issuer
 //! is still open; the hung identities say they are pending, then end with the deadline.
 
-mod support;
+use winflow_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

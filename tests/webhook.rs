@@ -1,7 +1,7 @@
 //! The admission webhook as the API server calls it: real kube-apiserver, real HTTPS with a
 //! CA the API server trusts, webhook configurations registered like a local run does.
 
-mod support;
+use winflow_test_support as support;
 
 use std::time::Duration;
 

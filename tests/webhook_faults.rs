@@ -3,7 +3,7 @@
 //! under load. Figures are printed (`--nocapture`); speed is the benchmarks' business, so no
 //! assertion here is about it (a request unanswered after a few seconds is a hang, not slowness).
 
-mod support;
+use winflow_test_support as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use winflow::webhook::server::{AdmissionHandler, ReviewKind, WebhookServer};
 
-use super::support::TestEnv;
+use crate::support::TestEnv;
 
 /// The label that sends a pod to this webhook.
 pub const LABEL: &str = "bench.winflow.io/no-op-webhook";
@@ -50,7 +50,7 @@ pub struct NoOpWebhook {
 /// (which `support::webhook::start_webhook` labelled `winflow-test: <namespace>`).
 pub async fn start(env: &TestEnv) -> NoOpWebhook {
     let certs = tempfile::tempdir().unwrap();
-    let ca = super::support::webhook::write_certificates(certs.path());
+    let ca = crate::support::webhook::write_certificates(certs.path());
     let server = WebhookServer::bind((Ipv4Addr::LOCALHOST, 0).into(), certs.path(), Duration::from_secs(60))
         .await
         .expect("the no-op webhook binds");

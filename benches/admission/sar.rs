@@ -11,7 +11,7 @@ use kube::api::PostParams;
 use serde_json::json;
 use winflow::webhook::access::{IDENTITY_RESOURCE, USE_VERB};
 
-use super::support::TestEnv;
+use crate::support::TestEnv;
 
 /// Grants `use` of `identity` to everyone in `group` (a Role and a RoleBinding of the bench's
 /// own), and waits until the API server's authorizer says so.

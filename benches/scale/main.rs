@@ -26,8 +26,7 @@ mod phases;
 mod profile;
 mod report;
 mod sampling;
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use winflow_test_support as support;
 mod workload;
 
 use std::future::Future;

@@ -1,8 +1,7 @@
 //! WindowsTaskIdentity against a real kube-apiserver + controller-manager: one test binary,
 //! one control plane, a module per scenario; the helpers they share are here.
 
-#[path = "../support/mod.rs"]
-mod support;
+use winflow_test_support as support;
 
 mod children;
 mod conflicts;

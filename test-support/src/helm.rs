@@ -5,18 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::REPO;
+use crate::REPO;
 
 fn helm_binary() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| super::tools::tool("WINFLOW_HELM", "helm.sh"))
+    HELM.get_or_init(|| crate::tools::tool("WINFLOW_HELM", "helm.sh"))
 }
 
 /// Runs helm in the repository with its caches and configuration in the build's temporary
 /// directory (nothing of the user's helm or kubectl setup is read or written), talking to
 /// the test control plane when `kubeconfig` is given.
 pub fn run_helm(args: &[&str], kubeconfig: Option<&Path>) -> std::process::Output {
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-helm-home");
+    let home = crate::target::tmp_dir().join("chart-helm-home");
     let mut command = Command::new(helm_binary());
     command
         .current_dir(REPO)

@@ -1,8 +1,6 @@
 //! Figures a test measured: printed as they come and written to `target/<name>-figures.txt`,
 //! which hack/test.sh prints after the suite (cargo test hides a passing test's output).
 
-use std::path::Path;
-
 pub struct Figures {
     name: &'static str,
     lines: String,
@@ -24,7 +22,7 @@ impl Figures {
 
 impl Drop for Figures {
     fn drop(&mut self) {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("../{}-figures.txt", self.name));
+        let path = crate::target::target_dir().join(format!("{}-figures.txt", self.name));
         let _ = std::fs::write(path, &self.lines);
     }
 }

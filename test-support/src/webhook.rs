@@ -16,7 +16,7 @@ use winflow::metrics::Metrics;
 use winflow::webhook::registration::{Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
 
-use super::{TestEnv, wait_until};
+use crate::{TestEnv, wait_until};
 
 /// A CA and a serving certificate for 127.0.0.1 in `dir` (tls.crt, tls.key); returns the CA PEM.
 pub fn write_certificates(dir: &std::path::Path) -> String {

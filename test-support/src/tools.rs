@@ -1,10 +1,6 @@
 //! Tools the tests run (helm, hadolint, the Airflow venv's python, the OpenID provider's node
 //! modules): from the environment variable hack/test.sh exports, or else from the hack/ script
 //! that installs it into the cache. A missing tool fails the test with what to do.
-//!
-//! Self-contained, so a test that needs no control plane can include it on its own with
-//! `#[path = "support/tools.rs"] mod tools;`.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,7 +17,7 @@ pub fn tool(variable: &str, script: &str) -> PathBuf {
         return path;
     }
     let output = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script))
+        .arg(Path::new(crate::REPO).join("hack").join(script))
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("bash runs hack/{script}: {e}"));

@@ -3,8 +3,6 @@
 //! client-credentials clients and Entra-style federated credentials (a JWT such as a
 //! service-account token instead of a secret). Its node modules come from
 //! `hack/oidc-provider.sh` (cached outside the checkout).
-//!
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,7 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+use crate::REPO;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
@@ -360,7 +359,7 @@ impl Drop for OidcProvider {
 /// `hack/oidc-provider.sh` installs (once per test binary; the script locks against others).
 fn node_modules() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| super::tools::tool("WINFLOW_OIDC_NODE_MODULES", "oidc-provider.sh"))
+    DIR.get_or_init(|| crate::tools::tool("WINFLOW_OIDC_NODE_MODULES", "oidc-provider.sh"))
         .clone()
 }
 

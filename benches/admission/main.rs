@@ -8,14 +8,11 @@
 //! Prints a table and writes target/bench/admission.json. Run (KUBEBUILDER_ASSETS names the
 //! control-plane binaries, see hack/bench.sh): `cargo bench --bench admission`.
 
-#[path = "admission/no_op.rs"]
 mod no_op;
-#[path = "admission/reviews.rs"]
 mod reviews;
-#[path = "admission/sar.rs"]
 mod sar;
-#[path = "../tests/support/mod.rs"]
-mod support;
+
+use winflow_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Test harness: one real control plane (etcd, kube-apiserver, kube-controller-manager) per
 //! test binary, started by `hack/control-plane.sh` (with `--node`, a worker node too, for the
 //! tests that run pods); one namespace and one in-process operator per test.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -27,10 +26,12 @@ pub mod fleet;
 pub mod helm;
 pub mod oidc;
 pub mod process;
+pub mod target;
 pub mod tools;
 pub mod webhook;
 
-pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository: this crate is `test-support/` in it.
+pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 struct ControlPlane {
     kubeconfig: PathBuf,

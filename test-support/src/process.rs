@@ -51,7 +51,7 @@ impl OperatorProcess {
             ),
             None => Stdio::null(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_winflow"))
+        let child = Command::new(crate::target::winflow_binary())
             .arg("run")
             .args(["--admin-addr", &admin_addr, "--log-format", "json"])
             .args(args)
@@ -71,7 +71,7 @@ impl OperatorProcess {
 
     /// Waits until `/readyz` answers 200 (caches synced, leadership joined).
     pub async fn wait_ready(&self) {
-        super::wait_until("winflow /readyz 200", Duration::from_secs(60), || async {
+        crate::wait_until("winflow /readyz 200", Duration::from_secs(60), || async {
             let (status, _) = http_get(&self.admin_addr, "/readyz").await?;
             (status == 200).then_some(())
         })
