@@ -1,4 +1,4 @@
-//! The test OpenID Connect provider itself (tests/support/oidc.rs, tests/oidc/provider.mjs):
+//! The test OpenID Connect provider itself (test-support/src/oidc.rs, tests/oidc/provider.mjs):
 //! discovery, client-credentials tokens with a short lifetime, introspection, the request
 //! records, an outage and a restart on the same port, HTTPS with a throwaway CA, and
 //! Entra-style federated credentials.

@@ -10,7 +10,7 @@
 // default issuer is https://<host>:<port>; otherwise plain HTTP.
 // Prints exactly one line `ready <issuer>` on stdout once listening; everything else goes to
 // stderr. Runs until killed (or, with --exit-with-stdin, until its stdin closes, so that it
-// never outlives a test process that died without cleaning up). Started by tests/support/oidc.rs; the node modules come from
+// never outlives a test process that died without cleaning up). Started by test-support/src/oidc.rs; the node modules come from
 // hack/oidc-provider.sh (a cache outside the checkout, passed as WINFLOW_OIDC_NODE_MODULES).
 //
 // Extra endpoint: GET /__harness/requests lists every token-endpoint request seen by this
