@@ -11,9 +11,9 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Checked, Decision, Denial, ResourceView, check_creator, finish, invalid, quoted_name, ready_identity, subject,
-};
+use super::audit::{finish, invalid};
+use super::envelope::subject;
+use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::build::{Os, credential_spec_document, identity_env, share_volumes, token_wiring};
 use crate::names::{self, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK};

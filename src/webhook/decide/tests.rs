@@ -4,8 +4,10 @@ use super::airflow_ids::looks_shortened;
 use super::*;
 use crate::build::credential_spec_document;
 use crate::fixtures;
+use crate::webhook::server::ReviewKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::core::admission::AdmissionReview;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 

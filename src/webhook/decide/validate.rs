@@ -6,12 +6,11 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
 use super::airflow_ids::check_airflow_id;
+use super::audit::{finish, invalid};
 use super::credentials::{Protected, check_references, references};
+use super::envelope::{Subject, identity_label, subject};
 use super::mutate::{credential_spec_name_of, inline_credential_spec, same_json};
-use super::{
-    Checked, Decision, Denial, ResourceView, Subject, check_creator, finish, identity_label, invalid, quoted_name,
-    ready_identity, subject,
-};
+use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
 use crate::names::{self, ENFORCE_LABEL, IDENTITY_LABEL};

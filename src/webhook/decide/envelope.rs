@@ -1,0 +1,138 @@
+//! The review as it came: the pod it carries (or, from Kubernetes before 1.22, the ephemeral
+//! containers object), who sends it, and what the handler must look up or ask before a
+//! decision.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EphemeralContainer, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, Operation};
+
+use crate::names::IDENTITY_LABEL;
+use crate::webhook::server::ReviewKind;
+
+/// The facts every decision starts from.
+pub(super) struct Subject {
+    pub(super) pod: Pod,
+    /// The pod before an UPDATE.
+    pub(super) old: Option<Pod>,
+    /// A request to `pods/ephemeralcontainers`: only the ephemeral containers are to be judged.
+    pub(super) ephemeral: bool,
+    pub(super) operation: Operation,
+    pub(super) namespace: String,
+    pub(super) pod_name: String,
+    pub(super) identity_name: Option<String>,
+    pub(super) creator: String,
+}
+
+/// A pod from the review's object. The `pods/ephemeralcontainers` subresource of Kubernetes
+/// before 1.22 sends an `EphemeralContainers` object (the pod's metadata and the list); later
+/// ones send the pod.
+pub(super) fn pod_of(object: &DynamicObject) -> Result<Pod, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    if object.types.as_ref().is_some_and(|t| t.kind == "EphemeralContainers") {
+        let metadata: ObjectMeta = serde_json::from_value(value["metadata"].clone())
+            .map_err(|e| format!("the object's metadata is not valid: {e}"))?;
+        let containers: Option<Vec<EphemeralContainer>> = serde_json::from_value(value["ephemeralContainers"].clone())
+            .map_err(|e| format!("the object's ephemeralContainers are not valid: {e}"))?;
+        return Ok(Pod {
+            metadata,
+            spec: Some(PodSpec {
+                ephemeral_containers: containers,
+                ..PodSpec::default()
+            }),
+            status: None,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| format!("the object is not a valid pod: {e}"))
+}
+
+pub(super) fn subject(request: &AdmissionRequest<DynamicObject>) -> Result<Subject, String> {
+    let object = request.object.as_ref().ok_or("the request carries no pod")?;
+    let pod = pod_of(object)?;
+    let old = request.old_object.as_ref().map(pod_of).transpose()?;
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| pod.metadata.namespace.clone())
+        .unwrap_or_default();
+    let pod_name = pod
+        .metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+        .unwrap_or_else(|| request.name.clone());
+    let identity_name = identity_label(&pod).map(str::to_owned);
+    Ok(Subject {
+        pod,
+        old,
+        ephemeral: request.sub_resource.as_deref() == Some("ephemeralcontainers"),
+        operation: request.operation.clone(),
+        namespace,
+        pod_name,
+        identity_name,
+        creator: request.user_info.username.clone().unwrap_or_default(),
+    })
+}
+
+pub(super) fn identity_label(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(IDENTITY_LABEL))
+        .map(String::as_str)
+}
+
+/// The identity whose `use` the request's user must hold, if any: the creator of a labelled
+/// pod, whoever changes a labelled pod's spec (its image, say), and whoever adds an ephemeral
+/// container to one. Asked by the handler before deciding.
+pub fn identity_to_authorize(kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
+    // Read from the review as it came: the pod is decoded once, by the decision itself.
+    let object = request.object.as_ref()?;
+    let name = object.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?.clone();
+    let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
+    let spec_changed = || {
+        request
+            .old_object
+            .as_ref()
+            .is_some_and(|old| old.data.get("spec") != object.data.get("spec"))
+    };
+    let needed = match (&request.operation, kind, ephemeral) {
+        (Operation::Create, ReviewKind::Mutate | ReviewKind::Validate, false) => true,
+        (Operation::Update, ReviewKind::Validate, false) => spec_changed(),
+        (Operation::Update, ReviewKind::ValidateEphemeral, true) => true,
+        _ => false,
+    };
+    let namespace = request.namespace.clone().or_else(|| object.metadata.namespace.clone());
+    needed.then(|| (namespace.unwrap_or_default(), name))
+}
+
+/// The pod whose labels an ephemeral-containers request lacks: Kubernetes before 1.22 sends
+/// an `EphemeralContainers` object that carries the pod's name but not its labels. The handler
+/// looks them up and puts them in with [`with_pod_labels`].
+pub fn pod_to_look_up(request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
+    let object = request.object.as_ref()?;
+    let is_ephemeral_containers = object.types.as_ref().is_some_and(|t| t.kind == "EphemeralContainers");
+    (request.sub_resource.as_deref() == Some("ephemeralcontainers") && is_ephemeral_containers).then(|| {
+        (
+            request.namespace.clone().unwrap_or_default(),
+            object.metadata.name.clone().unwrap_or_else(|| request.name.clone()),
+        )
+    })
+}
+
+/// The request with the pod's labels in its objects.
+pub fn with_pod_labels(
+    request: &AdmissionRequest<DynamicObject>,
+    labels: BTreeMap<String, String>,
+) -> AdmissionRequest<DynamicObject> {
+    let mut request = request.clone();
+    for object in [request.object.as_mut(), request.old_object.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        object.metadata.labels = Some(labels.clone());
+    }
+    request
+}
