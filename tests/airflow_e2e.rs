@@ -44,7 +44,9 @@ const RENEW_BEFORE: &str = "15s";
 #[tokio::test]
 async fn a_real_airflow_runs_its_dags_through_winflow() {
     let mut figures = Figures::new("airflow-e2e");
-    let env = TestEnv::on_node("airflow-e2e").await;
+    // The operator runs in this process and the worker pods run the Airflow image imported
+    // below: the node needs no other image (it always gets pause).
+    let env = TestEnv::on_node("airflow-e2e", &[]).await;
     let ns = env.namespace.clone();
     let image = import_airflow_image().await;
 

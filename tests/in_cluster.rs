@@ -39,6 +39,9 @@ const RELEASE: &str = "winflow";
 /// The chart's full name for release `winflow` (the release name contains the chart's).
 const FULLNAME: &str = "winflow";
 const TEST_IMAGE: &str = "winflow.local/busybox:test";
+/// What the node's containerd gets (hack/image.sh): the chart runs the operator's image, the
+/// task pods `TEST_IMAGE`.
+const NODE_IMAGES: &[&str] = &["operator", "busybox"];
 /// The host's address on the pod bridge (hack/node.sh): what pods reach the host by.
 const NODE_BRIDGE_ADDRESS: &str = "10.244.0.1";
 const CLIENT_SECRET: &str = "payroll-client-secret-for-tests";
@@ -54,8 +57,8 @@ const OTHER_WORKER: &str = "reports-worker";
 
 #[tokio::test]
 async fn the_chart_runs_the_operator_on_a_real_node() {
-    let system = TestEnv::on_node("winflow-system").await;
-    let tasks = TestEnv::on_node("airflow").await;
+    let system = TestEnv::on_node("winflow-system", NODE_IMAGES).await;
+    let tasks = TestEnv::on_node("airflow", NODE_IMAGES).await;
     let mut figures = Figures::new("in-cluster");
     let story = Instant::now();
     // The identity's OpenID provider, on a private CA, where the operator's pods reach it.

@@ -35,8 +35,9 @@ pub const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 struct ControlPlane {
     kubeconfig: PathBuf,
-    /// Started with `--node`: a kubelet runs the pods.
-    node: bool,
+    /// Started with `--node` (a kubelet runs the pods): the images its containerd got
+    /// besides pause.
+    node_images: Option<Vec<String>>,
     // Holding the pipe to the script's stdin keeps the control plane up; it stops when this
     // process exits and the pipe closes.
     _process: Child,
@@ -45,31 +46,36 @@ struct ControlPlane {
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
 fn control_plane() -> &'static ControlPlane {
-    started_control_plane(false)
+    started_control_plane(None)
 }
 
-/// The images a node's containerd gets (see hack/image.sh): the operator's, and the small
-/// userland that test pods run.
-pub const NODE_IMAGES: &str = "operator busybox";
-
-fn started_control_plane(node: bool) -> &'static ControlPlane {
+/// The control plane of this test binary, started by the first test to ask; with
+/// `node_images`, one with a worker node whose containerd has those images.
+fn started_control_plane(node_images: Option<&[&str]>) -> &'static ControlPlane {
     let plane = CONTROL_PLANE.get_or_init(|| {
+        let images = node_images.map(|images| images.iter().map(|i| i.to_string()).collect());
         // Started on a plain thread: tests run inside a tokio runtime, which may not block.
-        std::thread::spawn(move || start_control_plane(node))
+        std::thread::spawn(move || start_control_plane(images))
             .join()
             .expect("control plane start")
     });
-    assert!(
-        plane.node || !node,
-        "this test binary's control plane was started without a node: every test of a binary that runs pods must use TestEnv::on_node"
-    );
+    if let Some(wanted) = node_images {
+        let imported = plane.node_images.as_ref().expect(
+            "this test binary's control plane was started without a node: every test of a binary that runs pods must use TestEnv::on_node",
+        );
+        let missing: Vec<&&str> = wanted.iter().filter(|w| !imported.iter().any(|i| i == *w)).collect();
+        assert!(
+            missing.is_empty(),
+            "this test binary's node was started with the images {imported:?}, without {missing:?}: every test of the binary must ask TestEnv::on_node for the same images"
+        );
+    }
     plane
 }
 
-fn start_control_plane(node: bool) -> ControlPlane {
+fn start_control_plane(node_images: Option<Vec<String>>) -> ControlPlane {
     let mut command = Command::new(Path::new(REPO).join("hack/control-plane.sh"));
-    if node {
-        command.arg("--node").env("WINFLOW_NODE_IMAGES", NODE_IMAGES);
+    if let Some(images) = &node_images {
+        command.arg("--node").env("WINFLOW_NODE_IMAGES", images.join(" "));
     }
     let mut process = command
         .stdin(Stdio::piped())
@@ -94,7 +100,7 @@ fn start_control_plane(node: bool) -> ControlPlane {
     runtime.block_on(install_crds(&kubeconfig));
     ControlPlane {
         kubeconfig,
-        node,
+        node_images,
         _process: process,
     }
 }
@@ -225,9 +231,11 @@ impl TestEnv {
     }
 
     /// As `new`, on a control plane with a worker node (one per test binary: every test of
-    /// the binary calls this instead of `new`).
-    pub async fn on_node(test: &str) -> Self {
-        Self::in_control_plane(started_control_plane(true), test).await
+    /// the binary calls this instead of `new`) whose containerd has `images` besides pause:
+    /// names hack/image.sh builds (`operator` is a release build of winflow, `busybox` a
+    /// small userland for test pods).
+    pub async fn on_node(test: &str, images: &[&str]) -> Self {
+        Self::in_control_plane(started_control_plane(Some(images)), test).await
     }
 
     async fn in_control_plane(plane: &ControlPlane, test: &str) -> Self {
