@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
@@ -65,7 +64,7 @@ async fn a_real_airflow_runs_its_dags_through_winflow() {
     airflow_accounts(&env).await;
     create_identity(&env, provider.issuer()).await;
 
-    let scheduler_kubeconfig = service_account_kubeconfig(&env, SCHEDULER).await;
+    let scheduler_kubeconfig = support::kubeconfig::service_account_kubeconfig(&env, SCHEDULER).await;
     let airflow = Airflow::start(&ns, &scheduler_kubeconfig, &image).await;
     let api = airflow.api().await;
 
@@ -227,25 +226,20 @@ async fn create_identity(env: &TestEnv, issuer: &str) {
     }))
     .unwrap();
     env.api().create(&PostParams::default(), &secret).await.unwrap();
-    let identity: WindowsTaskIdentity = serde_json::from_value(json!({
-        "apiVersion": "winflow.io/v1alpha1", "kind": "WindowsTaskIdentity",
-        "metadata": {"name": IDENTITY},
-        "spec": {
-            "domain": {"dnsName": "corp.example.com", "netbiosName": "CORP",
-                       "sid": "S-1-5-21-3623811015-3361044348-30300820",
-                       "guid": "244818ae-87ca-4fcd-92ec-e79e5252348a"},
-            "gmsa": {"account": "svc-payroll"},
-            "serviceAccount": {"name": IDENTITY},
-            "airflow": {"dagIds": ["payroll_export", "payroll_backfill_*"], "taskIds": ["export_*", "upload"],
-                        "image": "registry.example.com/payroll/export-win:2.0"},
-            "access": {"creators": [{"kind": "ServiceAccount", "name": SCHEDULER},
-                                    {"kind": "ServiceAccount", "name": WORKER}]},
-            "token": {"issuerUrl": issuer, "clientId": "payroll",
-                      "clientSecretRef": {"name": "payroll-oidc", "key": "client-secret"},
-                      "renewBefore": RENEW_BEFORE, "minValidity": "10s"}
-        }
-    }))
-    .unwrap();
+    // The Key Vault example: its dag and task ids are the DAGs', its creators the scheduler
+    // and the worker.
+    let identity = support::identities::identity_with_token(
+        IDENTITY,
+        json!({"issuerUrl": issuer, "clientId": "payroll",
+               "clientSecretRef": {"name": "payroll-oidc", "key": "client-secret"},
+               "renewBefore": RENEW_BEFORE, "minValidity": "10s"}),
+    );
+    let creators = identity.spec.access.as_ref().map(|a| &a.creators);
+    assert_eq!(
+        serde_json::to_value(creators).unwrap(),
+        json!([{"kind": "ServiceAccount", "name": SCHEDULER}, {"kind": "ServiceAccount", "name": WORKER}]),
+        "the example's creators are this test's Airflow service accounts"
+    );
     env.api().create(&PostParams::default(), &identity).await.unwrap();
     let _: WindowsTaskIdentity = support::wait_for_condition(env, IDENTITY, "Ready", "True", None).await;
 }
@@ -313,40 +307,6 @@ fn e2e_report(log: &str) -> Value {
         .unwrap_or_else(|| panic!("the task printed no report:\n{log}"));
     let end = line.rfind('}').map_or(line.len(), |i| i + 1);
     serde_json::from_str(&line[..end]).unwrap_or_else(|e| panic!("report {line:?}: {e}"))
-}
-
-/// A kubeconfig that authenticates as service account `name` with a token from the
-/// TokenRequest API, as a pod of that account would.
-async fn service_account_kubeconfig(env: &TestEnv, name: &str) -> PathBuf {
-    let request: TokenRequest = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: None,
-        },
-        ..Default::default()
-    };
-    let token = env
-        .api::<ServiceAccount>()
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let admin = std::fs::read_to_string(support::kubeconfig_path()).unwrap();
-    let admin: Value = serde_yaml_ng::from_str(&admin).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": "local", "user": name, "namespace": env.namespace}}],
-        "current-context": name,
-    });
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}.kubeconfig", env.namespace));
-    std::fs::write(&path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
-    path
 }
 
 /// hack/airflow.sh, stopped (with everything it started) when dropped.

@@ -7,7 +7,7 @@ use winflow_test_support as support;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{TestEnv, audit, fleet};
+use support::{TestEnv, audit, identities};
 use winflow::api::WindowsTaskIdentity;
 use winflow::cluster::finalizer;
 use winflow::metrics::Metrics;
@@ -52,7 +52,7 @@ impl Winflow {
 async fn created(env: &TestEnv, name: &str) -> (Api<WindowsTaskIdentity>, WindowsTaskIdentity) {
     let api = env.api::<WindowsTaskIdentity>();
     let identity = api
-        .create(&PostParams::default(), &fleet::example_identity(name))
+        .create(&PostParams::default(), &identities::example_identity(name))
         .await
         .unwrap();
     (api, identity)

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use support::identities::identity_with_token as identity;
 use support::oidc::{ClientConfig, FederatedCredential, OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
 use winflow::api::WindowsTaskIdentity;
@@ -24,20 +25,6 @@ fn client(id: &str) -> ClientConfig {
         client_secret: CLIENT_SECRET.to_owned(),
         scope: "reports.read".to_owned(),
     }
-}
-
-/// The Key Vault example renamed, with `token` as its token settings.
-fn identity(name: &str, token: Value) -> WindowsTaskIdentity {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/identity-azure-key-vault.yaml"
-    ))
-    .unwrap();
-    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&text).unwrap();
-    identity.metadata.name = Some(name.to_owned());
-    identity.spec.service_account.name = name.to_owned();
-    identity.spec.token = Some(serde_json::from_value(token).unwrap());
-    identity
 }
 
 async fn create_identity(env: &TestEnv, identity: &WindowsTaskIdentity) {

@@ -18,23 +18,14 @@ const CLIENT_SECRET: &str = "s3cret-c1ient-value-for-ca-tests";
 
 /// The Key Vault example as `name`, requesting a token from `issuer` with a client secret.
 fn identity(name: &str, issuer: &str) -> WindowsTaskIdentity {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/identity-azure-key-vault.yaml"
-    ))
-    .unwrap();
-    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&text).unwrap();
-    identity.metadata.name = Some(name.to_owned());
-    identity.spec.service_account.name = name.to_owned();
-    identity.spec.token = Some(
-        serde_json::from_value(json!({
+    support::identities::identity_with_token(
+        name,
+        json!({
             "issuerUrl": issuer, "clientId": "reports",
             "clientSecretRef": {"name": "reports-oidc", "key": "client-secret"},
             "scopes": ["reports.read"], "minValidity": "2s"
-        }))
-        .unwrap(),
-    );
-    identity
+        }),
+    )
 }
 
 /// Token settings as `winflow run` builds them without --allow-insecure-loopback-issuers (the

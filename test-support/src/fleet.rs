@@ -11,19 +11,10 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
 
+use crate::identities::example_identity;
 use crate::{TestEnv, wait_until};
 
 const MANAGED: &str = "app.kubernetes.io/managed-by=winflow";
-
-/// The Azure Key Vault example (no share, no token) as `name`, with a service account of the
-/// same name.
-pub fn example_identity(name: &str) -> WindowsTaskIdentity {
-    let path = format!("{}/examples/identity-azure-key-vault.yaml", crate::REPO);
-    let mut identity: WindowsTaskIdentity = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    identity.metadata.name = Some(name.to_owned());
-    identity.spec.service_account.name = name.to_owned();
-    identity
-}
 
 /// `prefix-0000` … : names that sort in creation order.
 pub fn names(prefix: &str, count: usize) -> Vec<String> {

@@ -24,6 +24,8 @@ pub mod audit;
 pub mod figures;
 pub mod fleet;
 pub mod helm;
+pub mod identities;
+pub mod kubeconfig;
 pub mod oidc;
 pub mod process;
 pub mod target;
