@@ -5,15 +5,17 @@ use winflow_test_support as support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
 use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_SECRET: &str = "s3cret-c1ient-value-for-webhook-tests";
 
 /// Creates a pod, retrying while the webhook configuration is still being picked up by the
 /// API server (a few seconds after registration); returns the final answer.
@@ -288,6 +290,107 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
     let metrics = webhook.metrics.encode();
     assert!(
         metrics.contains(r#"decision="denied",reason="TaskNotAllowed"} 1"#),
+        "{metrics}"
+    );
+    operator.stop().await;
+}
+
+/// A pod built from the template of an identity with a token brings winflow's token volume
+/// itself. The API server fills in its defaults (a Secret volume's defaultMode 0644) before the
+/// webhook compares it with winflow's: admitted. A volume of that name with another mode is
+/// another volume: denied, naming the volume and the rule.
+#[tokio::test]
+async fn a_pods_own_token_volume_is_admitted_only_as_winflow_would_write_it() {
+    let env = TestEnv::new("webhook-volume").await;
+    let provider = OidcProvider::start(ProviderConfig {
+        access_token_ttl_seconds: 3600,
+        clients: vec![ClientConfig {
+            client_id: "payroll".to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+            scope: String::new(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "payroll-oidc"},
+        "stringData": {"client-secret": CLIENT_SECRET}
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let operator = env.start_operator(Duration::from_secs(300));
+    let identity = support::identities::identity_with_token(
+        "payroll-export",
+        json!({"issuerUrl": provider.issuer(), "clientId": "payroll",
+               "clientSecretRef": {"name": "payroll-oidc", "key": "client-secret"}}),
+    );
+    env.api::<WindowsTaskIdentity>()
+        .create(&PostParams::default(), &identity)
+        .await
+        .unwrap();
+    let _: WindowsTaskIdentity = support::wait_for_condition(&env, "payroll-export", "Ready", "True", None).await;
+    let webhook = support::webhook::start_webhook(&env).await;
+
+    let templates = env
+        .api::<ConfigMap>()
+        .get("payroll-export-pod-templates")
+        .await
+        .unwrap();
+    let template: Value = serde_yaml_ng::from_str(&templates.data.unwrap()["windows-pod-template.yaml"]).unwrap();
+    // What Airflow's KubernetesPodOperator makes of the template: the task's labels added, and
+    // the token volume's mode `mode` when the DAG sets one.
+    let from_template = |name: &str, mode: Option<i32>| {
+        let mut pod = template.clone();
+        pod["metadata"]["name"] = json!(name);
+        pod["metadata"]["labels"]["dag_id"] = json!("payroll_export");
+        pod["metadata"]["labels"]["task_id"] = json!("export_ledger");
+        let volumes = pod["spec"]["volumes"].as_array_mut().expect("the template's volumes");
+        let token = volumes
+            .iter_mut()
+            .find(|v| v["name"] == "winflow-token")
+            .expect("the template mounts the token");
+        assert_eq!(
+            token["secret"].get("defaultMode"),
+            None,
+            "winflow leaves the mode to the API server"
+        );
+        if let Some(mode) = mode {
+            token["secret"]["defaultMode"] = json!(mode);
+        }
+        pod
+    };
+
+    let admitted = create_when_webhook_active(&env, from_template("from-template", None))
+        .await
+        .expect("the template's own token volume is winflow's");
+    let volumes = admitted.spec.unwrap().volumes.unwrap();
+    let token = volumes.iter().find(|v| v.name == "winflow-token").unwrap();
+    assert_eq!(
+        token.secret.as_ref().unwrap().default_mode,
+        Some(0o644),
+        "the webhook saw the API server's default"
+    );
+    assert_eq!(
+        volumes.iter().filter(|v| v.name == "winflow-token").count(),
+        1,
+        "not added twice"
+    );
+
+    let err = support::create_pod(&env.client, &env.namespace, from_template("own-mode", Some(0o600)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(r#"pod has a volume named "winflow-token" that differs from identity "payroll-export"'s volume for the token Secret; rename the pod's volume"#),
+        "{err}"
+    );
+    let metrics = webhook.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"winflow_admission_decisions_total{webhook="mutate",decision="denied",reason="FieldConflict"} 1"#
+        ),
         "{metrics}"
     );
     operator.stop().await;
