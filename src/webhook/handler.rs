@@ -132,7 +132,7 @@ impl AdmissionHandler for PodWebhook {
             self.metrics.admission_decided(
                 webhook,
                 decision.audit.allowed,
-                decision.audit.reason,
+                decision.audit.reason.as_str(),
                 started.elapsed(),
             );
             log_audit(webhook, request, &decision.audit);
@@ -199,7 +199,7 @@ fn log_audit(webhook: &str, request: &AdmissionRequest<DynamicObject>, audit: &A
         run_id = audit.run_id.as_deref().unwrap_or_default(),
         try_number = audit.try_number.as_deref().unwrap_or_default(),
         decision = if audit.allowed { "allowed" } else { "denied" },
-        reason = audit.reason,
+        reason = audit.reason.as_str(),
         message = %audit.message,
         "admission"
     );
@@ -217,9 +217,9 @@ impl PodWebhook {
             return;
         }
         self.denial_counts.add(&audit.namespace, &identity);
-        let Some(held_back) = self
-            .denial_events
-            .admit(&audit.namespace, &identity, audit.reason, Instant::now())
+        let Some(held_back) =
+            self.denial_events
+                .admit(&audit.namespace, &identity, audit.reason.as_str(), Instant::now())
         else {
             return;
         };
@@ -238,7 +238,7 @@ impl PodWebhook {
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: audit.reason.to_owned(),
+            reason: audit.reason.as_str().to_owned(),
             note: Some(crate::text::truncate(&note, 1000)),
             action: "Admission".to_owned(),
             secondary: None,

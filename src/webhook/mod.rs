@@ -8,6 +8,7 @@ mod denial_count;
 mod denial_events;
 pub mod handler;
 pub mod managed_certs;
+pub mod reason;
 pub mod registration;
 pub mod server;
 pub mod tls;

@@ -3,6 +3,7 @@
 //! denied with the time a fresh token is due, so Airflow retries the task rather than running
 //! it into an authentication failure. Pure.
 
+use crate::webhook::reason::AdmissionReason;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ pub fn check_token(
     identity: &WindowsTaskIdentity,
     pod_annotations: Option<&BTreeMap<String, String>>,
     now: Timestamp,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), (AdmissionReason, String)> {
     let Some(settings) = &identity.spec.token else {
         return Ok(());
     };
@@ -31,7 +32,7 @@ pub fn check_token(
         None => None,
         Some(text) => Some(parse_duration(text).ok_or_else(|| {
             (
-                "InvalidAnnotation",
+                AdmissionReason::InvalidAnnotation,
                 format!(
                     "annotation {MIN_TOKEN_VALIDITY_ANNOTATION}: {text:?} is not a positive duration (for example 30m or 2h)"
                 ),
@@ -58,13 +59,13 @@ pub fn check_token(
             .map(|c| format!(" ({}: {})", c.reason, c.message))
             .unwrap_or_default();
         return Err((
-            "TokenNotIssued",
+            AdmissionReason::TokenNotIssued,
             format!("identity \"{name}\" has no OIDC token yet{why}; {due}, retry the task then"),
         ));
     };
     if expires_at <= now {
         return Err((
-            "TokenExpired",
+            AdmissionReason::TokenExpired,
             format!("the OIDC token of identity \"{name}\" expired at {expires_at}; {due}, retry the task then"),
         ));
     }
@@ -76,7 +77,7 @@ pub fn check_token(
             "spec.token.minValidity".to_owned()
         };
         return Err((
-            "TokenExpiring",
+            AdmissionReason::TokenExpiring,
             format!(
                 "the OIDC token of identity \"{name}\" expires at {expires_at}, in {}, sooner than the {} this pod needs ({source}); {due}, retry the task then",
                 human_duration(left),
@@ -131,7 +132,7 @@ mod tests {
     fn an_expired_or_missing_token_is_denied_with_the_time_a_fresh_one_is_due() {
         let expired = identity(Some(at(-10)), at(20));
         let (reason, message) = check_token(&expired, None, at(0)).unwrap_err();
-        assert_eq!(reason, "TokenExpired");
+        assert_eq!(reason.as_str(), "TokenExpired");
         assert!(message.contains("expired at 2027-01-15T07:59:50Z"), "{message}");
         assert!(
             message.contains("a fresh token is due at 2027-01-15T08:00:20Z"),
@@ -140,7 +141,7 @@ mod tests {
 
         let none = identity(None, at(-5));
         let (reason, message) = check_token(&none, None, at(0)).unwrap_err();
-        assert_eq!(reason, "TokenNotIssued");
+        assert_eq!(reason.as_str(), "TokenNotIssued");
         assert!(message.contains("being requested now"), "{message}");
     }
 
@@ -148,7 +149,7 @@ mod tests {
     fn the_pod_may_ask_for_more_validity_but_not_less_than_the_identity_floor() {
         let identity = identity(Some(at(1200)), at(900));
         let (reason, message) = check_token(&identity, Some(&annotations("1h")), at(0)).unwrap_err();
-        assert_eq!(reason, "TokenExpiring");
+        assert_eq!(reason.as_str(), "TokenExpiring");
         assert!(message.contains("in 20m"), "{message}");
         assert!(message.contains("the 1h this pod needs"), "{message}");
         assert!(
@@ -157,10 +158,10 @@ mod tests {
         );
         // Asking for less than spec.token.minValidity (5m) does not lower the floor.
         let (reason, message) = check_token(&identity, Some(&annotations("1s")), at(1000)).unwrap_err();
-        assert_eq!(reason, "TokenExpiring");
+        assert_eq!(reason.as_str(), "TokenExpiring");
         assert!(message.contains("spec.token.minValidity"), "{message}");
         let (reason, message) = check_token(&identity, Some(&annotations("soon")), at(0)).unwrap_err();
-        assert_eq!(reason, "InvalidAnnotation");
+        assert_eq!(reason.as_str(), "InvalidAnnotation");
         assert!(message.contains("\"soon\""), "{message}");
     }
 }

@@ -3,6 +3,7 @@
 //! against an identity's glob patterns. These are claims of the pod's creator: they narrow
 //! what an allowed creator may do, they never grant.
 
+use crate::webhook::reason::AdmissionReason;
 use globset::{Glob, GlobSetBuilder};
 use k8s_openapi::api::core::v1::Pod;
 
@@ -33,9 +34,9 @@ pub(super) fn check_airflow_id(pod: &Pod, key: &str, what: &str, patterns: &[Str
     let allowed = patterns.join(", ");
     let allows_all = patterns.iter().any(|p| p == "*");
     let reason = if what == "dag" {
-        "DagNotAllowed"
+        AdmissionReason::DagNotAllowed
     } else {
-        "TaskNotAllowed"
+        AdmissionReason::TaskNotAllowed
     };
     let Some((id, from_label)) = airflow_id(pod, key) else {
         if allows_all {

@@ -2,6 +2,7 @@
 //! response's audit annotations, metrics, and an Event and a count on the identity when
 //! denied), and the AdmissionResponse that carries it.
 
+use crate::webhook::reason::AdmissionReason;
 use std::collections::HashMap;
 
 use kube::core::DynamicObject;
@@ -28,7 +29,7 @@ pub struct Audit {
     /// `request.userInfo.username`: who creates or changes the pod.
     pub creator: String,
     pub allowed: bool,
-    pub reason: &'static str,
+    pub reason: AdmissionReason,
     pub message: String,
 }
 
@@ -58,7 +59,7 @@ impl Audit {
         put("try_number", self.try_number.as_deref());
         put("creator", Some(&self.creator));
         put("decision", Some(if self.allowed { "allowed" } else { "denied" }));
-        put("reason", Some(self.reason));
+        put("reason", Some(self.reason.as_str()));
         annotations
     }
 }
@@ -74,13 +75,13 @@ pub fn pod_lookup_failed(request: &AdmissionRequest<DynamicObject>, error: &str)
         "winflow could not read pod {:?} to find out whose identity it runs as ({error}); ephemeral containers are added once it can",
         request.name
     );
-    denied_unread(request, "PodLookupFailed", message)
+    denied_unread(request, AdmissionReason::PodLookupFailed, message)
 }
 
 pub(super) fn audit(
     subject: &Subject,
     allowed: bool,
-    reason: &'static str,
+    reason: AdmissionReason,
     message: String,
     concerns: Option<String>,
 ) -> Audit {
@@ -108,13 +109,13 @@ pub(super) fn with_audit(response: AdmissionResponse, audit: Audit) -> Decision 
 }
 
 pub(super) fn invalid(request: &AdmissionRequest<DynamicObject>, message: String) -> Decision {
-    denied_unread(request, "InvalidPod", message)
+    denied_unread(request, AdmissionReason::InvalidPod, message)
 }
 
 /// A denial of a request whose pod was not (or could not be) read.
 pub(super) fn denied_unread(
     request: &AdmissionRequest<DynamicObject>,
-    reason: &'static str,
+    reason: AdmissionReason,
     message: String,
 ) -> Decision {
     let audit = Audit {
@@ -142,14 +143,17 @@ pub(super) fn finish(
     match outcome {
         Ok(None) => with_audit(
             AdmissionResponse::from(request),
-            audit(subject, true, "Allowed", String::new(), None),
+            audit(subject, true, AdmissionReason::Allowed, String::new(), None),
         ),
         Ok(Some(patch)) if patch.0.is_empty() => with_audit(
             AdmissionResponse::from(request),
-            audit(subject, true, "Allowed", String::new(), None),
+            audit(subject, true, AdmissionReason::Allowed, String::new(), None),
         ),
         Ok(Some(patch)) => match AdmissionResponse::from(request).with_patch(patch) {
-            Ok(response) => with_audit(response, audit(subject, true, "Mutated", String::new(), None)),
+            Ok(response) => with_audit(
+                response,
+                audit(subject, true, AdmissionReason::Mutated, String::new(), None),
+            ),
             Err(e) => invalid(request, format!("winflow could not encode its patch: {e}")),
         },
         Err(denial) => with_audit(

@@ -3,6 +3,7 @@
 //! A pod may reach only its own identity's token Secret and the claims of the shares its
 //! identity lists, and winflow injects those itself; everything else named here is denied.
 
+use crate::webhook::reason::AdmissionReason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, LocalObjectReference, PodSpec, Volume};
@@ -25,12 +26,12 @@ enum SecretUse {
 }
 
 impl SecretUse {
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> AdmissionReason {
         match self {
-            Self::Token { .. } => "TokenSecretNotOwn",
-            Self::ClientSecret { .. } => "ClientSecretReference",
-            Self::HostAccount { .. } => "HostAccountSecretReference",
-            Self::ShareCredentials { .. } => "ShareCredentialsReference",
+            Self::Token { .. } => AdmissionReason::TokenSecretNotOwn,
+            Self::ClientSecret { .. } => AdmissionReason::ClientSecretReference,
+            Self::HostAccount { .. } => AdmissionReason::HostAccountSecretReference,
+            Self::ShareCredentials { .. } => AdmissionReason::ShareCredentialsReference,
         }
     }
 
@@ -289,7 +290,7 @@ pub(super) fn check_references(
                         None => "only pods of an identity that lists the share may mount it".to_owned(),
                     };
                     return Err(Denial::new(
-                        "ShareNotListed",
+                        AdmissionReason::ShareNotListed,
                         format!(
                             "{place} mounts claim {name:?} of share \"{share}\", which {pod_kind} may not mount ({allowed}; an identity mounts a share by listing it in spec.shares)"
                         ),

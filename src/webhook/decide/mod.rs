@@ -13,6 +13,7 @@ mod mutate;
 mod tests;
 mod validate;
 
+use crate::webhook::reason::AdmissionReason;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -44,13 +45,13 @@ pub trait ResourceView {
 /// Why a pod was denied: the reason (for metrics and Events), a message that names the
 /// identity, the rule and what is allowed, and the identity concerned when the pod names none.
 struct Denial {
-    reason: &'static str,
+    reason: AdmissionReason,
     message: String,
     concerns: Option<String>,
 }
 
 impl Denial {
-    fn new(reason: &'static str, message: String) -> Self {
+    fn new(reason: AdmissionReason, message: String) -> Self {
         Self {
             reason,
             message,
@@ -80,20 +81,20 @@ fn check_creator(subject: &Subject, name: &str, access: Option<&Access>, doing: 
                 format!(" (the authorizer said: {why})")
             };
             Err(Denial::new(
-                "CreatorNotAllowed",
+                AdmissionReason::CreatorNotAllowed,
                 format!(
                     "user {user:?} may not {doing} identity \"{name}\": that needs verb use on windowstaskidentities.winflow.io \"{name}\" in namespace {namespace:?}{why}; list the user in the identity's spec.access.creators, or bind the Role {role:?} to it"
                 ),
             ))
         }
         Some(Access::Unavailable(error)) => Err(Denial::new(
-            "AuthorizationUnavailable",
+            AdmissionReason::AuthorizationUnavailable,
             format!(
                 "winflow could not check whether user {user:?} may use identity \"{name}\" ({error}); pods of an identity are admitted only once that check answers"
             ),
         )),
         None => Err(Denial::new(
-            "AuthorizationUnavailable",
+            AdmissionReason::AuthorizationUnavailable,
             format!("winflow did not check whether user {user:?} may use identity \"{name}\"; denied"),
         )),
     }
@@ -109,7 +110,7 @@ fn ready_identity(
     creating: Option<&Pod>,
 ) -> Checked<Arc<WindowsTaskIdentity>> {
     let identity = view.identity(namespace, name).ok_or_else(|| {
-        Denial::new("UnknownIdentity", format!("identity \"{name}\" does not exist in namespace \"{namespace}\" (label {IDENTITY_LABEL} must name a WindowsTaskIdentity there)"))
+        Denial::new(AdmissionReason::UnknownIdentity, format!("identity \"{name}\" does not exist in namespace \"{namespace}\" (label {IDENTITY_LABEL} must name a WindowsTaskIdentity there)"))
     })?;
     if let Some(pod) = creating {
         check_token(&identity, pod.metadata.annotations.as_ref(), jiff::Timestamp::now())
@@ -125,7 +126,7 @@ fn ready_identity(
             .map(|c| format!("{}: {}", c.reason, c.message))
             .unwrap_or_else(|| "not reconciled yet".to_owned());
         return Err(Denial::new(
-            "IdentityNotReady",
+            AdmissionReason::IdentityNotReady,
             format!("identity \"{name}\" is not Ready ({why}); its pods are admitted once it is"),
         ));
     }

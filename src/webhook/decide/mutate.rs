@@ -2,6 +2,7 @@
 //! Windows settings and gMSA, shares, token). Idempotent: a second pass over its own output
 //! changes nothing.
 
+use crate::webhook::reason::AdmissionReason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -88,14 +89,14 @@ fn role(pod: &Pod) -> &str {
 
 fn unknown_role(who: &str, role: &str) -> Denial {
     Denial::new(
-        "UnknownRole",
+        AdmissionReason::UnknownRole,
         format!("pod of identity {who} has {ROLE_LABEL}={role:?} (allowed: {ROLE_WINDOWS_TASK}, {ROLE_EXECUTOR})"),
     )
 }
 
 fn conflict(who: &str, field: &str, found: &str, wanted: &str) -> Denial {
     Denial::new(
-        "FieldConflict",
+        AdmissionReason::FieldConflict,
         format!(
             "pod sets {field} to {found:?}, but identity {who} requires {wanted:?}; remove the field or set it to that value"
         ),
@@ -123,7 +124,7 @@ fn set_service_account(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: 
         }
         Some(found) if found == wanted => Ok(()),
         Some(found) => Err(Denial::new(
-            "ServiceAccountMismatch",
+            AdmissionReason::ServiceAccountMismatch,
             format!("pod runs as service account {found:?}, but identity {who} allows only {wanted:?}"),
         )),
     }
@@ -202,7 +203,7 @@ fn inject_windows(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: &str,
     match options.gmsa_credential_spec.as_deref() {
         Some(found) if !same_json(found, &content) => {
             return Err(Denial::new(
-                "GmsaConflict",
+                AdmissionReason::GmsaConflict,
                 format!(
                     "pod sets securityContext.windowsOptions.gmsaCredentialSpec to content other than identity {who}'s credential spec; remove it and winflow fills it in"
                 ),
@@ -240,7 +241,7 @@ fn add_volume(spec: &mut PodSpec, volume: Volume, who: &str, what: &str) -> Chec
     let pod_volumes = spec.volumes.get_or_insert_with(Vec::new);
     match pod_volumes.iter().find(|v| v.name == volume.name) {
         Some(existing) if !same_volume(existing, &volume) => Err(Denial::new(
-            "FieldConflict",
+            AdmissionReason::FieldConflict,
             format!(
                 "pod has a volume named {:?} that differs from identity {who}'s volume for {what}; rename the pod's volume",
                 volume.name

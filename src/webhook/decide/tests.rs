@@ -139,7 +139,10 @@ fn apply(object: &Value, decision: &Decision) -> Value {
 
 fn denial(decision: &Decision) -> (&'static str, &str) {
     assert!(!decision.response.allowed, "expected a denial");
-    (decision.audit.reason, decision.response.result.message.as_str())
+    (
+        decision.audit.reason.as_str(),
+        decision.response.result.message.as_str(),
+    )
 }
 
 #[test]
@@ -147,7 +150,7 @@ fn mutation_injects_the_identity_and_is_idempotent() {
     let view = view();
     let first = mutate(&request("CREATE", pod(), None), &view);
     assert!(first.response.allowed);
-    assert_eq!(first.audit.reason, "Mutated");
+    assert_eq!(first.audit.reason.as_str(), "Mutated");
     let mutated = apply(&pod(), &first);
     let spec = &mutated["spec"];
     assert_eq!(spec["serviceAccountName"], "finance-reports");
@@ -184,7 +187,7 @@ fn mutation_injects_the_identity_and_is_idempotent() {
     let second = mutate(&request("CREATE", mutated.clone(), None), &view);
     assert!(second.response.allowed);
     assert_eq!(apply(&mutated, &second), mutated, "a second pass changes nothing");
-    assert_eq!(second.audit.reason, "Allowed");
+    assert_eq!(second.audit.reason.as_str(), "Allowed");
     // And the mutated pod passes validation.
     assert!(validate(&request("CREATE", mutated, None), &view).response.allowed);
 }

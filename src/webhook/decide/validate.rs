@@ -1,6 +1,7 @@
 //! Validation: the final pod (after every mutating webhook) against its identity's rules, and
 //! every pod the webhook sees against the credentials that are not its own.
 
+use crate::webhook::reason::AdmissionReason;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, SecurityContext, WindowsSecurityContextOptions};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
@@ -85,7 +86,7 @@ fn check_label_unchanged(subject: &Subject) -> Checked<()> {
     }
     let show = |label: Option<&str>| label.map_or_else(|| "no label".to_owned(), |l| format!("{l:?}"));
     let denial = Denial::new(
-        "IdentityLabelChanged",
+        AdmissionReason::IdentityLabelChanged,
         format!(
             "the {IDENTITY_LABEL} label of a running pod cannot be added, changed or removed (it was {}, the update makes it {}); create a new pod instead",
             show(before),
@@ -121,7 +122,7 @@ fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, acc
     if spec.service_account_name.as_deref() != Some(wanted_account) {
         let found = spec.service_account_name.as_deref().unwrap_or("default");
         return Err(Denial::new(
-            "ServiceAccountMismatch",
+            AdmissionReason::ServiceAccountMismatch,
             format!("pod runs as service account {found:?}, but identity {who} allows only {wanted_account:?}"),
         ));
     }
@@ -137,7 +138,7 @@ fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()
         let account = spec.service_account_name.as_deref().unwrap_or("default");
         if let Some(owner) = protected.service_account_owners(account, None).first() {
             return Err(Denial::new(
-                "ServiceAccountOfIdentity",
+                AdmissionReason::ServiceAccountOfIdentity,
                 format!(
                     "pod runs as service account {account:?}, the service account of identity \"{owner}\", but has no {IDENTITY_LABEL} label; in this namespace ({ENFORCE_LABEL}=true) only pods labelled {IDENTITY_LABEL}={owner} may run as it"
                 ),
@@ -152,7 +153,7 @@ fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()
             && view.identity(namespace, identity).is_some()
         {
             return Err(Denial::new(
-                "UnlabelledGmsaUse",
+                AdmissionReason::UnlabelledGmsaUse,
                 format!(
                     "{place} names credential spec {name:?} of identity \"{identity}\", but the pod has no {IDENTITY_LABEL} label; in this namespace ({ENFORCE_LABEL}=true) only pods labelled {IDENTITY_LABEL}={identity} may use it"
                 ),
@@ -164,7 +165,7 @@ fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()
         {
             // The identity may live in another namespace: its name, never its namespace, is told.
             let denial = Denial::new(
-                "GmsaAccountOfIdentity",
+                AdmissionReason::GmsaAccountOfIdentity,
                 format!(
                     "{place} sets gmsaCredentialSpec contents naming the gMSA of identity \"{identity}\" under another credential spec name; only that identity's own pods may use that gMSA"
                 ),
@@ -195,7 +196,7 @@ fn check_pod_spec_references(
 fn check_gmsa_content_named(place: &str, options: &WindowsSecurityContextOptions) -> Checked<()> {
     if options.gmsa_credential_spec.is_some() && options.gmsa_credential_spec_name.is_none() {
         return Err(Denial::new(
-            "GmsaContentWithoutName",
+            AdmissionReason::GmsaContentWithoutName,
             format!(
                 "{place} sets securityContext.windowsOptions.gmsaCredentialSpec without gmsaCredentialSpecName; contents are accepted only with the name of the GMSACredentialSpec they come from"
             ),
@@ -214,7 +215,7 @@ fn check_own_gmsa(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> 
             && found != own_spec
         {
             return Err(Denial::new(
-                "GmsaConflict",
+                AdmissionReason::GmsaConflict,
                 format!("{place} names credential spec {found:?}, but identity {who} may use only {own_spec:?}"),
             ));
         }
@@ -222,7 +223,7 @@ fn check_own_gmsa(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> 
             && !same_json(found, &own_content)
         {
             return Err(Denial::new(
-                "GmsaConflict",
+                AdmissionReason::GmsaConflict,
                 format!(
                     "{place} sets gmsaCredentialSpec contents other than identity {who}'s credential spec {own_spec:?}; remove them and winflow fills them in"
                 ),
@@ -241,7 +242,7 @@ fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -
             && !identity.spec.pod.allow_administrator
         {
             return Err(Denial::new(
-                "AdministratorNotAllowed",
+                AdmissionReason::AdministratorNotAllowed,
                 format!(
                     "{place} runs as {CONTAINER_ADMINISTRATOR}, which identity {who} does not allow (set spec.pod.allowAdministrator on the identity, or run as ContainerUser)"
                 ),
@@ -249,7 +250,7 @@ fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -
         }
         if options.host_process == Some(true) {
             return Err(Denial::new(
-                "PrivilegedNotAllowed",
+                AdmissionReason::PrivilegedNotAllowed,
                 format!("{place} asks for a HostProcess container, which no identity allows ({who} included)"),
             ));
         }
@@ -257,7 +258,7 @@ fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -
     for (place, context) in security_contexts(spec) {
         if context.privileged == Some(true) {
             return Err(Denial::new(
-                "PrivilegedNotAllowed",
+                AdmissionReason::PrivilegedNotAllowed,
                 format!("{place} is privileged, which no identity allows ({who} included)"),
             ));
         }
@@ -305,7 +306,7 @@ fn check_unchanged_gmsa(old: &Pod, new: &Pod, name: &str) -> Checked<()> {
     };
     if gmsa(old) != gmsa(new) {
         return Err(Denial::new(
-            "GmsaChanged",
+            AdmissionReason::GmsaChanged,
             format!("gMSA fields of a pod of identity \"{name}\" cannot change after creation"),
         ));
     }
