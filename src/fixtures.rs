@@ -2,19 +2,19 @@
 
 use crate::api::{WindowsShare, WindowsTaskIdentity, WindowsTaskIdentitySpec};
 
-pub fn domain_joined() -> WindowsTaskIdentity {
+pub(crate) fn domain_joined() -> WindowsTaskIdentity {
     with_namespace(serde_yaml_ng::from_str(include_str!("../examples/identity-domain-joined.yaml")).unwrap())
 }
 
-pub fn key_vault() -> WindowsTaskIdentity {
+pub(crate) fn key_vault() -> WindowsTaskIdentity {
     with_namespace(serde_yaml_ng::from_str(include_str!("../examples/identity-azure-key-vault.yaml")).unwrap())
 }
 
-pub fn domain_joined_spec() -> WindowsTaskIdentitySpec {
+pub(crate) fn domain_joined_spec() -> WindowsTaskIdentitySpec {
     domain_joined().spec
 }
 
-pub fn key_vault_spec() -> WindowsTaskIdentitySpec {
+pub(crate) fn key_vault_spec() -> WindowsTaskIdentitySpec {
     key_vault().spec
 }
 
@@ -25,7 +25,7 @@ fn with_namespace(mut identity: WindowsTaskIdentity) -> WindowsTaskIdentity {
 }
 
 /// The WindowsShare of `examples/share-reports.yaml` (its second document).
-pub fn share() -> WindowsShare {
+pub(crate) fn share() -> WindowsShare {
     let text = include_str!("../examples/share-reports.yaml");
     let document = serde_yaml_ng::Deserializer::from_str(text).nth(1).unwrap();
     let mut share: WindowsShare = serde::Deserialize::deserialize(document).unwrap();
@@ -35,7 +35,7 @@ pub fn share() -> WindowsShare {
 }
 
 /// Token settings for an Entra ID app registration authenticated by client secret.
-pub fn token_settings() -> crate::api::identity::TokenSettings {
+pub(crate) fn token_settings() -> crate::api::identity::TokenSettings {
     serde_yaml_ng::from_str(
         "issuerUrl: https://login.microsoftonline.com/6f1c2b1e-0000-4000-8000-000000000001/v2.0\n\
          clientId: 3c9a7e55-0000-4000-8000-000000000002\n\
@@ -46,7 +46,7 @@ pub fn token_settings() -> crate::api::identity::TokenSettings {
 }
 
 /// The Key Vault identity of the examples with [`token_settings`].
-pub fn key_vault_with_token() -> WindowsTaskIdentity {
+pub(crate) fn key_vault_with_token() -> WindowsTaskIdentity {
     let mut identity = key_vault();
     identity.spec.token = Some(token_settings());
     identity

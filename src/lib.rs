@@ -1,6 +1,8 @@
 //! winflow: a Kubernetes operator that runs Apache Airflow work on Windows nodes as
 //! least-privileged Active Directory identities (gMSA).
 #![forbid(unsafe_code)]
+// What the binary, the tests and the benches do not use stays inside the crate.
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod api;
@@ -8,10 +10,10 @@ pub mod build;
 pub mod cluster;
 pub mod crdgen;
 pub mod names;
-pub mod pods;
-pub mod process_metrics;
+pub(crate) mod pods;
+pub(crate) mod process_metrics;
 pub mod render;
-pub mod task_pod;
+pub(crate) mod task_pod;
 pub mod validate;
 pub mod webhook;
 
@@ -21,5 +23,5 @@ mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod telemetry;
-pub mod text;
+pub(crate) mod text;
 pub mod token;

@@ -10,11 +10,11 @@ use crate::api::identity::{PodsStatus, TaskFailure};
 use crate::task_pod::TaskPod;
 
 /// How long an authentication failure keeps `TasksHealthy` false.
-pub const RECENT_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
+pub(crate) const RECENT_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What a failed task's termination message says went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureCategory {
+pub(crate) enum FailureCategory {
     PermissionDenied,
     LogonFailure,
     DomainTrust,
@@ -23,7 +23,7 @@ pub enum FailureCategory {
 }
 
 impl FailureCategory {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureCategory::PermissionDenied => "PermissionDenied",
             FailureCategory::LogonFailure => "LogonFailure",
@@ -34,7 +34,7 @@ impl FailureCategory {
     }
 
     /// Failures that point at the identity rather than at the task's own code.
-    pub fn is_authentication(self) -> bool {
+    pub(crate) fn is_authentication(self) -> bool {
         !matches!(self, FailureCategory::Other)
     }
 }
@@ -87,7 +87,7 @@ const PATTERNS: &[(FailureCategory, &[&str])] = &[
     ),
 ];
 
-pub fn categorize(reason: &str, message: &str) -> FailureCategory {
+pub(crate) fn categorize(reason: &str, message: &str) -> FailureCategory {
     let text = format!("{reason} {message}").to_lowercase();
     PATTERNS
         .iter()
@@ -151,7 +151,7 @@ fn finished_at(pod: &TaskPod) -> Option<Timestamp> {
 /// The pods part of an identity's status, `TasksHealthy`, and when that condition must be
 /// looked at again. Authentication failures make tasks unhealthy until a task succeeds
 /// after them, or for at most an hour.
-pub fn summarize<'a>(
+pub(crate) fn summarize<'a>(
     pods: impl IntoIterator<Item = &'a TaskPod>,
     denied: i32,
     now: Timestamp,

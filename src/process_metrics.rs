@@ -11,11 +11,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 const TICKS_PER_SECOND: f64 = 100.0;
 
 #[derive(Debug, Default)]
-pub struct ProcessCollector;
+pub(crate) struct ProcessCollector;
 
 /// What /proc says about this process.
 #[derive(Debug, Default, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     pub resident_bytes: Option<i64>,
     pub virtual_bytes: Option<i64>,
     pub threads: Option<i64>,
@@ -32,7 +32,7 @@ fn status_kib(status: &str, field: &str) -> Option<i64> {
 }
 
 /// From /proc/self/status, /proc/self/stat (utime, stime, starttime) and /proc/stat (btime).
-pub fn parse(status: &str, stat: &str, system_stat: &str) -> ProcessStats {
+pub(crate) fn parse(status: &str, stat: &str, system_stat: &str) -> ProcessStats {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let fields: Vec<&str> = stat
         .rsplit_once(')')

@@ -19,7 +19,7 @@ const KEPT_LABELS: &[&str] = &[IDENTITY_LABEL, "dag_id", "task_id"];
 const KEPT_ANNOTATIONS: &[&str] = &["dag_id", "task_id"];
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct TaskPod {
+pub(crate) struct TaskPod {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub status: Option<TaskPodStatus>,
@@ -31,7 +31,7 @@ pub struct TaskPod {
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskPodStatus {
+pub(crate) struct TaskPodStatus {
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
@@ -43,20 +43,20 @@ pub struct TaskPodStatus {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct TaskContainerStatus {
+pub(crate) struct TaskContainerStatus {
     #[serde(default)]
     pub state: Option<TaskContainerState>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct TaskContainerState {
+pub(crate) struct TaskContainerState {
     #[serde(default)]
     pub terminated: Option<ContainerStateTerminated>,
 }
 
 impl TaskPod {
     /// The containers that terminated, as the kubelet reported them.
-    pub fn terminated(&self) -> impl Iterator<Item = &ContainerStateTerminated> {
+    pub(crate) fn terminated(&self) -> impl Iterator<Item = &ContainerStateTerminated> {
         self.status
             .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
@@ -66,13 +66,13 @@ impl TaskPod {
     }
 
     /// The identity the pod names in its `winflow.io/identity` label.
-    pub fn identity(&self) -> Option<&str> {
+    pub(crate) fn identity(&self) -> Option<&str> {
         self.identity
             .as_deref()
             .or_else(|| self.metadata.labels.as_ref()?.get(IDENTITY_LABEL).map(String::as_str))
     }
 
-    pub fn phase(&self) -> Option<&str> {
+    pub(crate) fn phase(&self) -> Option<&str> {
         self.status.as_ref()?.phase.as_deref()
     }
 }
@@ -107,7 +107,7 @@ impl k8s_openapi::Metadata for TaskPod {
 /// other labels and annotations) and the containers that have not terminated. Only a failed
 /// pod is reported by its DAG and task, so only a failed pod keeps their ids; most pods are
 /// pending, running or done, and each map kept costs a few hundred bytes per pod.
-pub fn keep_summarized_fields(pod: &mut TaskPod) {
+pub(crate) fn keep_summarized_fields(pod: &mut TaskPod) {
     let failed = pod.phase() == Some("Failed");
     pod.identity = pod.identity().map(str::to_owned);
     let (labels, annotations): (&[&str], &[&str]) = if failed {

@@ -1,7 +1,7 @@
 //! Bounded text for places with size limits (Event notes, status messages).
 
 /// At most `max` characters of `text`, with `…` when cut; never splits a character.
-pub fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
@@ -9,7 +9,7 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 /// A duration as people write it, to the nearest second: `5m`, `1h 30m`, `12s`.
-pub fn human_duration(duration: std::time::Duration) -> String {
+pub(crate) fn human_duration(duration: std::time::Duration) -> String {
     let seconds = duration.as_secs() + u64::from(duration.subsec_millis() >= 500);
     jiff::SignedDuration::try_from(std::time::Duration::from_secs(seconds))
         .map(|d| format!("{d:#}"))

@@ -11,15 +11,15 @@ use sha2::{Digest, Sha256};
 use crate::api::WindowsTaskIdentity;
 use crate::names::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SPEC_HASH_ANNOTATION};
 
-pub fn identity_name(identity: &WindowsTaskIdentity) -> &str {
+pub(super) fn identity_name(identity: &WindowsTaskIdentity) -> &str {
     identity.metadata.name.as_deref().unwrap_or_default()
 }
 
-pub fn identity_namespace(identity: &WindowsTaskIdentity) -> &str {
+pub(super) fn identity_namespace(identity: &WindowsTaskIdentity) -> &str {
     identity.metadata.namespace.as_deref().unwrap_or_default()
 }
 
-pub fn managed_labels(identity: &WindowsTaskIdentity) -> BTreeMap<String, String> {
+pub(super) fn managed_labels(identity: &WindowsTaskIdentity) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
         (IDENTITY_LABEL.to_owned(), identity_name(identity).to_owned()),
@@ -39,7 +39,7 @@ pub fn namespaced_meta(identity: &WindowsTaskIdentity, name: String) -> ObjectMe
 }
 
 /// Metadata of a cluster-scoped child; the finalizer removes it, not the garbage collector.
-pub fn cluster_meta(identity: &WindowsTaskIdentity, name: String) -> ObjectMeta {
+pub(super) fn cluster_meta(identity: &WindowsTaskIdentity, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         labels: Some(managed_labels(identity)),

@@ -20,7 +20,7 @@ use crate::names::{
 };
 
 /// Airflow's name for the task container, which it looks up in the template.
-pub const BASE_CONTAINER: &str = "base";
+pub(super) const BASE_CONTAINER: &str = "base";
 const OS_LABEL: &str = "kubernetes.io/os";
 
 fn template_meta(identity: &WindowsTaskIdentity, name: &str, role: &str) -> ObjectMeta {
@@ -52,7 +52,7 @@ pub fn identity_env(identity: &WindowsTaskIdentity) -> Vec<EnvVar> {
 
 /// Pod volume name of a share: `share-<name>` when that is a valid volume name (a DNS label),
 /// otherwise `share-` and a digest of the name.
-pub fn share_volume_name(share: &str) -> String {
+pub(super) fn share_volume_name(share: &str) -> String {
     let plain = format!("share-{share}");
     if plain.len() <= 63 && !share.contains('.') {
         return plain;

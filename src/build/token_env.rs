@@ -8,9 +8,9 @@ use crate::api::WindowsTaskIdentity;
 use crate::names::token_secret_name;
 
 /// Pod volume of the token Secret.
-pub const TOKEN_VOLUME: &str = "winflow-token";
-pub const WINDOWS_TOKEN_DIR: &str = r"C:\var\run\secrets\winflow.io\token";
-pub const LINUX_TOKEN_DIR: &str = "/var/run/secrets/winflow.io/token";
+pub(super) const TOKEN_VOLUME: &str = "winflow-token";
+pub(super) const WINDOWS_TOKEN_DIR: &str = r"C:\var\run\secrets\winflow.io\token";
+pub(super) const LINUX_TOKEN_DIR: &str = "/var/run/secrets/winflow.io/token";
 
 /// The operating system of the container, which decides the mount path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

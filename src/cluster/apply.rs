@@ -38,7 +38,7 @@ pub struct ChildReport {
 /// when it carries every label winflow puts on the child). Transient API errors are returned
 /// for a retry; refusals become `Rejected`. With `versions`, a child known to hold `desired`
 /// is not even read.
-pub async fn ensure_child<K>(
+pub(crate) async fn ensure_child<K>(
     api: &Api<K>,
     desired: &K,
     versions: Option<&ChildVersions>,
@@ -99,7 +99,7 @@ where
 /// Deletes a child if it is winflow's (cluster-scoped ones, which garbage collection cannot
 /// reach, and token Secrets an identity no longer uses),
 /// by the same ownership test as `ensure_child`. Returns whether winflow deleted it.
-pub async fn delete_managed_child<K>(api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
+pub(crate) async fn delete_managed_child<K>(api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
@@ -143,7 +143,7 @@ fn to_json<T: Serialize>(object: &T) -> Value {
 /// must match element by element, so a removed entry is noticed. Empty maps, lists and
 /// strings and `false` count as absent, as the API server drops them (Go's `omitempty`), for
 /// example a PersistentVolume's empty storage class.
-pub fn is_subset(desired: &Value, existing: &Value) -> bool {
+pub(crate) fn is_subset(desired: &Value, existing: &Value) -> bool {
     match (desired, existing) {
         (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
             Some(found) => is_subset(value, found),

@@ -52,7 +52,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A digest of what winflow wants a child to hold (as JSON, which the caller already has for
 /// comparing); equal digests, equal objects.
-pub fn digest(desired: &Value) -> u64 {
+pub(crate) fn digest(desired: &Value) -> u64 {
     let mut hasher = DefaultHasher::new();
     desired.to_string().hash(&mut hasher);
     hasher.finish()

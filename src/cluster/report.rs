@@ -15,12 +15,16 @@ use crate::api::conditions::{self, ConditionState};
 use crate::names::FIELD_MANAGER;
 
 /// The conditions after applying `wanted` to `previous` at this moment.
-pub fn next_conditions(previous: &[Condition], wanted: &[ConditionState], generation: Option<i64>) -> Vec<Condition> {
+pub(crate) fn next_conditions(
+    previous: &[Condition],
+    wanted: &[ConditionState],
+    generation: Option<i64>,
+) -> Vec<Condition> {
     conditions::merge(previous, wanted, generation, &Time(jiff::Timestamp::now()))
 }
 
 /// Writes the status subresource by server-side apply with winflow's field manager.
-pub async fn write_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), kube::Error>
+pub(crate) async fn write_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -38,7 +42,7 @@ where
 /// Warning otherwise. A new resource is announced once, by `Ready`, rather than once per
 /// condition; `Enforced` describes the namespace rather than the resource, so its first value
 /// is no news either (only its changes are). Event failures are logged, never fatal.
-pub async fn publish_transitions(
+pub(crate) async fn publish_transitions(
     recorder: &Recorder,
     reference: &ObjectReference,
     before: &[Condition],

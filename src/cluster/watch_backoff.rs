@@ -9,7 +9,7 @@ const WATCH_MAX: Duration = Duration::from_secs(5);
 /// kube-runtime's default grows to 30 s plus as much jitter, long after a short outage is
 /// over; a retry every 5 s is a negligible load on an API server that is down.
 #[derive(Clone, Debug)]
-pub struct WatchBackoff {
+pub(super) struct WatchBackoff {
     next: Duration,
 }
 

@@ -21,7 +21,7 @@ const REMIND_EVERY: Duration = Duration::from_secs(300);
 
 /// Who reads a watch's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Watcher {
+pub(crate) enum Watcher {
     Identity,
     Share,
     Webhook,
@@ -29,7 +29,7 @@ pub enum Watcher {
 
 impl Watcher {
     /// The `watcher` label of the watch metrics.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Watcher::Identity => "identity",
             Watcher::Share => "share",
@@ -50,7 +50,7 @@ impl fmt::Display for Watcher {
 
 /// One watch: who reads it, and what it watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Watch {
+pub(crate) struct Watch {
     pub watcher: Watcher,
     pub kind: String,
     /// As RBAC names it: `pods`, `windowsshares.winflow.io`.
@@ -60,7 +60,7 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn of<K: Resource<DynamicType = ()>>(watcher: Watcher, namespace: Option<&str>) -> Self {
+    pub(crate) fn of<K: Resource<DynamicType = ()>>(watcher: Watcher, namespace: Option<&str>) -> Self {
         let (group, plural) = (K::group(&()), K::plural(&()));
         Self {
             watcher,
@@ -92,7 +92,7 @@ impl fmt::Display for Watch {
 
 /// Why a watch fails, in words an operator can act on; never the contents of an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cause {
+pub(crate) struct Cause {
     /// Short and from a small set (the metric label): `Forbidden`, `Unreachable`, ...
     pub reason: String,
     pub detail: String,
@@ -112,7 +112,7 @@ impl Cause {
         }
     }
 
-    pub fn of(error: &watcher::Error, resource: &str) -> Self {
+    pub(crate) fn of(error: &watcher::Error, resource: &str) -> Self {
         let (verb, error) = match error {
             watcher::Error::InitialListFailed(e) => ("list", e),
             watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", e),
@@ -164,7 +164,7 @@ impl Cause {
 
 /// A failing watch as `/readyz` reports it.
 #[derive(Clone, Debug)]
-pub struct FailingWatch {
+pub(crate) struct FailingWatch {
     pub watch: Arc<Watch>,
     pub since: Instant,
     pub cause: Cause,
@@ -172,7 +172,7 @@ pub struct FailingWatch {
 
 impl FailingWatch {
     /// `watch pods in namespace airflow (identity controller) failing for 42s: Forbidden: ...`
-    pub fn describe(&self, now: Instant) -> String {
+    pub(crate) fn describe(&self, now: Instant) -> String {
         let failing_for = human_duration(now.saturating_duration_since(self.since));
         format!("watch {} failing for {failing_for}: {}", self.watch, self.cause)
     }
@@ -180,14 +180,14 @@ impl FailingWatch {
 
 /// The watches failing now, shared by every part that watches and by the admin server.
 #[derive(Clone, Default)]
-pub struct WatchHealth {
+pub(crate) struct WatchHealth {
     failing: Arc<Mutex<BTreeMap<u64, FailingWatch>>>,
     next_id: Arc<AtomicU64>,
 }
 
 impl WatchHealth {
     /// The failing watches, longest failing first.
-    pub fn failing(&self) -> Vec<FailingWatch> {
+    pub(crate) fn failing(&self) -> Vec<FailingWatch> {
         let mut failing: Vec<_> = self.lock().values().cloned().collect();
         failing.sort_by_key(|f| f.since);
         failing
@@ -252,7 +252,7 @@ impl State {
 
 /// Follows one watch's results: logs changes, counts failures and keeps `WatchHealth`
 /// current. Dropped with its watch, which then no longer counts as failing.
-pub struct WatchTracker {
+pub(crate) struct WatchTracker {
     watch: Arc<Watch>,
     id: u64,
     state: State,
@@ -260,7 +260,7 @@ pub struct WatchTracker {
 }
 
 impl WatchTracker {
-    pub fn new(watch: Watch, metrics: &Metrics) -> Self {
+    pub(crate) fn new(watch: Watch, metrics: &Metrics) -> Self {
         Self {
             watch: Arc::new(watch),
             id: metrics.watch_health().next_id.fetch_add(1, Ordering::Relaxed),
@@ -270,7 +270,7 @@ impl WatchTracker {
     }
 
     /// One failed request; `retry_in` is the backoff before the next.
-    pub fn failed(&mut self, error: &watcher::Error, retry_in: Duration) {
+    pub(crate) fn failed(&mut self, error: &watcher::Error, retry_in: Duration) {
         let now = Instant::now();
         let cause = Cause::of(error, &self.watch.resource);
         let labels = self.watch.labels();
@@ -311,7 +311,7 @@ impl WatchTracker {
     }
 
     /// An event arrived: the watch works (again).
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         let Some(failure) = self.state.succeeded() else {
             return;
         };

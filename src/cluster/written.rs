@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 /// How long a written status is trusted over the cache. The cache catches up within moments;
 /// an entry this old means someone else (another replica, after a leader change) wrote
 /// since, and the cache is the better guess.
-pub const TRUSTED_FOR: Duration = Duration::from_secs(30);
+pub(crate) const TRUSTED_FOR: Duration = Duration::from_secs(30);
 
-pub struct WrittenStatus<S> {
+pub(crate) struct WrittenStatus<S> {
     trusted_for: Duration,
     entries: Mutex<HashMap<String, Written<S>>>,
 }
@@ -30,7 +30,7 @@ impl<S: Clone + PartialEq> Default for WrittenStatus<S> {
 }
 
 impl<S: Clone + PartialEq> WrittenStatus<S> {
-    pub fn new(trusted_for: Duration) -> Self {
+    pub(crate) fn new(trusted_for: Duration) -> Self {
         Self {
             trusted_for,
             entries: Mutex::new(HashMap::new()),
@@ -39,7 +39,7 @@ impl<S: Clone + PartialEq> WrittenStatus<S> {
 
     /// The status the object holds: the one winflow wrote last while the cache has not shown
     /// it yet, else the cached one. `uid` tells a recreated object from the one written to.
-    pub fn current(&self, key: &str, uid: &str, cached: &S) -> S {
+    pub(crate) fn current(&self, key: &str, uid: &str, cached: &S) -> S {
         let mut entries = self.entries.lock().expect("written-status lock");
         match entries.get(key) {
             Some(w) if w.uid == uid && w.status != *cached && w.at.elapsed() < self.trusted_for => w.status.clone(),
@@ -52,7 +52,7 @@ impl<S: Clone + PartialEq> WrittenStatus<S> {
         }
     }
 
-    pub fn remember(&self, key: &str, uid: &str, status: S) {
+    pub(crate) fn remember(&self, key: &str, uid: &str, status: S) {
         let written = Written {
             uid: uid.to_owned(),
             status,
@@ -64,17 +64,17 @@ impl<S: Clone + PartialEq> WrittenStatus<S> {
             .insert(key.to_owned(), written);
     }
 
-    pub fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         self.entries.lock().expect("written-status lock").remove(key);
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().expect("written-status lock").len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -10,7 +10,7 @@ use kube::{Api, Client};
 use super::{Failure, Reason};
 
 /// A fresh token of `service_account` for `audience`, to send as `client_assertion`.
-pub async fn mint(
+pub(super) async fn mint(
     client: &Client,
     namespace: &str,
     service_account: &str,

@@ -21,7 +21,7 @@ use crate::text::human_duration;
 
 /// Where an attempt is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub(super) enum Stage {
     SlotOfIssuer,
     Slot,
     ClientSecret,
@@ -31,7 +31,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn waiting_for(self) -> &'static str {
+    pub(super) fn waiting_for(self) -> &'static str {
         match self {
             Stage::SlotOfIssuer => {
                 "waiting for one of the request slots for this issuer (--token-concurrency-per-issuer)"
@@ -46,14 +46,14 @@ impl Stage {
 }
 
 /// The stage of an attempt under way, for whoever reports on it meanwhile.
-pub struct Progress(Mutex<Stage>);
+pub(super) struct Progress(Mutex<Stage>);
 
 impl Progress {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(Mutex::new(Stage::SlotOfIssuer))
     }
 
-    pub fn stage(&self) -> Stage {
+    pub(super) fn stage(&self) -> Stage {
         *self.0.lock().expect("attempt progress lock")
     }
 
@@ -113,14 +113,14 @@ impl Limits {
 
 /// A token the provider granted, and when it was asked for: its lifetime counts from then at
 /// the latest, so an expiry computed from that moment is never later than the real one.
-pub struct Issued {
+pub(super) struct Issued {
     pub granted: Granted,
     pub requested_at: Timestamp,
 }
 
 /// Everything attempts go through: the provider client, the API server (for client secrets
 /// and assertions), the slots and the deadline.
-pub struct Providers {
+pub(super) struct Providers {
     oidc: Oidc,
     limits: Limits,
     deadline: Duration,
@@ -128,7 +128,7 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(settings: OidcSettings, client: Client) -> Self {
+    pub(super) fn new(settings: OidcSettings, client: Client) -> Self {
         Self {
             limits: Limits::new(settings.concurrency, settings.concurrency_per_issuer),
             deadline: settings.attempt_deadline,
@@ -137,12 +137,12 @@ impl Providers {
         }
     }
 
-    pub fn deadline(&self) -> Duration {
+    pub(super) fn deadline(&self) -> Duration {
         self.deadline
     }
 
     /// One attempt at a token for `want`; `progress` follows it.
-    pub async fn attempt(&self, want: &Want, progress: &Progress) -> Result<Issued, Failure> {
+    pub(super) async fn attempt(&self, want: &Want, progress: &Progress) -> Result<Issued, Failure> {
         let credentials = want.credentials.clone()?;
         let issuer = want.settings.issuer_url.as_str();
         let _slot = self.limits.acquire(issuer, progress).await;

@@ -40,7 +40,7 @@ impl IdentityKey {
 }
 
 /// What every keeper uses.
-pub struct Shared {
+pub(super) struct Shared {
     pub providers: Providers,
     pub client: Client,
     pub metrics: Metrics,

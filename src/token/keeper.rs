@@ -33,11 +33,11 @@ const MIN_WAIT: Duration = Duration::from_millis(200);
 
 /// The last report of an identity's token and the wish it answers.
 #[derive(Default)]
-pub struct Outcome(Mutex<Option<(Version, TokenReport)>>);
+pub(super) struct Outcome(Mutex<Option<(Version, TokenReport)>>);
 
 impl Outcome {
     /// The last report, if it answers `version`.
-    pub fn for_version(&self, version: &Version) -> Option<TokenReport> {
+    pub(super) fn for_version(&self, version: &Version) -> Option<TokenReport> {
         let last = self.0.lock().expect("token outcome lock");
         last.as_ref()
             .filter(|(answered, _)| answered == version)
@@ -118,7 +118,7 @@ enum Written {
     Rejected(String),
 }
 
-pub struct Keeper {
+pub(super) struct Keeper {
     pub shared: Arc<Shared>,
     pub key: IdentityKey,
     pub wants: watch::Receiver<Arc<Want>>,
@@ -128,7 +128,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// Keeps the token until the issuer lets the identity go (drops its sender).
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let mut api_errors = 0;
         while self.wants.has_changed().is_ok() {
             let want = self.wants.borrow_and_update().clone();

@@ -13,14 +13,14 @@ use super::ca_bundle::CaBundle;
 use super::{Failure, Reason};
 
 /// Everything winflow needs to know about the provider's reply.
-pub struct Granted {
+pub(super) struct Granted {
     pub access_token: AccessToken,
     pub token_type: String,
     pub lifetime: Duration,
 }
 
 /// How the client proves who it is.
-pub enum ClientAuth {
+pub(super) enum ClientAuth {
     Secret(ClientSecret),
     /// A JWT sent as `client_assertion` (RFC 7523): a service account token.
     Assertion(String),
@@ -60,7 +60,7 @@ impl Default for OidcSettings {
 }
 
 /// The client shared by all identities.
-pub struct Oidc {
+pub(super) struct Oidc {
     http: reqwest::Client,
     settings: OidcSettings,
     discovered: Mutex<HashMap<String, (CoreProviderMetadata, Instant)>>,
@@ -69,7 +69,7 @@ pub struct Oidc {
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 impl Oidc {
-    pub fn new(settings: OidcSettings) -> Self {
+    pub(super) fn new(settings: OidcSettings) -> Self {
         // Redirects are refused: discovery and token requests go to the issuer's own
         // endpoints only (a redirect could carry client credentials elsewhere).
         let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
@@ -87,14 +87,14 @@ impl Oidc {
     }
 
     /// The issuer's discovery document (cached for `rediscover_after`).
-    pub async fn discover(&self, issuer: &str) -> Result<CoreProviderMetadata, Failure> {
+    pub(super) async fn discover(&self, issuer: &str) -> Result<CoreProviderMetadata, Failure> {
         check_issuer_url(issuer, self.settings.allow_insecure_loopback)?;
         self.metadata(issuer).await
     }
 
     /// Requests a token with the client-credentials grant from the token endpoint that
     /// `issuer`'s discovery document names.
-    pub async fn request_token(
+    pub(super) async fn request_token(
         &self,
         issuer: &str,
         metadata: CoreProviderMetadata,
@@ -166,13 +166,13 @@ impl Oidc {
     }
 
     /// Discover `issuer` again on the next attempt: its endpoints may have moved.
-    pub fn forget(&self, issuer: &str) {
+    pub(super) fn forget(&self, issuer: &str) {
         self.discovered.lock().expect("discovery cache lock").remove(issuer);
     }
 }
 
 /// Issuers must use `https`; `http` only on a loopback address, and only when allowed.
-pub fn check_issuer_url(issuer: &str, allow_insecure_loopback: bool) -> Result<(), Failure> {
+pub(super) fn check_issuer_url(issuer: &str, allow_insecure_loopback: bool) -> Result<(), Failure> {
     let url = reqwest::Url::parse(issuer).map_err(|e| {
         Failure::new(
             Reason::InvalidIssuer,

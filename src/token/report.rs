@@ -52,7 +52,7 @@ impl TokenReport {
 }
 
 /// What the report is made from.
-pub struct Facts<'a> {
+pub(super) struct Facts<'a> {
     pub secret_name: &'a str,
     pub held: Option<&'a Held>,
     /// When `held` is renewed on schedule.
@@ -80,7 +80,7 @@ impl Facts<'_> {
 
     /// When the token needs attention again: the next attempt, or the expiry of the valid
     /// token (it is then taken out of the Secret), whichever comes first.
-    pub fn next_look(&self) -> Option<Timestamp> {
+    pub(super) fn next_look(&self) -> Option<Timestamp> {
         [self.next_attempt(), self.valid().map(|h| h.expires_at)]
             .into_iter()
             .flatten()
@@ -103,7 +103,7 @@ fn token_ready(status: bool, reason: Reason, message: String) -> ConditionState 
     ConditionState::new(TOKEN_READY, status, reason, message)
 }
 
-pub fn describe(facts: &Facts<'_>) -> TokenReport {
+pub(super) fn describe(facts: &Facts<'_>) -> TokenReport {
     let next_attempt = facts.next_attempt();
     let next = next_attempt
         .map(rfc3339_up)
@@ -177,7 +177,7 @@ pub fn describe(facts: &Facts<'_>) -> TokenReport {
 }
 
 /// An attempt whose outcome is not in yet, for a report of it.
-pub struct Attempting<'a> {
+pub(super) struct Attempting<'a> {
     pub issuer: &'a str,
     pub since: Timestamp,
     /// What it waits for, as `attempt::Stage` says it.
@@ -189,7 +189,7 @@ pub struct Attempting<'a> {
 /// While the first attempt for the current settings is under way: `TokenPending`, true as long
 /// as the Secret still holds a valid token (pods go on using it), and no renewal time (a fresh
 /// token is being requested now).
-pub fn pending(facts: &Facts<'_>, attempting: &Attempting<'_>) -> TokenReport {
+pub(super) fn pending(facts: &Facts<'_>, attempting: &Attempting<'_>) -> TokenReport {
     let requesting = format!(
         "requesting a token from issuer {:?} since {} ({}; an attempt is given {}, --token-attempt-deadline)",
         attempting.issuer,

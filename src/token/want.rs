@@ -11,7 +11,7 @@ use crate::api::identity::TokenSettings;
 
 /// The client credentials a token is requested with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credentials {
+pub(super) enum Credentials {
     /// The Secret and key of the client secret; its value is read only to request a token.
     Secret { name: String, key: String, version: String },
     ServiceAccount {
@@ -33,7 +33,7 @@ impl Credentials {
 
 /// One identity's wish, as of one reconcile.
 #[derive(Clone, Debug)]
-pub struct Want {
+pub(super) struct Want {
     /// The identity as the reconcile saw it: the token Secret's owner.
     pub identity: WindowsTaskIdentity,
     pub settings: TokenSettings,
@@ -47,7 +47,7 @@ pub struct Want {
 
 /// Which wish a report answers: a report for other inputs says nothing about the current ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Version {
+pub(super) struct Version {
     uid: String,
     secret_name: String,
     inputs: String,
@@ -55,7 +55,7 @@ pub struct Version {
 
 impl Want {
     /// What `identity` (with `settings` as its `spec.token`) wants now.
-    pub async fn of(
+    pub(super) async fn of(
         identity: &WindowsTaskIdentity,
         settings: &TokenSettings,
         client: &Client,
@@ -78,7 +78,7 @@ impl Want {
         })
     }
 
-    pub fn version(&self) -> Version {
+    pub(super) fn version(&self) -> Version {
         Version {
             uid: self.uid(),
             secret_name: self.secret_name.clone(),
@@ -86,16 +86,16 @@ impl Want {
         }
     }
 
-    pub fn uid(&self) -> String {
+    pub(super) fn uid(&self) -> String {
         self.identity.uid().unwrap_or_default()
     }
 
-    pub fn namespace(&self) -> String {
+    pub(super) fn namespace(&self) -> String {
         self.identity.namespace().unwrap_or_default()
     }
 
     /// `namespace/name`, as logs name the identity.
-    pub fn key(&self) -> String {
+    pub(super) fn key(&self) -> String {
         format!("{}/{}", self.namespace(), self.identity.name_any())
     }
 }
@@ -134,7 +134,7 @@ async fn credentials(
     }))
 }
 
-pub fn secret_missing(name: &str, namespace: &str) -> Failure {
+pub(super) fn secret_missing(name: &str, namespace: &str) -> Failure {
     Failure::new(
         Reason::SecretMissing,
         format!("Secret {name} (spec.token.clientSecretRef) does not exist in namespace {namespace}"),

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::api::WindowsTaskIdentity;
 
 /// The webhook's field manager: `status.pods.denied` is its field, not the controller's.
-pub const FIELD_MANAGER: &str = "winflow-webhook";
+pub(super) const FIELD_MANAGER: &str = "winflow-webhook";
 /// Denials that arrive within this time after the first are written together.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 /// Tries per identity and batch; what is left waits for the next batch.

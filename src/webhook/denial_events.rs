@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most one denial Event per identity and rule in this window.
-pub const WINDOW: Duration = Duration::from_secs(30);
+pub(super) const WINDOW: Duration = Duration::from_secs(30);
 
 /// Entries kept before old ones are pruned: a bound on memory whatever names requests carry.
 const PRUNE_ABOVE: usize = 1024;

@@ -18,7 +18,7 @@ use crate::validate::parse_duration;
 
 /// `Ok` when the identity has no token or its token lasts long enough; otherwise the reason
 /// and the message for the denial.
-pub fn check_token(
+pub(super) fn check_token(
     identity: &WindowsTaskIdentity,
     pod_annotations: Option<&BTreeMap<String, String>>,
     now: Timestamp,
