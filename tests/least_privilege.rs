@@ -9,7 +9,7 @@ use winflow_test_support as support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -345,14 +345,7 @@ async fn only_creators_allowed_to_use_the_identity_get_it_and_the_audit_log_says
 
 /// A second identity with an OIDC token (client secret), issued by a local provider.
 async fn tokened_identity(env: &TestEnv, provider: &OidcProvider) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "tokened-oidc"}, "stringData": {"client-secret": "s3cret-for-tests"}
-    }))
-    .unwrap();
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::create_client_secret(env, "tokened-oidc", "s3cret-for-tests").await;
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/identity-azure-key-vault.yaml"

@@ -34,18 +34,6 @@ async fn create_identity(env: &TestEnv, identity: &WindowsTaskIdentity) {
         .unwrap();
 }
 
-async fn create_client_secret(env: &TestEnv, name: &str, value: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "stringData": {"client-secret": value}
-    }))
-    .unwrap();
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
 fn secret_token(issuer: &str, client_id: &str, secret: &str) -> Value {
     json!({
         "issuerUrl": issuer, "clientId": client_id,
@@ -90,7 +78,7 @@ async fn a_client_secret_token_is_issued_accepted_and_rotated_once_per_renewal()
         ..Default::default()
     })
     .await;
-    create_client_secret(&env, "reports-oidc", CLIENT_SECRET).await;
+    support::create_client_secret(&env, "reports-oidc", CLIENT_SECRET).await;
     let operator = env.start_operator(Duration::from_secs(300));
     let mut spec = secret_token(provider.issuer(), "reports", "reports-oidc");
     spec["secretName"] = json!("reports-access");
@@ -251,7 +239,7 @@ async fn an_outage_backs_off_keeps_the_token_until_expiry_and_recovers_and_admis
         ..Default::default()
     })
     .await;
-    create_client_secret(&env, "payroll-oidc", CLIENT_SECRET).await;
+    support::create_client_secret(&env, "payroll-oidc", CLIENT_SECRET).await;
     let operator = env.start_operator(Duration::from_secs(300));
     let spec = secret_token(provider.issuer(), "payroll", "payroll-oidc");
     let secret_name = "payroll-token".to_owned();
@@ -371,8 +359,8 @@ async fn bad_settings_get_their_reason_and_other_identities_carry_on() {
         ..Default::default()
     })
     .await;
-    create_client_secret(&env, "good-oidc", CLIENT_SECRET).await;
-    create_client_secret(&env, "wrong-oidc", "not-the-secret").await;
+    support::create_client_secret(&env, "good-oidc", CLIENT_SECRET).await;
+    support::create_client_secret(&env, "wrong-oidc", "not-the-secret").await;
     let operator = env.start_operator(Duration::from_secs(300));
     let issuer = provider.issuer().to_owned();
     // `localhost` reaches the same provider, whose discovery says 127.0.0.1: a mismatch.
@@ -459,7 +447,7 @@ async fn bad_settings_get_their_reason_and_other_identities_carry_on() {
 
     // Creating the missing Secret issues the token at once, without touching the identity.
     let generation = missing.metadata.generation;
-    create_client_secret(&env, "later-oidc", CLIENT_SECRET).await;
+    support::create_client_secret(&env, "later-oidc", CLIENT_SECRET).await;
     let fixed: WindowsTaskIdentity =
         support::wait_for_condition(&env, "nosecret", "TokenReady", "True", Some("TokenIssued")).await;
     assert_eq!(fixed.metadata.generation, generation);
@@ -548,7 +536,7 @@ async fn a_flapping_provider_never_leaves_an_expired_token_in_the_secret() {
         ..Default::default()
     })
     .await;
-    create_client_secret(&env, "flap-oidc", CLIENT_SECRET).await;
+    support::create_client_secret(&env, "flap-oidc", CLIENT_SECRET).await;
     let operator = env.start_operator(Duration::from_secs(300));
     create_identity(
         &env,

@@ -55,15 +55,7 @@ async fn an_issuer_on_a_private_ca_is_refused_with_how_to_trust_it_and_issues_on
     })
     .await;
     assert!(provider.issuer().starts_with("https://127.0.0.1:"));
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "reports-oidc"},
-        "stringData": {"client-secret": CLIENT_SECRET}
-    }))
-    .unwrap();
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::create_client_secret(&env, "reports-oidc", CLIENT_SECRET).await;
 
     // The operator trusts only the public roots: the handshake refuses the certificate.
     let operator = env.start_operator_with(env.config.clone(), Duration::from_secs(300), token_config(None));

@@ -123,14 +123,7 @@ async fn a_hung_issuer_holds_back_neither_plain_identities_nor_a_working_provide
         ..Default::default()
     })
     .await;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "reports-oidc"}, "stringData": {"client-secret": CLIENT_SECRET}
-    }))
-    .unwrap();
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::create_client_secret(&env, "reports-oidc", CLIENT_SECRET).await;
     let token = TokenConfig {
         oidc: OidcSettings {
             attempt_deadline: DEADLINE,

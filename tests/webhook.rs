@@ -5,7 +5,7 @@ use winflow_test_support as support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -312,15 +312,7 @@ async fn a_pods_own_token_volume_is_admitted_only_as_winflow_would_write_it() {
         ..Default::default()
     })
     .await;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "payroll-oidc"},
-        "stringData": {"client-secret": CLIENT_SECRET}
-    }))
-    .unwrap();
-    env.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::create_client_secret(&env, "payroll-oidc", CLIENT_SECRET).await;
     let operator = env.start_operator(Duration::from_secs(300));
     let identity = support::identities::identity_with_token(
         "payroll-export",

@@ -455,6 +455,20 @@ impl std::io::Write for BufferWriter {
     }
 }
 
+/// Creates Secret `name` in the test's namespace holding an OIDC client secret under key
+/// `client-secret`, as the tests' `spec.token.clientSecretRef` names it.
+pub async fn create_client_secret(env: &TestEnv, name: &str, value: &str) {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": {"client-secret": value}
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 /// Creates every object of a YAML file of the repository (as `kubectl create -f` would) in
 /// the test's namespace.
 pub async fn apply_file(env: &TestEnv, path: &str) {
