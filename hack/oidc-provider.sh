@@ -2,7 +2,7 @@
 # Provides the node modules of the test OpenID Connect provider (tests/oidc: the npm package
 # oidc-provider, pinned with its lockfile) and prints the absolute path of that node_modules
 # directory. tests/oidc/provider.mjs loads its modules from there when the path is in
-# WINFLOW_OIDC_NODE_MODULES (hack/test.sh exports it; tests/support/oidc.rs runs this script
+# WINFLOW_OIDC_NODE_MODULES (hack/test.sh exports it; test-support/src/oidc.rs runs this script
 # itself when it is unset).
 #
 # The modules live outside the checkout, in

@@ -21,7 +21,7 @@ if [ -f hack/airflow-venv.sh ]; then
   export WINFLOW_AIRFLOW_PYTHON=$airflow_python
 fi
 step "oidc-provider node modules"; WINFLOW_OIDC_NODE_MODULES=$(bash hack/oidc-provider.sh); export WINFLOW_OIDC_NODE_MODULES
-step "helm (tests/chart.rs)"; WINFLOW_HELM=$(bash hack/helm.sh); export WINFLOW_HELM
+step "helm (tests/chart/)"; WINFLOW_HELM=$(bash hack/helm.sh); export WINFLOW_HELM
 step "hadolint (tests/image.rs)"; WINFLOW_HADOLINT=$(bash hack/hadolint.sh); export WINFLOW_HADOLINT
 
 step "cargo fmt --all --check"
