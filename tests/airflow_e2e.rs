@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 use support::figures::Figures;
-use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
+use support::oidc::{OidcProvider, ProviderConfig};
 use support::{REPO, TestEnv, wait_until};
 use winflow::api::WindowsTaskIdentity;
 
@@ -49,16 +49,7 @@ async fn a_real_airflow_runs_its_dags_through_winflow() {
     let ns = env.namespace.clone();
     let image = import_airflow_image().await;
 
-    let provider = OidcProvider::start(ProviderConfig {
-        access_token_ttl_seconds: TOKEN_SECONDS,
-        clients: vec![ClientConfig {
-            client_id: "payroll".to_owned(),
-            client_secret: CLIENT_SECRET.to_owned(),
-            scope: String::new(),
-        }],
-        ..Default::default()
-    })
-    .await;
+    let provider = OidcProvider::start(ProviderConfig::with_client(TOKEN_SECONDS, "payroll", CLIENT_SECRET, "")).await;
     let _webhook = support::webhook::start_webhook(&env).await;
     let _operator = env.start_operator(Duration::from_secs(300));
     airflow_accounts(&env).await;

@@ -14,7 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
+use support::oidc::{OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
 use winflow::api::WindowsTaskIdentity;
 
@@ -392,16 +392,7 @@ async fn host_account_identity(env: &TestEnv) {
 #[tokio::test]
 async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     let env = TestEnv::new("lp-credentials").await;
-    let provider = OidcProvider::start(ProviderConfig {
-        access_token_ttl_seconds: 3600,
-        clients: vec![ClientConfig {
-            client_id: "tokened".into(),
-            client_secret: "s3cret-for-tests".into(),
-            scope: String::new(),
-        }],
-        ..Default::default()
-    })
-    .await;
+    let provider = OidcProvider::start(ProviderConfig::with_client(3600, "tokened", "s3cret-for-tests", "")).await;
     let operator = env.start_operator(Duration::from_secs(300));
     payroll_identity(&env).await;
     tokened_identity(&env, &provider).await;

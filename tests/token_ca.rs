@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use serde_json::json;
 use support::TestEnv;
-use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
+use support::oidc::{OidcProvider, ProviderConfig};
 use winflow::api::WindowsTaskIdentity;
 use winflow::token::{CaBundle, OidcSettings, TokenConfig};
 
@@ -44,15 +44,12 @@ fn token_config(ca_bundle: Option<CaBundle>) -> TokenConfig {
 async fn an_issuer_on_a_private_ca_is_refused_with_how_to_trust_it_and_issues_once_trusted() {
     support::capture_logs();
     let env = TestEnv::new("token-ca").await;
-    let provider = OidcProvider::start_https(ProviderConfig {
-        access_token_ttl_seconds: 60,
-        clients: vec![ClientConfig {
-            client_id: "reports".to_owned(),
-            client_secret: CLIENT_SECRET.to_owned(),
-            scope: "reports.read".to_owned(),
-        }],
-        ..Default::default()
-    })
+    let provider = OidcProvider::start_https(ProviderConfig::with_client(
+        60,
+        "reports",
+        CLIENT_SECRET,
+        "reports.read",
+    ))
     .await;
     assert!(provider.issuer().starts_with("https://127.0.0.1:"));
     support::create_client_secret(&env, "reports-oidc", CLIENT_SECRET).await;

@@ -10,7 +10,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::oidc::{ClientConfig, OidcProvider, ProviderConfig};
+use support::oidc::{OidcProvider, ProviderConfig};
 use support::{TestEnv, wait_until};
 use winflow::api::{GMSACredentialSpec, WindowsTaskIdentity};
 
@@ -302,16 +302,7 @@ async fn pods_outside_the_rules_are_denied_with_the_rule_and_an_event() {
 #[tokio::test]
 async fn a_pods_own_token_volume_is_admitted_only_as_winflow_would_write_it() {
     let env = TestEnv::new("webhook-volume").await;
-    let provider = OidcProvider::start(ProviderConfig {
-        access_token_ttl_seconds: 3600,
-        clients: vec![ClientConfig {
-            client_id: "payroll".to_owned(),
-            client_secret: CLIENT_SECRET.to_owned(),
-            scope: String::new(),
-        }],
-        ..Default::default()
-    })
-    .await;
+    let provider = OidcProvider::start(ProviderConfig::with_client(3600, "payroll", CLIENT_SECRET, "")).await;
     support::create_client_secret(&env, "payroll-oidc", CLIENT_SECRET).await;
     let operator = env.start_operator(Duration::from_secs(300));
     let identity = support::identities::identity_with_token(

@@ -68,6 +68,21 @@ pub fn write_serving_certificate(dir: &Path, names: &[&str]) -> TlsFiles {
     files
 }
 
+impl ProviderConfig {
+    /// A provider with one client-credentials client, whose tokens last `ttl_seconds`.
+    pub fn with_client(ttl_seconds: u64, client_id: &str, client_secret: &str, scope: &str) -> Self {
+        Self {
+            access_token_ttl_seconds: ttl_seconds,
+            clients: vec![ClientConfig {
+                client_id: client_id.to_owned(),
+                client_secret: client_secret.to_owned(),
+                scope: scope.to_owned(),
+            }],
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
