@@ -176,7 +176,9 @@ impl OidcProvider {
                 .port(),
         };
         // Introspection trusts the provider's CA, and only the public roots otherwise.
-        let mut http = reqwest::Client::builder();
+        // Node closes idle keep-alive connections after 5 s; a pooled one reused just then
+        // fails the request (IncompleteMessage), so idle connections are dropped first.
+        let mut http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2));
         if let Some(tls) = &config.tls {
             http = http.add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap());
         }
