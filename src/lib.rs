@@ -10,6 +10,7 @@ pub mod build;
 pub mod cluster;
 pub mod crdgen;
 pub mod names;
+pub(crate) mod pod_refs;
 pub(crate) mod pods;
 pub(crate) mod process_metrics;
 pub mod render;

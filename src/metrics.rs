@@ -82,6 +82,7 @@ pub struct Metrics {
     admission_duration: Family<WebhookLabels, Histogram>,
     token_refreshes: Family<RefreshLabels, Counter>,
     token_expiry: Family<IdentityLabels, Gauge>,
+    exposed_pods: Family<IdentityLabels, Gauge>,
     leader: Gauge,
     watch_failures: Family<WatchFailureLabels, Counter>,
     watch_failing_since: Family<WatchLabels, Gauge>,
@@ -140,6 +141,12 @@ impl Default for Metrics {
             "When each identity's current OIDC token expires (Unix time)",
             token_expiry.clone(),
         );
+        let exposed_pods = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "identity_exposed_pods",
+            "Pods that name a credential of the identity they may not reach (status.exposure)",
+            exposed_pods.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -167,6 +174,7 @@ impl Default for Metrics {
             admission_duration,
             token_refreshes,
             token_expiry,
+            exposed_pods,
             leader,
             watch_failures,
             watch_failing_since,
@@ -230,6 +238,23 @@ impl Metrics {
             }
             None => {
                 self.token_expiry.remove(&labels);
+            }
+        }
+    }
+
+    /// How many pods expose an identity's credentials; `None` removes the series (the identity
+    /// is gone, or winflow cannot tell).
+    pub fn exposed_pods(&self, namespace: &str, identity: &str, pods: Option<i64>) {
+        let labels = IdentityLabels {
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+        };
+        match pods {
+            Some(count) => {
+                self.exposed_pods.get_or_create(&labels).set(count);
+            }
+            None => {
+                self.exposed_pods.remove(&labels);
             }
         }
     }
@@ -342,6 +367,14 @@ mod tests {
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
         metrics.token_expiry("airflow", "payroll-export", None);
+        assert!(!metrics.encode().contains("payroll-export"));
+        metrics.exposed_pods("airflow", "payroll-export", Some(2));
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"winflow_identity_exposed_pods{namespace="airflow",identity="payroll-export"} 2"#)
+        );
+        metrics.exposed_pods("airflow", "payroll-export", None);
         assert!(!metrics.encode().contains("payroll-export"));
     }
 }

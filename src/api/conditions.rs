@@ -15,6 +15,10 @@ pub const ENFORCED: &str = "Enforced";
 /// The task pods' health (`status.pods`). Outside `Ready`.
 pub const TASKS_HEALTHY: &str = "TasksHealthy";
 
+/// Whether no pod but the identity's own names its credentials (`status.exposure`). Outside
+/// `Ready`; while pods that are not its own name the token Secret, `TokenReady` is false.
+pub const CREDENTIALS_CONTAINED: &str = "CredentialsContained";
+
 /// A condition's reason as one domain decides it: `ConditionReason` for the identity's and the
 /// share's configuration, enforcement and task pods, `token::Reason` for `TokenReady`. The
 /// strings are part of the API (SPEC.md, the README's condition tables).
@@ -48,6 +52,10 @@ pub enum ConditionReason {
     Pending,
     /// A share's credentials Secret is missing or lacks a key.
     SecretMissing,
+    /// No pod but the identity's own names its credentials.
+    NotExposed,
+    /// Pods that are not the identity's own name its credentials.
+    ExposedToPods,
 }
 
 impl ConditionReason {
@@ -69,6 +77,8 @@ impl ConditionReason {
             ConditionReason::Bound => "Bound",
             ConditionReason::Pending => "Pending",
             ConditionReason::SecretMissing => "SecretMissing",
+            ConditionReason::NotExposed => "NotExposed",
+            ConditionReason::ExposedToPods => "ExposedToPods",
         }
     }
 }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Token-Expires", type_ = "string", json_path = ".status.token.expiresAt"),
     printcolumn(name = "Running", type_ = "integer", json_path = ".status.pods.running"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.pods.failed"),
+    printcolumn(name = "Exposed", type_ = "integer", json_path = ".status.exposure.pods"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -388,7 +389,7 @@ pub struct WindowsTaskIdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `CredentialSpecReady`, `AccessGranted`, `PodTemplateReady`, `SharesReady`,
-    /// `TokenReady`, `TasksHealthy`.
+    /// `TokenReady`, `TasksHealthy`, `Enforced`, `CredentialsContained`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Name of the GMSACredentialSpec (cluster scoped).
@@ -406,6 +407,47 @@ pub struct WindowsTaskIdentityStatus {
     /// Task pods running as this identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsStatus>,
+    /// Pods of this namespace that name a credential of this identity they would not be
+    /// admitted with today (for example created before the identity, its share or the
+    /// `winflow.io/enforce` label); absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<ExposureStatus>,
+}
+
+/// Pods that name a credential of this identity they may not reach.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposureStatus {
+    /// How many pods.
+    pub pods: i32,
+    /// The first of them by name (at most five), with what each names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<ExposedPod>,
+}
+
+/// A pod that names a credential of this identity.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposedPod {
+    /// Pod name.
+    pub pod: String,
+    /// What it names, and where.
+    pub references: Vec<ExposedReference>,
+}
+
+/// One place where a pod names a credential of this identity.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposedReference {
+    /// Where in the pod spec, for example `volume "token" (secret)` or `env T of container "base"`.
+    pub place: String,
+    /// `Secret` or `PersistentVolumeClaim`.
+    pub kind: String,
+    /// Name of the Secret or claim.
+    pub name: String,
+    /// The admission rule a new pod like it is denied by: `TokenSecretNotOwn`,
+    /// `ClientSecretReference`, `HostAccountSecretReference` or `ShareNotListed`.
+    pub rule: String,
 }
 
 /// Where the Airflow pod templates are.

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod gmsa;
 pub mod identity;
+pub mod refs;
 pub mod share;
 
 pub use gmsa::GMSACredentialSpec;

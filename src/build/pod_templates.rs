@@ -71,7 +71,7 @@ pub fn share_volumes(shares: &[ShareMount]) -> (Vec<Volume>, Vec<VolumeMount>) {
             let volume = Volume {
                 name: name.clone(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: share.name.clone(),
+                    claim_name: crate::api::refs::share_claim_name(&share.name),
                     read_only: Some(share.read_only),
                 }),
                 ..Volume::default()

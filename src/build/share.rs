@@ -76,7 +76,7 @@ pub fn persistent_volume_for(share: &WindowsShare) -> PersistentVolume {
                 api_version: Some("v1".to_owned()),
                 kind: Some("PersistentVolumeClaim".to_owned()),
                 namespace: Some(namespace.clone()),
-                name: Some(name.clone()),
+                name: Some(crate::api::refs::share_claim(share)),
                 ..ObjectReference::default()
             }),
             csi: Some(CSIPersistentVolumeSource {
@@ -111,7 +111,7 @@ pub fn persistent_volume_claim_for(share: &WindowsShare) -> PersistentVolumeClai
     });
     PersistentVolumeClaim {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            name: Some(crate::api::refs::share_claim(share)),
             namespace: Some(namespace.clone()),
             labels: Some(share_labels(share)),
             owner_references: owner.map(|o| vec![o]),

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount};
 
 use crate::api::WindowsTaskIdentity;
-use crate::names::token_secret_name;
+use crate::api::refs::{self, ACCESS_TOKEN_KEY, EXPIRES_AT_KEY};
 
 /// Pod volume of the token Secret.
 pub(super) const TOKEN_VOLUME: &str = "winflow-token";
@@ -44,19 +44,15 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// `None` when the identity has no token.
 pub fn token_wiring(identity: &WindowsTaskIdentity, os: Os) -> Option<TokenWiring> {
-    let settings = identity.spec.token.as_ref()?;
-    let secret = token_secret_name(
-        settings.secret_name.as_deref(),
-        identity.metadata.name.as_deref().unwrap_or_default(),
-    );
+    let secret = refs::token_secret(identity)?;
     let (dir, file) = match os {
-        Os::Windows => (WINDOWS_TOKEN_DIR, format!(r"{WINDOWS_TOKEN_DIR}\access_token")),
-        Os::Linux => (LINUX_TOKEN_DIR, format!("{LINUX_TOKEN_DIR}/access_token")),
+        Os::Windows => (WINDOWS_TOKEN_DIR, format!(r"{WINDOWS_TOKEN_DIR}\{ACCESS_TOKEN_KEY}")),
+        Os::Linux => (LINUX_TOKEN_DIR, format!("{LINUX_TOKEN_DIR}/{ACCESS_TOKEN_KEY}")),
     };
     Some(TokenWiring {
         env: vec![
-            from_secret("WINFLOW_ACCESS_TOKEN", &secret, "access_token"),
-            from_secret("WINFLOW_TOKEN_EXPIRES_AT", &secret, "expires_at"),
+            from_secret("WINFLOW_ACCESS_TOKEN", &secret, ACCESS_TOKEN_KEY),
+            from_secret("WINFLOW_TOKEN_EXPIRES_AT", &secret, EXPIRES_AT_KEY),
             EnvVar {
                 name: "WINFLOW_TOKEN_FILE".to_owned(),
                 value: Some(file),

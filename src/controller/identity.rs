@@ -16,11 +16,12 @@ use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::exposure;
 use super::status::{self, Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
 use super::{Context, Error, Namespaces};
 use crate::api::conditions::{self, ConditionState};
-use crate::api::identity::{PodTemplateStatus, PodsStatus};
-use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus};
+use crate::api::identity::{ExposureStatus, PodTemplateStatus, PodsStatus};
+use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus, refs};
 use crate::build::{self, IdentityChildren};
 use crate::cluster::apply::{ChildReport, delete_managed_child, ensure_child};
 use crate::cluster::watch_health::Watcher;
@@ -29,6 +30,7 @@ use crate::names::{
     self, ENFORCE_LABEL, EXECUTOR_TEMPLATE_KEY, IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     WINDOWS_TEMPLATE_KEY,
 };
+use crate::pod_refs::ReferringPod;
 use crate::task_pod::{self, TaskPod};
 use crate::token::{IdentityKey, Issuer};
 use crate::{pods, validate};
@@ -42,10 +44,13 @@ type Guarded = DeserializeGuard<WindowsTaskIdentity>;
 /// starts.
 struct IdentityContext {
     shared: Arc<Context>,
+    identities: reflector::Store<Guarded>,
     task_pods: reflector::Store<TaskPod>,
+    referring_pods: reflector::Store<ReferringPod>,
     namespaces: reflector::Store<Namespaces>,
     /// Until when reconciles wait for the caches' initial lists (set by the first that waits).
     task_pods_deadline: OnceLock<tokio::time::Instant>,
+    referring_pods_deadline: OnceLock<tokio::time::Instant>,
     namespaces_deadline: OnceLock<tokio::time::Instant>,
     issuer: Issuer,
 }
@@ -90,6 +95,19 @@ pub async fn run(
     )
     .modify(task_pod::keep_summarized_fields);
     let task_pods = reflector::reflector(pod_writer, pod_watch).touched_objects();
+    // Every pod that has not finished, reduced while decoding to its name, identity label and
+    // the Secrets and claims it names: pods that reach an identity's credentials although a
+    // new pod like them would be denied (created before the identity, its share or the
+    // enforcement label). A pod that appears or goes re-checks the identities it exposes.
+    let (referring_store, referring_writer) = reflector::store();
+    let referring_watch = watches::events(
+        scoped::<ReferringPod>(client.clone(), namespace.as_deref()),
+        watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+        Watcher::Identity,
+        &ctx.metrics,
+    );
+    let referring_pods = reflector::reflector(referring_writer, referring_watch).touched_objects();
+    let exposed_by = store.clone();
     // Namespaces as metadata: reconciles read the winflow.io/enforce label (the Enforced
     // condition) from this cache, and a change of that label re-checks the namespace's
     // identities. Only the watched namespace when there is one.
@@ -147,9 +165,12 @@ pub async fn run(
     let concurrency = ctx.config.concurrency;
     let identity_ctx = Arc::new(IdentityContext {
         shared: ctx,
+        identities: store.clone(),
         task_pods: pod_store,
+        referring_pods: referring_store,
         namespaces: namespace_store,
         task_pods_deadline: OnceLock::new(),
+        referring_pods_deadline: OnceLock::new(),
         namespaces_deadline: OnceLock::new(),
         issuer,
     });
@@ -188,6 +209,7 @@ pub async fn run(
             let name = pod.identity()?;
             Some(ObjectRef::<Guarded>::new(name).within(pod.metadata.namespace.as_deref()?))
         })
+        .watches_stream(referring_pods, move |pod| identities_exposed_to(&exposed_by, &pod))
         // The token issuer's outcome changed: the status says so.
         .reconcile_on(
             token_outcomes.map(|IdentityKey { namespace, name }| ObjectRef::<Guarded>::new(&name).within(&namespace)),
@@ -274,7 +296,7 @@ fn identities_in_namespace(store: &reflector::Store<Guarded>, namespace: &str) -
 }
 
 /// The identities a Secret matters to: the one whose token it holds (by winflow's labels) and
-/// those whose `spec.token.clientSecretRef` names it.
+/// those that name it (`api::refs`: token, client secret, host account).
 fn identities_using_secret(
     store: &reflector::Store<Guarded>,
     secret: &PartialObjectMeta<Secret>,
@@ -287,23 +309,51 @@ fn identities_using_secret(
     let holder = (labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE))
         .then(|| labels.get(IDENTITY_LABEL).cloned())
         .flatten();
-    let mut refs: Vec<ObjectRef<Guarded>> = store
+    let mut found: Vec<ObjectRef<Guarded>> = store
         .state()
         .into_iter()
         .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
         .filter(|identity| {
             identity.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && identity
-                    .spec
-                    .token
-                    .as_ref()
-                    .and_then(|t| t.client_secret_ref.as_ref())
-                    .is_some_and(|r| r.name == name)
+                && refs::identity_secrets(identity).iter().any(|r| r.name == name)
         })
         .map(|identity| ObjectRef::new(&identity.name_any()).within(&namespace))
         .collect();
-    refs.extend(holder.map(|identity| ObjectRef::new(&identity).within(&namespace)));
-    refs
+    found.extend(holder.map(|identity| ObjectRef::new(&identity).within(&namespace)));
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found.dedup();
+    found
+}
+
+/// The identities of the pod's namespace whose credentials it names and may not reach.
+fn identities_exposed_to(store: &reflector::Store<Guarded>, pod: &ReferringPod) -> Vec<ObjectRef<Guarded>> {
+    let Some(namespace) = pod.metadata.namespace.as_deref().filter(|_| !pod.references.is_empty()) else {
+        return Vec::new();
+    };
+    let lists_share = shares_listed_in(store, namespace);
+    store
+        .state()
+        .iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok())
+        .filter(|identity| identity.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|identity| !exposure::exposed_references(identity, pod, &lists_share).is_empty())
+        .map(|identity| ObjectRef::new(&identity.name_any()).within(namespace))
+        .collect()
+}
+
+/// Whether an identity of `namespace` (by name) lists a share (by name), from the cache.
+fn shares_listed_in<'a>(store: &'a reflector::Store<Guarded>, namespace: &'a str) -> impl Fn(&str, &str) -> bool + 'a {
+    move |identity, share| {
+        let found = store.get(&ObjectRef::new(identity).within(namespace));
+        found.is_some_and(|guarded| {
+            let listed = guarded
+                .0
+                .as_ref()
+                .ok()
+                .map(|i| i.spec.shares.iter().any(|s| s.name == share));
+            listed.unwrap_or(false)
+        })
+    }
 }
 
 fn object_key(ns: &str, name: &str) -> String {
@@ -344,6 +394,7 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, identity_ctx: &Ident
     let tasks = observe_pods(identity, identity_ctx).await;
     let recheck = tasks.recheck;
     let enforced = observe_enforcement(identity, identity_ctx).await;
+    let exposure = observe_exposure(identity, identity_ctx).await;
 
     let children = match build::children_for(identity) {
         Ok(children) => children,
@@ -351,18 +402,31 @@ async fn reconcile_identity(identity: &WindowsTaskIdentity, identity_ctx: &Ident
             let message = validate::describe(&violations);
             warn!(identity = %object_key(&namespace, &name), %message, "invalid spec");
             let wanted = invalid_spec_conditions(message);
-            update_status(identity, ctx, wanted, None, tasks, enforced).await?;
+            let observed = Outside {
+                tasks,
+                enforced,
+                exposure,
+            };
+            update_status(identity, ctx, wanted, None, observed).await?;
             return Ok(recheck.map_or_else(Action::await_change, Action::requeue));
         }
     };
-    let Some((wanted, summary, look_again)) = apply_children(identity, &children, identity_ctx).await? else {
+    let token_exposed_to = &exposure.token_exposed_to;
+    let Some((wanted, summary, look_again)) =
+        apply_children(identity, &children, token_exposed_to, identity_ctx).await?
+    else {
         // The token issuer has no outcome for the current token settings yet; it wakes this
         // identity when it has one (at the latest when the attempt is reported pending), and
         // the status is written then: once, for a provider that answers at once.
         return Ok(Action::requeue(ctx.config.retry_period));
     };
     let ready = wanted.last().is_some_and(|c| c.status);
-    update_status(identity, ctx, wanted, Some(summary), tasks, enforced).await?;
+    let observed = Outside {
+        tasks,
+        enforced,
+        exposure,
+    };
+    update_status(identity, ctx, wanted, Some(summary), observed).await?;
     let next = if ready {
         ctx.config.resync_period
     } else {
@@ -383,6 +447,50 @@ struct TaskPods {
     healthy: ConditionState,
     /// When `TasksHealthy` may change without any pod changing.
     recheck: Option<std::time::Duration>,
+}
+
+/// Pods that expose the identity's credentials, for its status and its token.
+struct Exposure {
+    /// `status.exposure`; the outer `None` while winflow cannot list pods (the status keeps
+    /// what it said).
+    status: Option<Option<ExposureStatus>>,
+    contained: ConditionState,
+    /// The pods that are not the identity's own and name its token Secret.
+    token_exposed_to: Vec<String>,
+}
+
+/// What the status reports beside the configuration conditions, never inside `Ready`.
+struct Outside {
+    tasks: TaskPods,
+    enforced: ConditionState,
+    exposure: Exposure,
+}
+
+/// The pods of the identity's namespace that name its credentials and may not, from the
+/// cache of every unfinished pod; the metric follows.
+async fn observe_exposure(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext) -> Exposure {
+    let store = &identity_ctx.referring_pods;
+    let (namespace, name) = (identity.namespace().unwrap_or_default(), identity.name_any());
+    let metrics = &identity_ctx.shared.metrics;
+    // Until the first list is in, an empty cache would report no exposure.
+    if !initial_list_in(store, &identity_ctx.referring_pods_deadline).await {
+        metrics.exposed_pods(&namespace, &name, None);
+        return Exposure {
+            status: None,
+            contained: exposure::unknown(),
+            token_exposed_to: Vec::new(),
+        };
+    }
+    let pods = store.state();
+    let lists_share = shares_listed_in(&identity_ctx.identities, &namespace);
+    let exposed = exposure::exposed_pods(identity, pods.iter().map(|p| p.as_ref()), &lists_share);
+    metrics.exposed_pods(&namespace, &name, Some(exposed.len().try_into().unwrap_or(i64::MAX)));
+    let (status, contained) = exposure::report(&exposed);
+    Exposure {
+        status: Some(status),
+        contained,
+        token_exposed_to: exposure::token_exposed_to(&exposed),
+    }
 }
 
 /// How long the first reconciles wait for a cache's initial list. It comes within
@@ -441,6 +549,7 @@ async fn observe_pods(identity: &WindowsTaskIdentity, identity_ctx: &IdentityCon
 async fn apply_children(
     identity: &WindowsTaskIdentity,
     children: &IdentityChildren,
+    token_exposed_to: &[String],
     identity_ctx: &IdentityContext,
 ) -> Result<
     Option<(
@@ -507,7 +616,8 @@ async fn apply_children(
     .contains(&true);
     let shares = observe_shares(identity, ctx).await?;
     // After the service account: a workload-identity token is requested in its name.
-    let Some(token) = identity_ctx.issuer.report(identity).await.map_err(Error::Token)? else {
+    let issued = identity_ctx.issuer.report(identity, token_exposed_to).await;
+    let Some(token) = issued.map_err(Error::Token)? else {
         return Ok(None);
     };
     let service_account_name = identity.spec.service_account.name.clone();
@@ -644,6 +754,7 @@ async fn cleanup(identity: &WindowsTaskIdentity, identity_ctx: &IdentityContext)
         .await
         .map_err(Error::Finalizer)?;
     identity_ctx.issuer.forget(identity).await;
+    ctx.metrics.exposed_pods(&namespace, &name, None);
     ctx.written_status.forget(&object_key(&namespace, &name));
     Ok(Action::await_change())
 }
@@ -679,9 +790,13 @@ async fn update_status(
     ctx: &Context,
     mut wanted: Vec<ConditionState>,
     summary: Option<WindowsTaskIdentityStatus>,
-    tasks: TaskPods,
-    enforced: ConditionState,
+    outside: Outside,
 ) -> Result<(), Error> {
+    let Outside {
+        tasks,
+        enforced,
+        exposure,
+    } = outside;
     let key = object_key(&identity.namespace().unwrap_or_default(), &identity.name_any());
     let uid = identity.uid().unwrap_or_default();
     let cached = identity.status.clone().unwrap_or_default();
@@ -689,12 +804,14 @@ async fn update_status(
     let generation = identity.metadata.generation;
     let mut next = summary.unwrap_or_else(|| previous.clone());
     next.observed_generation = generation;
-    // TasksHealthy and Enforced are reported beside the configuration conditions, never
-    // inside Ready.
+    // TasksHealthy, Enforced and CredentialsContained are reported beside the configuration
+    // conditions, never inside Ready.
     wanted.push(tasks.healthy);
     wanted.push(enforced);
+    wanted.push(exposure.contained);
     next.conditions = report::next_conditions(&previous.conditions, &wanted, generation);
     next.pods = tasks.status.or_else(|| previous.pods.clone());
+    next.exposure = exposure.status.unwrap_or_else(|| previous.exposure.clone());
     if next == previous {
         return Ok(());
     }

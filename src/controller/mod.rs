@@ -1,6 +1,7 @@
 //! Controllers: each watches one kind and keeps its children and status current.
 
 mod backoff;
+mod exposure;
 pub mod identity;
 pub mod share;
 pub mod status;

@@ -92,8 +92,13 @@ impl Issuer {
     /// one, or stopping it when the token is off or moves to another Secret), deletes the
     /// Secret it no longer uses, and returns the outcome for what it wants now; `None` while
     /// there is none yet (the keeper wakes the reconcile when there is). Waits for the API
-    /// server only, never for a provider.
-    pub async fn report(&self, identity: &WindowsTaskIdentity) -> Result<Option<TokenReport>, kube::Error> {
+    /// server only, never for a provider. `exposed_to`: the pods that are not the identity's
+    /// own and name its token Secret; while there are any, the keeper writes no token.
+    pub async fn report(
+        &self,
+        identity: &WindowsTaskIdentity,
+        exposed_to: &[String],
+    ) -> Result<Option<TokenReport>, kube::Error> {
         let key = IdentityKey::of(identity);
         let wanted_secret = identity
             .spec
@@ -112,7 +117,7 @@ impl Issuer {
         let Some(settings) = &identity.spec.token else {
             return Ok(Some(TokenReport::not_requested()));
         };
-        let want = Want::of(identity, settings, &self.shared.client).await?;
+        let want = Want::of(identity, settings, exposed_to, &self.shared.client).await?;
         Ok(self.want(key, want))
     }
 

@@ -179,6 +179,9 @@ impl Keeper {
             self.publish(want, TokenReport::conflict(&want.secret_name));
             return Ok(Looked::Until(None));
         }
+        if !want.exposed_to.is_empty() {
+            return self.withhold(want, existing.as_ref()).await;
+        }
         let timing = Timing::of(want);
         let mut held = existing.as_ref().and_then(secret::held);
         let mut token_type = existing.as_ref().map(secret::token_type);
@@ -268,6 +271,43 @@ impl Keeper {
         let next = if look_again { Some(now) } else { facts.next_look() };
         self.publish(want, report::describe(&facts));
         Ok(Looked::Until(next))
+    }
+
+    /// Keeps the token out of a Secret that pods other than the identity's own name: takes
+    /// out one that is there, writes none, and says why. The reconcile tells the keeper when
+    /// those pods are gone; the token is then requested as for a Secret without one.
+    async fn withhold(&mut self, want: &Want, existing: Option<&Secret>) -> Result<Looked, kube::Error> {
+        let pods = want.exposed_to.join(", ");
+        if let Some(held) = existing.and_then(secret::held).filter(|h| h.has_token) {
+            let token_type = existing.map(secret::token_type).unwrap_or_default();
+            let blank = TokenContent {
+                access_token: None,
+                token_type: &token_type,
+                issued_at: held.issued_at,
+                expires_at: held.expires_at,
+                inputs: &held.inputs,
+                removed_at: Some(Timestamp::now()),
+            };
+            match self.write(want, &blank).await? {
+                Written::Done { .. } => {
+                    warn!(identity = %want.key(), secret = %want.secret_name, %pods, "took the token out of its Secret: pods that are not the identity's own name it");
+                }
+                Written::Conflict => {
+                    self.publish(want, TokenReport::conflict(&want.secret_name));
+                    return Ok(Looked::Until(None));
+                }
+                Written::Rejected(message) => {
+                    warn!(identity = %want.key(), secret = %want.secret_name, %pods, %message, "the token could not be taken out of its Secret");
+                    self.publish(want, TokenReport::exposed(&want.secret_name, &want.exposed_to));
+                    return Ok(Looked::Until(Some(later(self.shared.retry.first))));
+                }
+            }
+        }
+        self.shared
+            .metrics
+            .token_expiry(&self.key.namespace, &self.key.name, None);
+        self.publish(want, TokenReport::exposed(&want.secret_name, &want.exposed_to));
+        Ok(Looked::Until(None))
     }
 
     /// One attempt, given up for new settings. The first attempt for new settings is reported
@@ -403,6 +443,7 @@ mod tests {
             credentials: Err(Failure::new(Reason::SecretMissing, String::new())),
             identity,
             settings,
+            exposed_to: Vec::new(),
         }
         .version()
     }

@@ -28,6 +28,8 @@ pub enum Reason {
     TokenPending,
     /// The API server refused the token Secret.
     ApiError,
+    /// Pods that are not the identity's own name the token Secret: no token is written to it.
+    Exposed,
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
             Reason::CertificateNotTrusted => "CertificateNotTrusted",
             Reason::DeadlineExceeded => "DeadlineExceeded",
             Reason::TokenPending => "TokenPending",
+            Reason::Exposed => "Exposed",
             // The reason of every child the API server refused.
             Reason::ApiError => ConditionReason::ApiError.as_str(),
         }
@@ -89,6 +92,7 @@ mod tests {
             (Reason::DeadlineExceeded, "DeadlineExceeded"),
             (Reason::TokenPending, "TokenPending"),
             (Reason::ApiError, "ApiError"),
+            (Reason::Exposed, "Exposed"),
         ];
         for (reason, text) in all {
             assert_eq!(reason.as_str(), text);

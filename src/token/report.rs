@@ -51,6 +51,33 @@ impl TokenReport {
     }
 }
 
+/// How many pod names a message lists.
+const NAMED_PODS: usize = 5;
+
+impl TokenReport {
+    /// Pods that are not the identity's own name the token Secret (`pods`, by name): no token
+    /// is written to it until they are gone.
+    pub fn exposed(secret_name: &str, pods: &[String]) -> Self {
+        let mut named = pods.iter().take(NAMED_PODS).cloned().collect::<Vec<_>>().join(", ");
+        if pods.len() > NAMED_PODS {
+            named.push_str(&format!(" and {} more", pods.len() - NAMED_PODS));
+        }
+        Self {
+            condition: token_ready(
+                false,
+                Reason::Exposed,
+                format!(
+                    "Secret {secret_name} is named by pods that are not this identity's own ({named}); winflow writes no token to it (and took out one that was there) until they are gone (see status.exposure)"
+                ),
+            ),
+            status: Some(TokenStatus {
+                secret_name: Some(secret_name.to_owned()),
+                ..TokenStatus::default()
+            }),
+        }
+    }
+}
+
 /// What the report is made from.
 pub(super) struct Facts<'a> {
     pub secret_name: &'a str,
@@ -322,6 +349,25 @@ mod tests {
         assert_eq!(report.condition.reason, "LifetimeTooShort");
         assert!(report.condition.message.contains("5m"), "{}", report.condition.message);
         assert!(TokenReport::conflict("x").condition.message.contains("left untouched"));
+    }
+
+    #[test]
+    fn a_token_kept_out_for_exposing_pods_names_them() {
+        let pods: Vec<String> = (1..=7).map(|i| format!("p{i}")).collect();
+        let report = TokenReport::exposed("payroll-export-token", &pods);
+        assert!(!report.condition.status);
+        assert_eq!(report.condition.reason, "Exposed");
+        assert!(
+            report
+                .condition
+                .message
+                .starts_with("Secret payroll-export-token is named by pods that are not this identity's own (p1, p2, p3, p4, p5 and 2 more)"),
+            "{}",
+            report.condition.message
+        );
+        let status = report.status.unwrap();
+        assert_eq!(status.secret_name.as_deref(), Some("payroll-export-token"));
+        assert_eq!(status.expires_at, None);
     }
 
     #[test]

@@ -12,9 +12,7 @@ use crate::api::WindowsTaskIdentity;
 use crate::api::identity::TokenSettings;
 use crate::build::{carries_labels_of, namespaced_meta};
 
-pub const ACCESS_TOKEN_KEY: &str = "access_token";
-pub const TOKEN_TYPE_KEY: &str = "token_type";
-pub const EXPIRES_AT_KEY: &str = "expires_at";
+pub use crate::api::refs::{ACCESS_TOKEN_KEY, EXPIRES_AT_KEY, TOKEN_TYPE_KEY};
 /// When the token expires (RFC 3339), readable without reading the token.
 pub const EXPIRES_AT_ANNOTATION: &str = "winflow.io/expires-at";
 /// When winflow received the token: with the expiry, the lifetime the provider granted.

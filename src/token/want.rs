@@ -8,6 +8,7 @@ use kube::{Api, Client, ResourceExt};
 use super::{Failure, Reason, secret};
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::TokenSettings;
+use crate::api::refs::{self, SecretRef, SecretUse};
 
 /// The client credentials a token is requested with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +44,9 @@ pub(super) struct Want {
     /// Digest of the settings and the credentials' version: the token in the Secret was
     /// requested with these when its annotation says so.
     pub inputs: String,
+    /// Pods that are not the identity's own and name its token Secret: while there are any,
+    /// no token is written to it.
+    pub exposed_to: Vec<String>,
 }
 
 /// Which wish a report answers: a report for other inputs says nothing about the current ones.
@@ -51,13 +55,16 @@ pub(super) struct Version {
     uid: String,
     secret_name: String,
     inputs: String,
+    exposed_to: Vec<String>,
 }
 
 impl Want {
-    /// What `identity` (with `settings` as its `spec.token`) wants now.
+    /// What `identity` (with `settings` as its `spec.token`) wants now, with the pods that
+    /// are not its own and name its token Secret.
     pub(super) async fn of(
         identity: &WindowsTaskIdentity,
         settings: &TokenSettings,
+        exposed_to: &[String],
         client: &Client,
     ) -> Result<Want, kube::Error> {
         let namespace = identity.namespace().unwrap_or_default();
@@ -75,6 +82,7 @@ impl Want {
             secret_name: secret::secret_name(settings, &identity.name_any()),
             credentials,
             inputs,
+            exposed_to: exposed_to.to_vec(),
         })
     }
 
@@ -83,6 +91,7 @@ impl Want {
             uid: self.uid(),
             secret_name: self.secret_name.clone(),
             inputs: self.inputs.clone(),
+            exposed_to: self.exposed_to.clone(),
         }
     }
 
@@ -110,26 +119,26 @@ async fn credentials(
 ) -> Result<Result<Credentials, Failure>, kube::Error> {
     if let Some(workload) = &settings.workload_identity {
         return Ok(Ok(Credentials::ServiceAccount {
-            name: identity.spec.service_account.name.clone(),
+            name: refs::identity_service_account(identity).to_owned(),
             audience: workload.audience.clone(),
             expiration_seconds: workload.expiration_seconds,
         }));
     }
-    let Some(reference) = &settings.client_secret_ref else {
+    let client_secret = refs::identity_secrets(identity)
+        .into_iter()
+        .find(|r| r.what == SecretUse::ClientSecret);
+    let Some(SecretRef { name, key, .. }) = client_secret else {
         return Ok(Err(Failure::new(
             Reason::InvalidClient,
             "spec.token sets neither clientSecretRef nor workloadIdentity".to_owned(),
         )));
     };
-    let Some(found) = secrets.get_metadata_opt(&reference.name).await? else {
-        return Ok(Err(secret_missing(
-            &reference.name,
-            &identity.namespace().unwrap_or_default(),
-        )));
+    let Some(found) = secrets.get_metadata_opt(&name).await? else {
+        return Ok(Err(secret_missing(&name, &identity.namespace().unwrap_or_default())));
     };
     Ok(Ok(Credentials::Secret {
-        name: reference.name.clone(),
-        key: reference.key.clone(),
+        name,
+        key: key.unwrap_or_default(),
         version: found.resource_version().unwrap_or_default(),
     }))
 }

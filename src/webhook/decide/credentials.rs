@@ -6,11 +6,11 @@
 use crate::webhook::reason::AdmissionReason;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, LocalObjectReference, PodSpec, Volume};
-
 use super::{Checked, Denial, ResourceView};
 use crate::api::WindowsTaskIdentity;
-use crate::names::{IDENTITY_LABEL, token_secret_name};
+use crate::api::refs;
+use crate::names::IDENTITY_LABEL;
+pub(super) use crate::pod_refs::{Reference, references};
 
 /// What a Secret that winflow's resources name is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,16 @@ enum SecretUse {
 }
 
 impl SecretUse {
+    /// What `what` is for, with the name of the resource that names it.
+    fn of(what: refs::SecretUse, owner: String) -> Self {
+        match what {
+            refs::SecretUse::Token => Self::Token { identity: owner },
+            refs::SecretUse::ClientSecret => Self::ClientSecret { identity: owner },
+            refs::SecretUse::HostAccount => Self::HostAccount { identity: owner },
+            refs::SecretUse::ShareCredentials => Self::ShareCredentials { share: owner },
+        }
+    }
+
     fn reason(&self) -> AdmissionReason {
         match self {
             Self::Token { .. } => AdmissionReason::TokenSecretNotOwn,
@@ -78,9 +88,10 @@ impl Protected {
         view.each_identity(Some(namespace), &mut |identity| protected.add_identity(identity));
         view.each_share(namespace, &mut |share| {
             let name = share.metadata.name.clone().unwrap_or_default();
-            let share_use = SecretUse::ShareCredentials { share: name.clone() };
-            protected.add_secret(&share.spec.credentials_secret_ref.name, share_use);
-            protected.claims.insert(name.clone(), name);
+            for secret in refs::share_secrets(share) {
+                protected.add_secret(&secret.name, SecretUse::of(secret.what, name.clone()));
+            }
+            protected.claims.insert(refs::share_claim(share), name);
         });
         protected
     }
@@ -91,19 +102,11 @@ impl Protected {
 
     fn add_identity(&mut self, identity: &WindowsTaskIdentity) {
         let name = identity.metadata.name.clone().unwrap_or_default();
-        let spec = &identity.spec;
-        if let Some(token) = &spec.token {
-            let token_secret = token_secret_name(token.secret_name.as_deref(), &name);
-            self.add_secret(&token_secret, SecretUse::Token { identity: name.clone() });
-            if let Some(client) = &token.client_secret_ref {
-                self.add_secret(&client.name, SecretUse::ClientSecret { identity: name.clone() });
-            }
-        }
-        if let Some(host) = spec.host_account.as_ref().and_then(|h| h.kubernetes_secret.as_ref()) {
-            self.add_secret(&host.name, SecretUse::HostAccount { identity: name.clone() });
+        for secret in refs::identity_secrets(identity) {
+            self.add_secret(&secret.name, SecretUse::of(secret.what, name.clone()));
         }
         self.service_accounts
-            .entry(spec.service_account.name.clone())
+            .entry(refs::identity_service_account(identity).to_owned())
             .or_default()
             .push(name);
     }
@@ -117,123 +120,6 @@ impl Protected {
             .map(String::as_str)
             .filter(|identity| Some(*identity) != own)
             .collect()
-    }
-}
-
-/// A Secret or claim a pod reaches for, and where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Reference {
-    Secret { name: String, place: String },
-    Claim { name: String, place: String },
-}
-
-/// Every Secret and claim the pod spec names: volumes of any kind that take a Secret, and the
-/// environment of every container (init, app and ephemeral).
-pub(super) fn references(spec: &PodSpec) -> Vec<Reference> {
-    let mut found = Vec::new();
-    for volume in spec.volumes.iter().flatten() {
-        volume_references(volume, &mut found);
-    }
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .map(|c| (c.name.as_str(), "container", c.env.as_deref(), c.env_from.as_deref()));
-    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| {
-        (
-            c.name.as_str(),
-            "ephemeral container",
-            c.env.as_deref(),
-            c.env_from.as_deref(),
-        )
-    });
-    for (name, kind, env, env_from) in containers.chain(ephemeral) {
-        env_references(
-            name,
-            kind,
-            env.unwrap_or_default(),
-            env_from.unwrap_or_default(),
-            &mut found,
-        );
-    }
-    found
-}
-
-fn by_ref(reference: Option<&LocalObjectReference>) -> Option<&String> {
-    reference.map(|r| &r.name)
-}
-
-fn volume_references(volume: &Volume, found: &mut Vec<Reference>) {
-    let place = format!("volume {:?}", volume.name);
-    let mut secret = |name: Option<&String>, how: &str| {
-        if let Some(name) = name {
-            found.push(Reference::Secret {
-                name: name.clone(),
-                place: format!("{place} ({how})"),
-            });
-        }
-    };
-    let secrets = [
-        (volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()), "secret"),
-        (
-            by_ref(volume.csi.as_ref().and_then(|c| c.node_publish_secret_ref.as_ref())),
-            "csi nodePublishSecretRef",
-        ),
-        (volume.azure_file.as_ref().map(|a| &a.secret_name), "azureFile"),
-        (
-            by_ref(volume.cephfs.as_ref().and_then(|c| c.secret_ref.as_ref())),
-            "cephfs",
-        ),
-        (
-            by_ref(volume.cinder.as_ref().and_then(|c| c.secret_ref.as_ref())),
-            "cinder",
-        ),
-        (
-            by_ref(volume.flex_volume.as_ref().and_then(|f| f.secret_ref.as_ref())),
-            "flexVolume",
-        ),
-        (
-            by_ref(volume.iscsi.as_ref().and_then(|i| i.secret_ref.as_ref())),
-            "iscsi",
-        ),
-        (by_ref(volume.rbd.as_ref().and_then(|r| r.secret_ref.as_ref())), "rbd"),
-        (volume.scale_io.as_ref().map(|s| &s.secret_ref.name), "scaleIO"),
-        (
-            by_ref(volume.storageos.as_ref().and_then(|s| s.secret_ref.as_ref())),
-            "storageos",
-        ),
-    ];
-    for (name, how) in secrets {
-        secret(name, how);
-    }
-    for source in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-        secret(source.secret.as_ref().map(|s| &s.name), "projected secret");
-    }
-    if let Some(claim) = &volume.persistent_volume_claim {
-        found.push(Reference::Claim {
-            name: claim.claim_name.clone(),
-            place,
-        });
-    }
-}
-
-fn env_references(container: &str, kind: &str, env: &[EnvVar], env_from: &[EnvFromSource], found: &mut Vec<Reference>) {
-    for var in env {
-        if let Some(key) = var.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) {
-            found.push(Reference::Secret {
-                name: key.name.clone(),
-                place: format!("env {} of {kind} {container:?}", var.name),
-            });
-        }
-    }
-    for source in env_from {
-        if let Some(secret) = &source.secret_ref {
-            found.push(Reference::Secret {
-                name: secret.name.clone(),
-                place: format!("envFrom of {kind} {container:?}"),
-            });
-        }
     }
 }
 
