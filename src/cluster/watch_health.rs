@@ -23,6 +23,9 @@ const REMIND_EVERY: Duration = Duration::from_secs(300);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Watcher {
     Identity,
+    /// The identity controller's watch of every unfinished pod, for pods that expose
+    /// identities (apart from its watch of task pods, so that each says which one fails).
+    Exposure,
     Share,
     Webhook,
 }
@@ -32,6 +35,7 @@ impl Watcher {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Watcher::Identity => "identity",
+            Watcher::Exposure => "exposure",
             Watcher::Share => "share",
             Watcher::Webhook => "webhook",
         }
@@ -42,6 +46,7 @@ impl fmt::Display for Watcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Watcher::Identity => "identity controller",
+            Watcher::Exposure => "identity controller, pods that may expose identities",
             Watcher::Share => "share controller",
             Watcher::Webhook => "webhook",
         })

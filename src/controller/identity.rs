@@ -103,7 +103,7 @@ pub async fn run(
     let referring_watch = watches::events(
         scoped::<ReferringPod>(client.clone(), namespace.as_deref()),
         watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
-        Watcher::Identity,
+        Watcher::Exposure,
         &ctx.metrics,
     );
     let referring_pods = reflector::reflector(referring_writer, referring_watch).touched_objects();
