@@ -13,7 +13,7 @@ use winflow::metrics::Metrics;
 use winflow::telemetry::{self, LogFormat};
 use winflow::token::{CaBundle, OidcSettings, RetryPolicy, TokenConfig};
 use winflow::webhook::managed_certs::{CertKeeper, ManagedCerts};
-use winflow::webhook::registration::{Endpoint, Registration};
+use winflow::webhook::registration::{self, Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
 
 /// winflow: Apache Airflow tasks on Windows nodes as least-privileged Active Directory identities.
@@ -343,12 +343,14 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
             if let Some(url) = &args.register_webhooks {
+                // The server says whether it evaluates matchConditions (1.28 and later).
+                let match_conditions = registration::supports_match_conditions(&client).await?;
                 webhook::register(
                     client.clone(),
-                    &local_registration(url, cert_dir, &args.webhook_failure_policy)?,
+                    &local_registration(url, cert_dir, &args.webhook_failure_policy, match_conditions)?,
                 )
                 .await?;
-                tracing::info!(%url, "registered the webhook configurations");
+                tracing::info!(%url, match_conditions, "registered the webhook configurations");
             }
             Some(task)
         }
@@ -418,7 +420,12 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Webhook configurations for a local run: the API server calls `url`, trusting the CA in
 /// `ca.crt` of the certificate directory (or the self-signed `tls.crt`).
-fn local_registration(url: &str, cert_dir: &std::path::Path, failure_policy: &str) -> std::io::Result<Registration> {
+fn local_registration(
+    url: &str,
+    cert_dir: &std::path::Path,
+    failure_policy: &str,
+    match_conditions: bool,
+) -> std::io::Result<Registration> {
     let ca_bundle = std::fs::read(cert_dir.join("ca.crt")).or_else(|_| std::fs::read(cert_dir.join("tls.crt")))?;
     Ok(Registration {
         name: "winflow".to_owned(),
@@ -426,6 +433,7 @@ fn local_registration(url: &str, cert_dir: &std::path::Path, failure_policy: &st
         ca_bundle,
         failure_policy: failure_policy.to_owned(),
         namespace_selector: None,
+        match_conditions,
     })
 }
 

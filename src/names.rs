@@ -38,6 +38,24 @@ pub fn identity_of_credential_spec(credential_spec: &str) -> Option<(&str, &str)
     credential_spec.split_once('.')
 }
 
+/// Text as Windows and Active Directory compare it, case-insensitively: folded through upper
+/// and then lower case, so letters with more than one lower-case form (`ſ`, `K`) meet too.
+pub(crate) fn fold_case(text: &str) -> String {
+    text.to_uppercase().to_lowercase()
+}
+
+/// An account name as Active Directory compares it: without surrounding whitespace or the
+/// trailing `$` of a (group) managed service account's sAMAccountName, ignoring case.
+pub(crate) fn account_key(account: &str) -> String {
+    fold_case(account.trim().trim_end_matches('$').trim_end())
+}
+
+/// A domain name as Active Directory compares it: without surrounding whitespace or the
+/// trailing dot of a fully qualified DNS name, ignoring case.
+pub(crate) fn domain_key(domain: &str) -> String {
+    fold_case(domain.trim().trim_end_matches('.').trim_end())
+}
+
 /// Persistent volumes are cluster scoped; `<namespace>.<name>` cannot collide.
 pub fn persistent_volume_name(namespace: &str, share: &str) -> String {
     format!("{namespace}.{share}")
@@ -81,5 +99,17 @@ mod tests {
         let name = credential_spec_name("airflow", "finance.reports");
         assert_eq!(name, "airflow.finance.reports");
         assert_eq!(identity_of_credential_spec(&name), Some(("airflow", "finance.reports")));
+    }
+
+    #[test]
+    fn accounts_and_domains_compare_as_active_directory_does() {
+        for spelling in ["svc-reports", "SVC-Reports$", " svc-reports$ ", "ſvc-reports"] {
+            assert_eq!(account_key(spelling), "svc-reports", "{spelling:?}");
+        }
+        assert_ne!(account_key("svc-reports2"), "svc-reports");
+        for spelling in ["corp.example.com", "CORP.Example.COM.", " corp.example.com. "] {
+            assert_eq!(domain_key(spelling), "corp.example.com", "{spelling:?}");
+        }
+        assert_eq!(fold_case("\u{212A}ey"), "key");
     }
 }

@@ -128,7 +128,7 @@ async fn when_webhook_active(env: &TestEnv) {
 
 /// The reason of a denial in the webhook's metrics, by counting the metric before and after.
 fn denied_for(webhook: &support::webhook::Webhook, reason: &str) -> u64 {
-    ["mutate", "validate"]
+    ["mutate", "validate", "validate-gmsa"]
         .iter()
         .map(|hook| {
             support::metric_sum(
@@ -596,5 +596,181 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
         "{err}"
     );
     assert!(denied_for(&webhook, "IdentityLabelChanged") >= 1);
+    operator.stop().await;
+}
+
+/// An unlabelled pod carrying gMSA `options` at pod level (`"pod"`), in an init container
+/// (`"init"`) or in its container (`"container"`).
+fn with_gmsa(name: &str, place: &str, options: Value) -> Value {
+    let mut pod = plain_pod(name);
+    let context = json!({"windowsOptions": options});
+    match place {
+        "pod" => pod["spec"]["securityContext"] = context,
+        "init" => {
+            pod["spec"]["initContainers"] =
+                json!([{"name": "init", "image": "registry.example.com/tools:1", "securityContext": context}])
+        }
+        _ => pod["spec"]["containers"][0]["securityContext"] = context,
+    }
+    pod
+}
+
+/// Contents naming the gMSA account of the example identity `payroll-export` (svc-payroll in
+/// CORP, host account plugin input of its Key Vault), spelled where and how winflow's first
+/// parser did not look.
+fn payroll_spellings(plugin_input: &str) -> Vec<(&'static str, String)> {
+    let gmsa = |name: &str, scope: &str| {
+        format!(
+            r#"{{"ActiveDirectoryConfig":{{"GroupManagedServiceAccounts":[{{"Name":"{name}","Scope":"{scope}"}}]}}}}"#
+        )
+    };
+    vec![
+        (
+            "MachineAccountName",
+            r#"{"DomainJoinConfig":{"MachineAccountName":"svc-payroll","DnsName":"corp.example.com","NetBiosName":"CORP"}}"#.to_owned(),
+        ),
+        (
+            "plugin input",
+            format!(r#"{{"ActiveDirectoryConfig":{{"HostAccountConfig":{{"PluginGUID":"{{CCC2A336-D7F3-4818-A213-272B7924213E}}","PluginInput":"{plugin_input}"}}}}}}"#),
+        ),
+        (
+            "key case",
+            r#"{"activedirectoryconfig":{"GROUPMANAGEDSERVICEACCOUNTS":[{"name":"svc-payroll","scope":"CORP"}]}}"#.to_owned(),
+        ),
+        ("byte-order mark", format!("\u{feff}{}", gmsa("svc-payroll", "CORP"))),
+        ("trailing dot and $", gmsa("SVC-Payroll$", "corp.example.com.")),
+        (
+            "key given twice",
+            r#"{"ActiveDirectoryConfig":{"GroupManagedServiceAccounts":[{"Name":"svc-payroll","Scope":"CORP"}]},"activeDirectoryConfig":{}}"#
+                .to_owned(),
+        ),
+    ]
+}
+
+/// The reason and a part of the message that each spelling of `payroll_spellings` is denied with.
+fn spelling_denial(what: &str) -> (&'static str, &'static str) {
+    match what {
+        "byte-order mark" | "key given twice" => ("GmsaContentUnreadable", "cannot read unambiguously"),
+        _ => ("GmsaAccountOfIdentity", "identity \"payroll-export\""),
+    }
+}
+
+#[tokio::test]
+async fn the_gmsa_gate_holds_in_every_namespace_for_every_spelling() {
+    let env = TestEnv::new("lp-gmsa").await;
+    let operator = env.start_operator(Duration::from_secs(300));
+    payroll_identity(&env).await;
+    let webhook = support::webhook::start_webhook(&env).await;
+    when_webhook_active(&env).await;
+    grant_pod_rights(&env, &["airflow-worker", "intruder"]).await;
+    let ns = env.namespace.clone();
+    let intruder = env.client_as_service_account("intruder").await;
+    let payroll = env.api::<WindowsTaskIdentity>().get("payroll-export").await.unwrap();
+    let own = winflow::webhook::decide::inline_credential_spec(&payroll);
+    let plugin_input = "ObjectId=6e7a5f1c-2b1d-4c39-9f3e-8d2a1b0c4e5f;SecretUri=https://winflow-kv.vault.azure.net/secrets/gmsa-reader";
+
+    // Not an enforcement namespace: the cluster-wide webhook answers once the API server has it.
+    let named = |contents: &str, name: Option<&str>| match name {
+        Some(name) => json!({"gmsaCredentialSpecName": name, "gmsaCredentialSpec": contents}),
+        None => json!({"gmsaCredentialSpec": contents}),
+    };
+    wait_until("gMSA webhook active", TIMEOUT, || async {
+        let probe = with_gmsa("probe-gmsa", "pod", named(&own, Some("webapp-gmsa")));
+        match support::create_pod(&intruder, &ns, probe).await {
+            Err(e) if e.contains("identity \"payroll-export\"") => Some(()),
+            Ok(_) => {
+                let _ = env.api::<Pod>().delete("probe-gmsa", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+
+    let mut n = 0;
+    let mut expect_denied = |pod: Value, reason: &'static str, found: String| {
+        n += 1;
+        let mut pod = pod;
+        pod["metadata"]["name"] = json!(format!("p{n}"));
+        let (intruder, ns, webhook) = (intruder.clone(), ns.clone(), &webhook);
+        async move {
+            let before = denied_for(webhook, reason);
+            let err = support::create_pod(&intruder, &ns, pod).await.unwrap_err();
+            assert!(err.contains(&found), "{reason}: {found} in {err}");
+            assert_eq!(denied_for(webhook, reason), before + 1, "{reason}: {err}");
+        }
+    };
+
+    // Row 8: the identity's contents, at pod, container and init container level, under
+    // another credential spec name or none.
+    for place in ["pod", "container", "init"] {
+        for name in [Some("webapp-gmsa"), None] {
+            expect_denied(
+                with_gmsa("x", place, named(&own, name)),
+                "GmsaAccountOfIdentity",
+                "gMSA account of identity \"payroll-export\"".to_owned(),
+            )
+            .await;
+        }
+    }
+    // ... and its credential spec name.
+    expect_denied(
+        with_gmsa(
+            "x",
+            "container",
+            json!({"gmsaCredentialSpecName": format!("{ns}.payroll-export")}),
+        ),
+        "UnlabelledGmsaUse",
+        "winflow.io/identity=payroll-export".to_owned(),
+    )
+    .await;
+    // Row 9, here and in an enforcement namespace: every spelling, next to another name.
+    let spellings = payroll_spellings(plugin_input);
+    for (what, contents) in &spellings {
+        let (reason, found) = spelling_denial(what);
+        let pod = with_gmsa("x", "container", named(contents, Some("webapp-gmsa")));
+        expect_denied(pod, reason, found.to_owned()).await;
+    }
+    // Contents naming an unrelated account are not winflow's business; the identity's own
+    // pod, created by a creator it lists, gets its contents.
+    let webapp = r#"{"ActiveDirectoryConfig":{"GroupManagedServiceAccounts":[{"Name":"svc-webapp","Scope":"CORP"}]}}"#;
+    support::create_pod(
+        &intruder,
+        &ns,
+        with_gmsa("webapp", "pod", named(webapp, Some("webapp-gmsa"))),
+    )
+    .await
+    .unwrap();
+    let worker = env.client_as_service_account("airflow-worker").await;
+    let task = support::task_pod("own", "payroll-export", "payroll_export", "export_ledger");
+    let created = support::create_pod(&worker, &ns, task).await.unwrap();
+    let options = created.spec.unwrap().security_context.unwrap().windows_options.unwrap();
+    assert_eq!(options.gmsa_credential_spec.as_deref(), Some(own.as_str()));
+
+    // The same spellings in an enforcement namespace (seen by enforce.pods.winflow.io).
+    support::set_enforce_label(&env, Some("true")).await;
+    let (client, ns2) = (intruder.clone(), ns.clone());
+    wait_until("enforcement active", TIMEOUT, || async {
+        let probe = with(
+            plain_pod("probe-plain"),
+            &json!({"serviceAccountName": "payroll-export"}),
+        );
+        match support::create_pod(&client, &ns2, probe).await {
+            Err(e) if e.contains("the service account of identity \"payroll-export\"") => Some(()),
+            Ok(_) => {
+                let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    for (what, contents) in &spellings {
+        let (reason, found) = spelling_denial(what);
+        let pod = with_gmsa("x", "pod", named(contents, Some("webapp-gmsa")));
+        expect_denied(pod, reason, found.to_owned()).await;
+    }
+    let task = support::task_pod("own-enforced", "payroll-export", "payroll_export", "export_ledger");
+    support::create_pod(&worker, &ns, task).await.unwrap();
     operator.stop().await;
 }

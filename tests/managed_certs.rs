@@ -88,6 +88,9 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
         ca_bundle: Vec::new(),
         failure_policy: "Ignore".to_owned(),
         namespace_selector: None,
+        match_conditions: winflow::webhook::registration::supports_match_conditions(&env.client)
+            .await
+            .unwrap(),
     };
     winflow::webhook::register(env.client.clone(), &registration)
         .await

@@ -121,6 +121,14 @@ fn host_account_config(namespace: &str, host: &HostAccount) -> Option<HostAccoun
     })
 }
 
+/// The `HostAccountConfig.PluginInput` winflow writes for an identity in `namespace`, if it
+/// has a host account: whoever presents it to a node's credential guard gets the identity's
+/// gMSA, so the webhook treats it as naming the identity.
+pub fn host_account_plugin_input(namespace: &str, spec: &WindowsTaskIdentitySpec) -> Option<String> {
+    let host = spec.host_account.as_ref()?;
+    host_account_config(namespace, host).map(|config| config.plugin_input)
+}
+
 /// The cluster-scoped `GMSACredentialSpec` named `<namespace>.<name>`.
 pub fn credential_spec_for(identity: &WindowsTaskIdentity) -> GMSACredentialSpec {
     let namespace = identity_namespace(identity);

@@ -187,7 +187,7 @@ pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
             false,
             ConditionReason::NamespaceNotEnforced,
             format!(
-                "namespace {namespace:?} is not labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are not checked: they could mount this identity's token Secret, its shares' claims or credentials Secrets, run as its service account or set its credential spec; label the namespace to close that"
+                "namespace {namespace:?} is not labelled {ENFORCE_LABEL}=true, so pods without the {IDENTITY_LABEL} label there are checked only for its gMSA (its credential spec and accounts, as in every namespace): they could mount this identity's token Secret, its shares' claims or credentials Secrets, or run as its service account; label the namespace to close that"
             ),
         )
     }
@@ -409,6 +409,7 @@ mod tests {
             off.message
                 .starts_with("namespace \"airflow\" is not labelled winflow.io/enforce=true")
                 && off.message.contains("token Secret")
+                && off.message.contains("checked only for its gMSA")
                 && off.message.ends_with("label the namespace to close that"),
             "{}",
             off.message

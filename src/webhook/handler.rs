@@ -106,6 +106,27 @@ impl ResourceView for ResourceCache {
     fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare)) {
         each_decoded(&self.shares, Some(namespace), visit);
     }
+
+    fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities_where(|identity| decide::account_keys(&identity.spec).any(|key| key == account))
+    }
+
+    fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities_where(|identity| decide::plugin_input(identity).as_deref() == Some(input))
+    }
+}
+
+impl ResourceCache {
+    /// The identities (any namespace) that `wanted` picks: a scan of the cache.
+    fn identities_where(&self, wanted: impl Fn(&WindowsTaskIdentity) -> bool) -> Vec<Arc<WindowsTaskIdentity>> {
+        let mut found = Vec::new();
+        each_decoded(&self.identities, None, &mut |identity| {
+            if wanted(identity) {
+                found.push(Arc::new(identity.clone()));
+            }
+        });
+        found
+    }
 }
 
 /// winflow's admission webhook.
@@ -154,6 +175,7 @@ impl PodWebhook {
             ReviewKind::Mutate => "mutate",
             ReviewKind::Validate => "validate",
             ReviewKind::ValidateEphemeral => "validate-ephemeral",
+            ReviewKind::ValidateGmsa => "validate-gmsa",
         };
         let looked_up;
         let request = match decide::pod_to_look_up(request) {
@@ -178,6 +200,7 @@ impl PodWebhook {
             ReviewKind::Mutate => decide::mutate(request, view, access.as_ref()),
             ReviewKind::Validate => decide::validate(request, view, access.as_ref()),
             ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access.as_ref()),
+            ReviewKind::ValidateGmsa => decide::validate_gmsa(request, view),
         };
         (webhook, decision)
     }

@@ -18,6 +18,9 @@ pub enum AdmissionReason {
     GmsaAccountOfIdentity,
     GmsaChanged,
     GmsaConflict,
+    /// gMSA contents winflow cannot read unambiguously (not one JSON object, a key given
+    /// twice, an account field of the wrong type): denied, fail closed.
+    GmsaContentUnreadable,
     GmsaContentWithoutName,
     HostAccountSecretReference,
     IdentityLabelChanged,
@@ -54,6 +57,7 @@ impl AdmissionReason {
             AdmissionReason::GmsaAccountOfIdentity => "GmsaAccountOfIdentity",
             AdmissionReason::GmsaChanged => "GmsaChanged",
             AdmissionReason::GmsaConflict => "GmsaConflict",
+            AdmissionReason::GmsaContentUnreadable => "GmsaContentUnreadable",
             AdmissionReason::GmsaContentWithoutName => "GmsaContentWithoutName",
             AdmissionReason::HostAccountSecretReference => "HostAccountSecretReference",
             AdmissionReason::IdentityLabelChanged => "IdentityLabelChanged",

@@ -1,12 +1,14 @@
 //! The Mutating and Validating webhook configurations that point the API server at winflow.
 //! Only pods labelled `winflow.io/identity` are sent (objectSelector), so unrelated pods never
-//! wait on winflow; enforcement namespaces also send unlabelled pods for validation.
+//! wait on winflow; enforcement namespaces also send unlabelled pods for validation, and every
+//! other namespace the unlabelled pods that carry gMSA fields (a `matchConditions` expression
+//! picks them out on Kubernetes 1.28 and later; older servers send every unlabelled pod).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
     ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
@@ -36,6 +38,65 @@ pub struct Registration {
     pub failure_policy: String,
     /// Further restricts the namespaces whose pods are sent (for example to one namespace).
     pub namespace_selector: Option<LabelSelector>,
+    /// Whether the API server evaluates webhooks' `matchConditions` (Kubernetes 1.28 and
+    /// later): ask it with [`supports_match_conditions`], never assume.
+    pub match_conditions: bool,
+}
+
+/// The first Kubernetes minor version (of 1.x) that evaluates `matchConditions` (beta and on
+/// by default in 1.28, GA in 1.30).
+const MATCH_CONDITIONS_SINCE: u32 = 28;
+
+/// Whether the API server `client` talks to evaluates `matchConditions`, from its version.
+pub async fn supports_match_conditions(client: &kube::Client) -> Result<bool, kube::Error> {
+    let version = client.apiserver_version().await?;
+    Ok(version_supports_match_conditions(
+        &version.major,
+        &version.minor,
+        &version.git_version,
+    ))
+}
+
+/// From the version the server reports: `major` and `minor` (managed offerings add a `+`, as
+/// in `"28+"`), or else `git_version` (`v1.28.3-gke.100`). What cannot be read counts as an
+/// older server: the webhook is then registered without the condition, which costs time, not
+/// safety.
+fn version_supports_match_conditions(major: &str, minor: &str, git_version: &str) -> bool {
+    let number = |text: &str| -> Option<u32> {
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let from_git = || {
+        let mut parts = git_version.trim_start_matches('v').split('.');
+        Some((number(parts.next()?)?, number(parts.next()?)?))
+    };
+    match number(major).zip(number(minor)).or_else(from_git) {
+        Some((major, minor)) => major > 1 || (major == 1 && minor >= MATCH_CONDITIONS_SINCE),
+        None => false,
+    }
+}
+
+/// The CEL expression true for pods that carry a gMSA field at pod level or in any container
+/// (init, app, ephemeral): the only ones `gmsa.pods.winflow.io` needs to see. The chart's
+/// webhookconfigurations.yaml holds the same text (tests/chart/ checks it).
+pub fn gmsa_match_expression() -> String {
+    let gmsa_in =
+        |options: &str| format!("(has({options}.gmsaCredentialSpecName) || has({options}.gmsaCredentialSpec))");
+    let pod_level = format!(
+        "(has(object.spec.securityContext) && has(object.spec.securityContext.windowsOptions) && {})",
+        gmsa_in("object.spec.securityContext.windowsOptions")
+    );
+    let containers = ["initContainers", "containers", "ephemeralContainers"].map(|list| {
+        format!(
+            "(has(object.spec.{list}) && object.spec.{list}.exists(c, has(c.securityContext) && has(c.securityContext.windowsOptions) && {}))",
+            gmsa_in("c.securityContext.windowsOptions")
+        )
+    });
+    let any = std::iter::once(pod_level)
+        .chain(containers)
+        .collect::<Vec<_>>()
+        .join(" ||\n  ");
+    format!("has(object.spec) && (\n  {any}\n)")
 }
 
 fn client_config(registration: &Registration, path: &str) -> WebhookClientConfig {
@@ -90,6 +151,20 @@ fn enforced_namespaces(extra: Option<&LabelSelector>) -> LabelSelector {
         .match_labels
         .get_or_insert_with(BTreeMap::new)
         .insert(ENFORCE_LABEL.to_owned(), "true".to_owned());
+    selector
+}
+
+/// `extra` AND not the enforcement label (namespaces without it included).
+fn unenforced_namespaces(extra: Option<&LabelSelector>) -> LabelSelector {
+    let mut selector = extra.cloned().unwrap_or_default();
+    selector
+        .match_expressions
+        .get_or_insert_with(Vec::new)
+        .push(LabelSelectorRequirement {
+            key: ENFORCE_LABEL.to_owned(),
+            operator: "NotIn".to_owned(),
+            values: Some(vec!["true".to_owned()]),
+        });
     selector
 }
 
@@ -166,7 +241,33 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
                 None,
                 pod_rules(&[(&["UPDATE"], &["pods/ephemeralcontainers"])]),
             ),
+            gmsa_webhook(
+                registration,
+                webhook(
+                    "gmsa.pods.winflow.io",
+                    "/validate-gmsa",
+                    Some(unenforced_namespaces(registration.namespace_selector.as_ref())),
+                    Some(label_exists(false)),
+                    pod_rules(&[(&["CREATE"], &["pods"]), (&["UPDATE"], &["pods/ephemeralcontainers"])]),
+                ),
+            ),
         ]),
+    }
+}
+
+/// A node retrieves a gMSA for any pod whose credential spec names it, so unlabelled pods
+/// outside enforcement namespaces are checked too; where the server can tell, only those
+/// that carry a gMSA field are sent, so other pods never wait on winflow.
+fn gmsa_webhook(registration: &Registration, webhook: ValidatingWebhook) -> ValidatingWebhook {
+    let match_conditions = registration.match_conditions.then(|| {
+        vec![MatchCondition {
+            name: "carries-gmsa-fields".to_owned(),
+            expression: gmsa_match_expression(),
+        }]
+    });
+    ValidatingWebhook {
+        match_conditions,
+        ..webhook
     }
 }
 
@@ -181,6 +282,7 @@ mod tests {
             ca_bundle: b"-----BEGIN CERTIFICATE-----".to_vec(),
             failure_policy: "Fail".into(),
             namespace_selector: None,
+            match_conditions: false,
         }
     }
 
@@ -223,7 +325,7 @@ mod tests {
         });
         let config = validating_configuration(&reg);
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 3);
+        assert_eq!(hooks.len(), 4);
         assert_eq!(
             hooks[0].client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate-pods")
@@ -282,5 +384,125 @@ mod tests {
             ephemeral.client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate-ephemeral-containers")
         );
+    }
+
+    #[test]
+    fn unlabelled_pods_outside_enforcement_namespaces_are_sent_for_the_gmsa_rules() {
+        let mut reg = registration(Endpoint::Url("https://127.0.0.1:8443".into()));
+        reg.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("team".to_owned(), "finance".to_owned())].into()),
+            match_expressions: None,
+        });
+        let gmsa = |reg: &Registration| {
+            validating_configuration(reg)
+                .webhooks
+                .unwrap()
+                .into_iter()
+                .find(|h| h.name == "gmsa.pods.winflow.io")
+                .unwrap()
+        };
+        let old_server = gmsa(&reg);
+        assert_eq!(
+            old_server.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/validate-gmsa")
+        );
+        let namespaces = old_server.namespace_selector.clone().unwrap();
+        assert_eq!(namespaces.match_labels.unwrap()["team"], "finance");
+        let requirement = &namespaces.match_expressions.unwrap()[0];
+        assert_eq!(
+            (requirement.key.as_str(), requirement.operator.as_str()),
+            ("winflow.io/enforce", "NotIn")
+        );
+        assert_eq!(requirement.values.as_deref(), Some(&["true".to_owned()][..]));
+        let objects = old_server.object_selector.clone().unwrap().match_expressions.unwrap();
+        assert_eq!(
+            (objects[0].key.as_str(), objects[0].operator.as_str()),
+            ("winflow.io/identity", "DoesNotExist")
+        );
+        let rules: Vec<_> = old_server
+            .rules
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.operations.unwrap(), r.resources.unwrap()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (vec!["CREATE".to_owned()], vec!["pods".to_owned()]),
+                (vec!["UPDATE".to_owned()], vec!["pods/ephemeralcontainers".to_owned()])
+            ]
+        );
+        assert!(
+            old_server.match_conditions.is_none(),
+            "a server before 1.28 would ignore matchConditions"
+        );
+
+        reg.match_conditions = true;
+        let new_server = gmsa(&reg);
+        let conditions = new_server.match_conditions.clone().unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].name, "carries-gmsa-fields");
+        assert_eq!(conditions[0].expression, gmsa_match_expression());
+        // Everything else is the same; the other webhooks get no condition.
+        assert_eq!(
+            ValidatingWebhook {
+                match_conditions: None,
+                ..new_server
+            },
+            old_server
+        );
+        let others = validating_configuration(&reg).webhooks.unwrap();
+        assert!(
+            others
+                .iter()
+                .filter(|h| h.name != "gmsa.pods.winflow.io")
+                .all(|h| h.match_conditions.is_none())
+        );
+    }
+
+    #[test]
+    fn the_match_condition_looks_at_every_place_a_pod_carries_gmsa_fields() {
+        let expression = gmsa_match_expression();
+        for place in [
+            "object.spec.securityContext.windowsOptions.gmsaCredentialSpecName",
+            "object.spec.securityContext.windowsOptions.gmsaCredentialSpec)",
+            "object.spec.initContainers.exists(c,",
+            "object.spec.containers.exists(c,",
+            "object.spec.ephemeralContainers.exists(c,",
+            "c.securityContext.windowsOptions.gmsaCredentialSpecName",
+            "c.securityContext.windowsOptions.gmsaCredentialSpec)",
+        ] {
+            assert!(expression.contains(place), "{place} missing from {expression}");
+        }
+        // Every optional field is tested with has() before it is read: an evaluation error
+        // would fail the request (failurePolicy Fail) instead of skipping the webhook.
+        assert_eq!(
+            expression
+                .matches("has(object.spec.initContainers) && object.spec.initContainers")
+                .count(),
+            1
+        );
+        assert_eq!(expression.matches('(').count(), expression.matches(')').count());
+    }
+
+    #[test]
+    fn match_conditions_are_used_from_kubernetes_1_28_on() {
+        for (major, minor, git, supported) in [
+            ("1", "20", "v1.20.2", false),
+            ("1", "27", "v1.27.9", false),
+            ("1", "28", "v1.28.0", true),
+            ("1", "28+", "v1.28.3-gke.1", true),
+            ("1", "36", "v1.36.2", true),
+            ("", "", "v1.33.1+k3s1", true),
+            ("", "", "v1.26.0", false),
+            ("", "", "unknown", false),
+        ] {
+            assert_eq!(
+                version_supports_match_conditions(major, minor, git),
+                supported,
+                "{major}.{minor} ({git})"
+            );
+        }
     }
 }

@@ -53,6 +53,9 @@ pub enum ReviewKind {
     /// Ephemeral containers added to any pod: Kubernetes before 1.22 sends them without the
     /// pod's labels, so no object selector can pick out an identity's pods.
     ValidateEphemeral,
+    /// Pods outside enforcement namespaces that carry gMSA fields, without the identity
+    /// label: a node retrieves a gMSA for any pod, so the gMSA rules hold cluster-wide.
+    ValidateGmsa,
 }
 
 /// The decisions (winflow's webhook::handler implements it). Asynchronous: a decision may
@@ -205,6 +208,12 @@ fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
                 review(state, ReviewKind::ValidateEphemeral, request)
             }),
         )
+        .route(
+            "/validate-gmsa",
+            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
+                review(state, ReviewKind::ValidateGmsa, request)
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(handler)
@@ -214,7 +223,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [CLOSE],
-        "not found: admission reviews go to POST /mutate-pods, /validate-pods or /validate-ephemeral-containers\n",
+        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers or /validate-gmsa\n",
     )
         .into_response()
 }

@@ -13,7 +13,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use serde_json::json;
 use tokio::sync::oneshot;
 use winflow::metrics::Metrics;
-use winflow::webhook::registration::{Endpoint, Registration};
+use winflow::webhook::registration::{self, Endpoint, Registration};
 use winflow::webhook::{self, WebhookSettings};
 
 use crate::{TestEnv, wait_until};
@@ -134,6 +134,7 @@ pub async fn start_webhook_as(env: &TestEnv, config: kube::Config) -> Webhook {
             match_labels: Some([("winflow-test".to_owned(), env.namespace.clone())].into()),
             match_expressions: None,
         }),
+        match_conditions: registration::supports_match_conditions(&env.client).await.unwrap(),
     };
     webhook::register(env.client.clone(), &registration).await.unwrap();
     Webhook {

@@ -178,7 +178,14 @@ fn webhook_configurations_are_those_of_registration_rs() {
         ),
         (&["--set", "webhook.certManager.enabled=true"], "Fail", None),
     ];
-    for (args, failure_policy, selector) in cases {
+    // matchConditions from Kubernetes 1.28 on (.Capabilities), as --register-webhooks asks the server.
+    let servers = [("1.20.2", false), ("1.27.0", false), ("1.28.0", true), ("1.33.1", true)];
+    let cases = cases
+        .into_iter()
+        .flat_map(|case| servers.map(|server| (case.clone(), server)));
+    for ((args, failure_policy, selector), (kube_version, match_conditions)) in cases {
+        let args = [args, &["--kube-version", kube_version]].concat();
+        let args = args.as_slice();
         let objects = documents(&template(args));
         let registration = Registration {
             name: "t-winflow".to_owned(),
@@ -190,6 +197,7 @@ fn webhook_configurations_are_those_of_registration_rs() {
             ca_bundle: Vec::new(),
             failure_policy: failure_policy.to_owned(),
             namespace_selector: selector.map(|s| serde_json::from_value::<LabelSelector>(s).unwrap()),
+            match_conditions,
         };
         let expected = [
             (

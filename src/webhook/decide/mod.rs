@@ -8,6 +8,7 @@ mod airflow_ids;
 mod audit;
 mod credentials;
 mod envelope;
+mod gmsa;
 mod mutate;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,8 @@ use envelope::Subject;
 pub use airflow_ids::airflow_id;
 pub use audit::{Audit, Decision, pod_lookup_failed};
 pub use envelope::{identity_to_authorize, pod_to_look_up, with_pod_labels};
+pub use gmsa::validate_gmsa;
+pub(crate) use gmsa::{account_keys, plugin_input};
 pub use mutate::{inline_credential_spec, mutate};
 pub use validate::{validate, validate_ephemeral};
 
@@ -40,6 +43,10 @@ pub trait ResourceView {
     fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity));
     /// Shows `visit` every share of `namespace`.
     fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare));
+    /// Identities (any namespace) one of whose gMSA accounts has `names::account_key` `account`.
+    fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>>;
+    /// Identities (any namespace) whose host-account plugin input, as winflow writes it, is `input`.
+    fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>>;
 }
 
 /// Why a pod was denied: the reason (for metrics and Events), a message that names the

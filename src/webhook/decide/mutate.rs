@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::audit::{finish, invalid};
 use super::envelope::subject;
+use super::gmsa::check_own_contents;
 use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::build::{Os, credential_spec_document, identity_env, share_volumes, token_wiring};
@@ -144,17 +145,6 @@ pub(super) fn credential_spec_name_of(identity: &WindowsTaskIdentity) -> String 
     )
 }
 
-/// Same JSON document, whatever the spacing and key order.
-pub(super) fn same_json(a: &str, b: &str) -> bool {
-    match (
-        serde_json::from_str::<serde_json::Value>(a),
-        serde_json::from_str::<serde_json::Value>(b),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 fn inject_windows(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: &str, request_uid: &str) -> Checked<()> {
     let settings = &identity.spec.pod;
     match &spec.os {
@@ -199,18 +189,10 @@ fn inject_windows(spec: &mut PodSpec, identity: &WindowsTaskIdentity, who: &str,
         who,
         "securityContext.windowsOptions.gmsaCredentialSpecName",
     )?;
-    let content = inline_credential_spec(identity);
-    match options.gmsa_credential_spec.as_deref() {
-        Some(found) if !same_json(found, &content) => {
-            return Err(Denial::new(
-                AdmissionReason::GmsaConflict,
-                format!(
-                    "pod sets securityContext.windowsOptions.gmsaCredentialSpec to content other than identity {who}'s credential spec; remove it and winflow fills it in"
-                ),
-            ));
-        }
-        _ => options.gmsa_credential_spec = Some(content),
+    if let Some(found) = options.gmsa_credential_spec.as_deref() {
+        check_own_contents("the pod", found, identity, who)?;
     }
+    options.gmsa_credential_spec = Some(inline_credential_spec(identity));
     claim(
         &mut options.run_as_user_name,
         &settings.run_as_user_name,

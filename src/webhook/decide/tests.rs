@@ -11,7 +11,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 
-struct View(
+pub(super) struct View(
     HashMap<(String, String), Arc<WindowsTaskIdentity>>,
     Vec<Arc<WindowsShare>>,
 );
@@ -38,18 +38,32 @@ impl ResourceView for View {
             }
         }
     }
+    fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities_where(|identity| account_keys(&identity.spec).any(|key| key == account))
+    }
+    fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        self.identities_where(|identity| plugin_input(identity).as_deref() == Some(input))
+    }
+}
+
+impl View {
+    fn identities_where(&self, wanted: impl Fn(&WindowsTaskIdentity) -> bool) -> Vec<Arc<WindowsTaskIdentity>> {
+        let mut found: Vec<_> = self.0.iter().filter(|(_, i)| wanted(i)).collect();
+        found.sort_by_key(|(key, _)| (*key).clone());
+        found.into_iter().map(|(_, identity)| identity.clone()).collect()
+    }
 }
 
 /// The creator is allowed to use the identity (the handler asked the authorizer before).
-fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
+pub(super) fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
     super::mutate(request, view, Some(&Access::Allowed))
 }
 
-fn validate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
+pub(super) fn validate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
     super::validate(request, view, Some(&Access::Allowed))
 }
 
-fn ready(mut identity: WindowsTaskIdentity, ready: bool) -> WindowsTaskIdentity {
+pub(super) fn ready(mut identity: WindowsTaskIdentity, ready: bool) -> WindowsTaskIdentity {
     let condition = Condition {
         type_: "Ready".into(),
         status: if ready { "True" } else { "False" }.into(),
@@ -65,7 +79,7 @@ fn ready(mut identity: WindowsTaskIdentity, ready: bool) -> WindowsTaskIdentity 
     identity
 }
 
-fn view() -> View {
+pub(super) fn view() -> View {
     let mut map = HashMap::new();
     for (identity, is_ready) in [(fixtures::domain_joined(), true), (fixtures::key_vault(), false)] {
         let identity = ready(identity, is_ready);
@@ -79,7 +93,7 @@ fn view() -> View {
 }
 
 /// A KubernetesPodOperator-style pod of `finance_daily`.
-fn pod() -> Value {
+pub(super) fn pod() -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "copy-reports-x1", "namespace": "airflow",
@@ -88,7 +102,7 @@ fn pod() -> Value {
     })
 }
 
-fn request(operation: &str, object: Value, old: Option<Value>) -> AdmissionRequest<DynamicObject> {
+pub(super) fn request(operation: &str, object: Value, old: Option<Value>) -> AdmissionRequest<DynamicObject> {
     request_as(operation, object, old, None)
 }
 
@@ -108,7 +122,7 @@ fn with_fresh_token(mut identity: WindowsTaskIdentity) -> WindowsTaskIdentity {
     identity
 }
 
-fn request_as(
+pub(super) fn request_as(
     operation: &str,
     object: Value,
     old: Option<Value>,
@@ -128,7 +142,7 @@ fn request_as(
 }
 
 /// Applies a mutation's patch, as the API server would.
-fn apply(object: &Value, decision: &Decision) -> Value {
+pub(super) fn apply(object: &Value, decision: &Decision) -> Value {
     let mut patched = object.clone();
     if let Some(patch) = &decision.response.patch {
         let patch: json_patch::Patch = serde_json::from_slice(patch).unwrap();
@@ -137,7 +151,7 @@ fn apply(object: &Value, decision: &Decision) -> Value {
     patched
 }
 
-fn denial(decision: &Decision) -> (&'static str, &str) {
+pub(super) fn denial(decision: &Decision) -> (&'static str, &str) {
     assert!(!decision.response.allowed, "expected a denial");
     (
         decision.audit.reason.as_str(),
@@ -253,7 +267,7 @@ fn unknown_or_unready_identities_are_denied_with_the_reason() {
     assert!(message.contains("Conflict"), "{message}");
 }
 
-fn mutated_pod(view: &View, object: Value) -> Value {
+pub(super) fn mutated_pod(view: &View, object: Value) -> Value {
     let decision = mutate(&request("CREATE", object.clone(), None), view);
     assert!(decision.response.allowed, "{}", decision.response.result.message);
     apply(&object, &decision)
@@ -504,7 +518,7 @@ fn pods_are_denied_when_the_token_would_not_last_and_updates_are_not_checked() {
 
 /// Two Ready identities with tokens (finance-reports lists the share, payroll-export keeps its
 /// host account in a Kubernetes Secret) and the share of the examples.
-fn guarded_view() -> View {
+pub(super) fn guarded_view() -> View {
     let mut finance = ready(fixtures::domain_joined(), true);
     finance.spec.token = Some(fixtures::token_settings());
     finance
@@ -534,13 +548,13 @@ fn guarded_view() -> View {
     View(map, vec![Arc::new(fixtures::share())])
 }
 
-fn unlabelled(spec: Value) -> Value {
+pub(super) fn unlabelled(spec: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "plain", "namespace": "airflow", "labels": {"app": "reports"}},
         "spec": spec})
 }
 
-fn base_with(extra: Value) -> Value {
+pub(super) fn base_with(extra: Value) -> Value {
     let mut spec = json!({"containers": [{"name": "base", "image": "registry.example.com/tools:1"}]});
     for (key, value) in extra.as_object().unwrap() {
         if key == "env" || key == "envFrom" {
@@ -809,7 +823,7 @@ fn the_identity_label_is_never_added_or_removed_on_update() {
 }
 
 /// `pods/ephemeralcontainers` as Kubernetes 1.20 sends it: the pod's metadata and the list.
-fn ephemeral_containers(metadata: &Value, containers: Value) -> Value {
+pub(super) fn ephemeral_containers(metadata: &Value, containers: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "EphemeralContainers", "metadata": metadata, "ephemeralContainers": containers})
 }
 

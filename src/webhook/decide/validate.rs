@@ -10,11 +10,11 @@ use super::airflow_ids::check_airflow_id;
 use super::audit::{finish, invalid};
 use super::credentials::{Protected, check_references, references};
 use super::envelope::{Subject, identity_label, subject};
-use super::mutate::{credential_spec_name_of, inline_credential_spec, same_json};
+use super::gmsa::{check_content_named, check_no_identitys_gmsa, check_own_gmsa};
 use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
-use crate::names::{self, ENFORCE_LABEL, IDENTITY_LABEL};
+use crate::names::{ENFORCE_LABEL, IDENTITY_LABEL};
 use crate::webhook::access::Access;
 
 /// `/validate-pods`: enforces the identity a labelled pod names (its creator may use it, its
@@ -65,11 +65,9 @@ pub fn validate_ephemeral(
             .and_then(|()| {
                 let identity = view.identity(&subject.namespace, name);
                 if let Some(identity) = &identity {
-                    check_privileges(
-                        &subject.pod.spec.clone().unwrap_or_default(),
-                        identity,
-                        &quoted_name(identity),
-                    )?;
+                    let (spec, who) = (subject.pod.spec.clone().unwrap_or_default(), quoted_name(identity));
+                    check_own_gmsa(&spec, identity, &who)?;
+                    check_privileges(&spec, identity, &who)?;
                 }
                 check_pod_spec_references(&subject, view, identity.as_deref())
             }),
@@ -147,35 +145,8 @@ fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()
         }
     }
     for (place, options) in windows_options(&spec) {
-        check_gmsa_content_named(&place, &options)?;
-        if let Some(name) = options.gmsa_credential_spec_name.as_deref()
-            && let Some((namespace, identity)) = names::identity_of_credential_spec(name)
-            && view.identity(namespace, identity).is_some()
-        {
-            return Err(Denial::new(
-                AdmissionReason::UnlabelledGmsaUse,
-                format!(
-                    "{place} names credential spec {name:?} of identity \"{identity}\", but the pod has no {IDENTITY_LABEL} label; in this namespace ({ENFORCE_LABEL}=true) only pods labelled {IDENTITY_LABEL}={identity} may use it"
-                ),
-            )
-            .concerning(identity));
-        }
-        if let Some(content) = options.gmsa_credential_spec.as_deref()
-            && let Some((namespace, identity)) = identity_with_account_in(content, view)
-        {
-            // The identity may live in another namespace: its name, never its namespace, is told.
-            let denial = Denial::new(
-                AdmissionReason::GmsaAccountOfIdentity,
-                format!(
-                    "{place} sets gmsaCredentialSpec contents naming the gMSA of identity \"{identity}\" under another credential spec name; only that identity's own pods may use that gMSA"
-                ),
-            );
-            return Err(if namespace == subject.namespace {
-                denial.concerning(&identity)
-            } else {
-                denial
-            });
-        }
+        check_content_named(&place, &options)?;
+        check_no_identitys_gmsa(&place, &options, view, &subject.namespace)?;
     }
     check_references(&references(&spec), &protected, None)
 }
@@ -189,48 +160,6 @@ fn check_pod_spec_references(
     let spec = subject.pod.spec.clone().unwrap_or_default();
     let protected = Protected::of_namespace(view, &subject.namespace);
     check_references(&references(&spec), &protected, own)
-}
-
-/// gMSA contents come with the name of the credential spec they are (the upstream gMSA
-/// webhook's rule too): contents alone would reach a gMSA past the RBAC check on the name.
-fn check_gmsa_content_named(place: &str, options: &WindowsSecurityContextOptions) -> Checked<()> {
-    if options.gmsa_credential_spec.is_some() && options.gmsa_credential_spec_name.is_none() {
-        return Err(Denial::new(
-            AdmissionReason::GmsaContentWithoutName,
-            format!(
-                "{place} sets securityContext.windowsOptions.gmsaCredentialSpec without gmsaCredentialSpecName; contents are accepted only with the name of the GMSACredentialSpec they come from"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Only the identity's own credential spec, by name and by contents, at every level.
-fn check_own_gmsa(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> Checked<()> {
-    let own_spec = credential_spec_name_of(identity);
-    let own_content = inline_credential_spec(identity);
-    for (place, options) in windows_options(spec) {
-        check_gmsa_content_named(&place, &options)?;
-        if let Some(found) = options.gmsa_credential_spec_name.as_deref()
-            && found != own_spec
-        {
-            return Err(Denial::new(
-                AdmissionReason::GmsaConflict,
-                format!("{place} names credential spec {found:?}, but identity {who} may use only {own_spec:?}"),
-            ));
-        }
-        if let Some(found) = options.gmsa_credential_spec.as_deref()
-            && !same_json(found, &own_content)
-        {
-            return Err(Denial::new(
-                AdmissionReason::GmsaConflict,
-                format!(
-                    "{place} sets gmsaCredentialSpec contents other than identity {who}'s credential spec {own_spec:?}; remove them and winflow fills them in"
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -> Checked<()> {
@@ -267,7 +196,7 @@ fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -
 }
 
 /// The security context of every container (init, app and ephemeral), with where it is.
-fn security_contexts(spec: &PodSpec) -> Vec<(String, &SecurityContext)> {
+pub(super) fn security_contexts(spec: &PodSpec) -> Vec<(String, &SecurityContext)> {
     let containers = spec
         .init_containers
         .iter()
@@ -284,7 +213,7 @@ fn security_contexts(spec: &PodSpec) -> Vec<(String, &SecurityContext)> {
 }
 
 /// The pod-level and every container's Windows options, with where they are.
-fn windows_options(spec: &PodSpec) -> Vec<(String, WindowsSecurityContextOptions)> {
+pub(super) fn windows_options(spec: &PodSpec) -> Vec<(String, WindowsSecurityContextOptions)> {
     let pod_level = spec
         .security_context
         .as_ref()
@@ -311,43 +240,4 @@ fn check_unchanged_gmsa(old: &Pod, new: &Pod, name: &str) -> Checked<()> {
         ));
     }
     Ok(())
-}
-
-/// The identity (namespace, name), in any namespace, one of whose gMSA accounts the credential
-/// spec contents name (account and domain, case-insensitively, as Active Directory compares).
-fn identity_with_account_in(content: &str, view: &dyn ResourceView) -> Option<(String, String)> {
-    let document: serde_json::Value = serde_json::from_str(content).ok()?;
-    let named: Vec<(String, String)> = document["ActiveDirectoryConfig"]["GroupManagedServiceAccounts"]
-        .as_array()?
-        .iter()
-        .filter_map(|account| {
-            Some((
-                account["Name"].as_str()?.to_ascii_lowercase(),
-                account["Scope"].as_str()?.to_ascii_lowercase(),
-            ))
-        })
-        .collect();
-    let mut found = None;
-    view.each_identity(None, &mut |identity| {
-        let spec = &identity.spec;
-        let domains = [
-            spec.domain.dns_name.to_ascii_lowercase(),
-            spec.domain.netbios_name.to_ascii_lowercase(),
-        ];
-        let uses = std::iter::once(&spec.gmsa.account)
-            .chain(&spec.gmsa.additional_accounts)
-            .any(|account| {
-                let account = account.to_ascii_lowercase();
-                named
-                    .iter()
-                    .any(|(name, scope)| *name == account && domains.contains(scope))
-            });
-        if uses && found.is_none() {
-            found = Some((
-                identity.metadata.namespace.clone().unwrap_or_default(),
-                identity.metadata.name.clone().unwrap_or_default(),
-            ));
-        }
-    });
-    found
 }

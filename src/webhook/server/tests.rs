@@ -13,7 +13,11 @@ async fn a_pod_review_reaches_the_handler_and_is_answered() {
     let (running, pki, _dir) = serve().await;
     let connector = pki.connector();
 
-    for (path, uid) in [("/mutate-pods", "mutate-1"), ("/validate-pods", "validate-1")] {
+    for (path, uid) in [
+        ("/mutate-pods", "mutate-1"),
+        ("/validate-pods", "validate-1"),
+        ("/validate-gmsa", "gmsa-1"),
+    ] {
         let json_utf8 = "application/json; charset=utf-8";
         let reply = send(
             running.addr,
@@ -32,7 +36,7 @@ async fn a_pod_review_reaches_the_handler_and_is_answered() {
     }
     assert_eq!(
         *running.recorder.kinds.lock().unwrap(),
-        [ReviewKind::Mutate, ReviewKind::Validate]
+        [ReviewKind::Mutate, ReviewKind::Validate, ReviewKind::ValidateGmsa]
     );
 }
 
