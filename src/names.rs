@@ -38,6 +38,13 @@ pub fn identity_of_credential_spec(credential_spec: &str) -> Option<(&str, &str)
     credential_spec.split_once('.')
 }
 
+/// How a gMSA account name is compared, as Active Directory compares it: case-insensitively,
+/// with or without the `$` of its sAMAccountName, surrounding spaces ignored.
+pub(crate) fn account_key(account: &str) -> String {
+    let trimmed = account.trim();
+    trimmed.strip_suffix('$').unwrap_or(trimmed).to_lowercase()
+}
+
 /// Persistent volumes are cluster scoped; `<namespace>.<name>` cannot collide.
 pub fn persistent_volume_name(namespace: &str, share: &str) -> String {
     format!("{namespace}.{share}")
@@ -81,5 +88,13 @@ mod tests {
         let name = credential_spec_name("airflow", "finance.reports");
         assert_eq!(name, "airflow.finance.reports");
         assert_eq!(identity_of_credential_spec(&name), Some(("airflow", "finance.reports")));
+    }
+
+    #[test]
+    fn account_keys_ignore_case_the_dollar_and_spaces() {
+        for spelling in ["svc-reports", "SVC-Reports", "svc-reports$", " svc-reports$ "] {
+            assert_eq!(account_key(spelling), "svc-reports", "{spelling:?}");
+        }
+        assert_ne!(account_key("svc-reports2"), account_key("svc-reports"));
     }
 }

@@ -121,6 +121,13 @@ fn host_account_config(namespace: &str, host: &HostAccount) -> Option<HostAccoun
     })
 }
 
+/// The host-account plugin input winflow writes into an identity's credential spec
+/// (`HostAccountConfig.PluginInput`), if it has a host account.
+pub fn host_account_plugin_input(identity: &WindowsTaskIdentity) -> Option<String> {
+    let host = identity.spec.host_account.as_ref()?;
+    host_account_config(identity_namespace(identity), host).map(|config| config.plugin_input)
+}
+
 /// The cluster-scoped `GMSACredentialSpec` named `<namespace>.<name>`.
 pub fn credential_spec_for(identity: &WindowsTaskIdentity) -> GMSACredentialSpec {
     let namespace = identity_namespace(identity);
@@ -213,6 +220,17 @@ mod tests {
             host_config("airflow", &spec),
             json!({"PortableCcgVersion": "2", "PluginGUID": "{11111111-2222-3333-4444-555555555555}", "PluginInput": "vault:gmsa"})
         );
+    }
+
+    #[test]
+    fn the_plugin_input_is_the_one_in_the_document() {
+        let identity = fixtures::key_vault();
+        let namespace = identity.metadata.namespace.clone().unwrap();
+        assert_eq!(
+            host_account_plugin_input(&identity).as_deref(),
+            host_config(&namespace, &identity.spec)["PluginInput"].as_str()
+        );
+        assert_eq!(host_account_plugin_input(&fixtures::domain_joined()), None);
     }
 
     #[test]

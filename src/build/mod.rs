@@ -11,7 +11,7 @@ mod token_env;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
-pub use credential_spec::{credential_spec_document, credential_spec_for};
+pub use credential_spec::{credential_spec_document, credential_spec_for, host_account_plugin_input};
 pub use meta::{carries_labels_of, namespaced_meta, with_spec_hash};
 pub use pod_templates::{executor_pod_template, identity_env, pod_templates_for, share_volumes, windows_pod_template};
 pub use rbac::{gmsa_role_binding_for, gmsa_role_for, service_account_for, use_role_binding_for, use_role_for};

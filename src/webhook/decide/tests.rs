@@ -38,6 +38,32 @@ impl ResourceView for View {
             }
         }
     }
+    fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        let key = crate::names::account_key(account);
+        let mut found: Vec<_> = self
+            .0
+            .values()
+            .filter(|i| {
+                let gmsa = &i.spec.gmsa;
+                std::iter::once(&gmsa.account)
+                    .chain(&gmsa.additional_accounts)
+                    .any(|a| crate::names::account_key(a) == key)
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|i| (i.metadata.namespace.clone(), i.metadata.name.clone()));
+        found
+    }
+    fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        let mut found: Vec<_> = self
+            .0
+            .values()
+            .filter(|i| crate::build::host_account_plugin_input(i).as_deref() == Some(input))
+            .cloned()
+            .collect();
+        found.sort_by_key(|i| (i.metadata.namespace.clone(), i.metadata.name.clone()));
+        found
+    }
 }
 
 /// The creator is allowed to use the identity (the handler asked the authorizer before).

@@ -315,39 +315,31 @@ fn check_unchanged_gmsa(old: &Pod, new: &Pod, name: &str) -> Checked<()> {
 
 /// The identity (namespace, name), in any namespace, one of whose gMSA accounts the credential
 /// spec contents name (account and domain, case-insensitively, as Active Directory compares).
+/// Looked up by account, so the cost follows the contents, not the number of identities.
 fn identity_with_account_in(content: &str, view: &dyn ResourceView) -> Option<(String, String)> {
     let document: serde_json::Value = serde_json::from_str(content).ok()?;
-    let named: Vec<(String, String)> = document["ActiveDirectoryConfig"]["GroupManagedServiceAccounts"]
+    let named = document["ActiveDirectoryConfig"]["GroupManagedServiceAccounts"]
         .as_array()?
         .iter()
         .filter_map(|account| {
             Some((
-                account["Name"].as_str()?.to_ascii_lowercase(),
+                account["Name"].as_str()?,
                 account["Scope"].as_str()?.to_ascii_lowercase(),
             ))
-        })
-        .collect();
-    let mut found = None;
-    view.each_identity(None, &mut |identity| {
-        let spec = &identity.spec;
-        let domains = [
-            spec.domain.dns_name.to_ascii_lowercase(),
-            spec.domain.netbios_name.to_ascii_lowercase(),
-        ];
-        let uses = std::iter::once(&spec.gmsa.account)
-            .chain(&spec.gmsa.additional_accounts)
-            .any(|account| {
-                let account = account.to_ascii_lowercase();
-                named
-                    .iter()
-                    .any(|(name, scope)| *name == account && domains.contains(scope))
-            });
-        if uses && found.is_none() {
-            found = Some((
-                identity.metadata.namespace.clone().unwrap_or_default(),
-                identity.metadata.name.clone().unwrap_or_default(),
-            ));
+        });
+    for (name, scope) in named {
+        for identity in view.identities_with_account(&names::account_key(name)) {
+            let domain = &identity.spec.domain;
+            if [&domain.dns_name, &domain.netbios_name]
+                .iter()
+                .any(|d| d.to_ascii_lowercase() == scope)
+            {
+                return Some((
+                    identity.metadata.namespace.clone().unwrap_or_default(),
+                    identity.metadata.name.clone().unwrap_or_default(),
+                ));
+            }
         }
-    });
-    found
+    }
+    None
 }
