@@ -42,6 +42,8 @@ pub struct WebhookSettings {
     pub namespace: Option<String>,
     /// Name of this replica in Events.
     pub instance: String,
+    /// When set, the API server must present a client certificate signed by one of these CAs.
+    pub client_ca: Option<crate::token::CaBundle>,
 }
 
 /// Binds the HTTPS server (failing at once without a usable certificate), starts the caches of
@@ -54,7 +56,13 @@ pub async fn start(
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let server = server::WebhookServer::bind(settings.addr, &settings.cert_dir, settings.reload_interval).await?;
+    let server = server::WebhookServer::bind(
+        settings.addr,
+        &settings.cert_dir,
+        settings.reload_interval,
+        settings.client_ca.as_ref(),
+    )
+    .await?;
     let addr = server.local_addr();
     let resources = resource_cache::ResourceCache::start(client.clone(), settings.namespace.as_deref(), &metrics);
     let cache = resources.clone();
