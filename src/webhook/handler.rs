@@ -234,6 +234,9 @@ mod tests {
         fn identities_with_plugin_input(&self, _input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
             Vec::new()
         }
+        fn protected(&self, namespace: &str) -> Arc<decide::Protected> {
+            Arc::new(decide::Protected::of_namespace(self, namespace))
+        }
     }
 
     /// An unlabelled pod's CREATE, which reads its namespace's identities.

@@ -48,11 +48,22 @@ impl Indexed for WindowsShare {
     }
 }
 
+/// How far a namespace's objects have changed: equal versions, same objects. What is built
+/// from a namespace's objects is kept as long as its version stays the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceVersion {
+    relists: u64,
+    changes: u64,
+}
+
 /// The decodable objects of one kind; objects that do not decode are left out (and one that
 /// stops decoding is removed), as the decisions never read them.
 pub struct ResourceIndex<K> {
     objects: BTreeMap<Key, Arc<K>>,
     by_term: HashMap<Term, BTreeSet<Key>>,
+    /// Changes per namespace, and complete relists (which may change any namespace).
+    changes: HashMap<String, u64>,
+    relists: u64,
     /// A relist in progress: the watch's new view of every object, swapped in once complete
     /// (objects deleted while the watch was down then disappear).
     relisting: Option<BTreeMap<Key, Arc<K>>>,
@@ -63,6 +74,8 @@ impl<K> Default for ResourceIndex<K> {
         Self {
             objects: BTreeMap::new(),
             by_term: HashMap::new(),
+            changes: HashMap::new(),
+            relists: 0,
             relisting: None,
         }
     }
@@ -102,6 +115,7 @@ where
             }
             watcher::Event::InitDone => {
                 if let Some(relisted) = self.relisting.take() {
+                    self.relists += 1;
                     self.objects.clear();
                     self.by_term.clear();
                     for object in relisted.into_values() {
@@ -118,11 +132,13 @@ where
         for term in object.terms() {
             self.by_term.entry(term).or_default().insert(key.clone());
         }
+        *self.changes.entry(key.0.clone()).or_default() += 1;
         self.objects.insert(key, object);
     }
 
     fn remove(&mut self, key: &Key) {
         let Some(old) = self.objects.remove(key) else { return };
+        *self.changes.entry(key.0.clone()).or_default() += 1;
         for term in old.terms() {
             if let Some(keys) = self.by_term.get_mut(&term) {
                 keys.remove(key);
@@ -130,6 +146,14 @@ where
                     self.by_term.remove(&term);
                 }
             }
+        }
+    }
+
+    /// Changes whenever an object of `namespace` is added, changed or removed.
+    pub fn namespace_version(&self, namespace: &str) -> NamespaceVersion {
+        NamespaceVersion {
+            relists: self.relists,
+            changes: self.changes.get(namespace).copied().unwrap_or_default(),
         }
     }
 
@@ -298,6 +322,41 @@ mod tests {
         assert!(account(&index, "svc-kept").is_empty());
         assert_eq!(account(&index, "svc-kept-v2"), ["airflow/kept"]);
         assert_eq!(names(index.all()), ["airflow/kept"]);
+    }
+
+    #[test]
+    fn a_namespace_version_changes_with_its_objects_and_relists_only() {
+        let mut index = ResourceIndex::default();
+        let never = index.namespace_version("airflow");
+        let reports = identity("airflow", "reports", "svc-reports");
+        index.apply(applied(&reports));
+        let after_apply = index.namespace_version("airflow");
+        assert_ne!(after_apply, never);
+
+        index.apply(applied(&identity("batch", "reports", "svc-reports")));
+        assert_eq!(
+            index.namespace_version("airflow"),
+            after_apply,
+            "another namespace changed"
+        );
+
+        let mut updated = reports.clone();
+        updated.metadata.resource_version = Some("2".to_owned());
+        index.apply(applied(&updated));
+        let after_update = index.namespace_version("airflow");
+        assert_ne!(after_update, after_apply);
+
+        index.apply(watcher::Event::Delete(DeserializeGuard(Ok(updated))));
+        let after_delete = index.namespace_version("airflow");
+        assert_ne!(after_delete, after_update);
+
+        index.apply(watcher::Event::Init);
+        index.apply(watcher::Event::InitDone);
+        assert_ne!(
+            index.namespace_version("airflow"),
+            after_delete,
+            "a relist may change any namespace"
+        );
     }
 
     #[test]

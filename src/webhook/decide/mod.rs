@@ -27,6 +27,7 @@ use envelope::Subject;
 
 pub use airflow_ids::airflow_id;
 pub use audit::{Audit, Decision, decision_timed_out, pod_lookup_failed};
+pub use credentials::Protected;
 pub use envelope::{identity_to_authorize, pod_to_look_up, with_pod_labels};
 pub use mutate::{inline_credential_spec, mutate};
 pub use validate::{validate, validate_ephemeral};
@@ -44,6 +45,9 @@ pub trait ResourceView {
     fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>>;
     /// Identities (any namespace) whose host-account plugin input, as winflow writes it, is `input`.
     fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>>;
+    /// What winflow's resources in `namespace` name (`Protected::of_namespace`); a cache keeps
+    /// it until the namespace's identities or shares change, so reviews do not rebuild it.
+    fn protected(&self, namespace: &str) -> Arc<Protected>;
 }
 
 /// Why a pod was denied: the reason (for metrics and Events), a message that names the

@@ -54,6 +54,9 @@ impl ResourceView for View {
         found.sort_by_key(|i| (i.metadata.namespace.clone(), i.metadata.name.clone()));
         found
     }
+    fn protected(&self, namespace: &str) -> Arc<Protected> {
+        Arc::new(Protected::of_namespace(self, namespace))
+    }
     fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
         let mut found: Vec<_> = self
             .0
