@@ -108,11 +108,6 @@ impl ResourceCache {
     pub async fn synced(&self) -> bool {
         self.identities.synced().await && self.shares.synced().await
     }
-
-    /// How many identities the cache holds.
-    pub fn identity_count(&self) -> usize {
-        self.identities.read().len()
-    }
 }
 
 impl ResourceView for ResourceCache {

@@ -186,12 +186,9 @@ where
             .collect()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.objects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
     }
 }
 
@@ -300,7 +297,7 @@ mod tests {
             metadata: payroll.metadata.clone(),
         };
         index.apply(watcher::Event::Apply(DeserializeGuard(Err(invalid))));
-        assert!(index.is_empty());
+        assert_eq!(index.len(), 0);
         assert!(index.by_term.is_empty());
     }
 
