@@ -86,6 +86,23 @@ if admission:
     if no_op is not None:
         row("admission", "pod create p50, one call of a webhook that allows at once / without",
             num(no_op))
+    cost = admission.get("review_cost", {})
+    for run in cost.get("rows", []):
+        p99 = run.get("p99_ms")
+        row("admission", f"review of {run['containers']} containers at {run['identities']} identities: "
+            "p50 / p99 ms", f"{num(run.get('p50_ms'))} / {num(p99)}", "p99 < 5",
+            p99 is not None and p99 < 5)
+    ratio = cost.get("p99_ratio")
+    if ratio is not None:
+        runs = cost["rows"]
+        row("admission", f"review p99 at {runs[-1]['identities']} / at {runs[0]['identities']} identities",
+            num(ratio), "<= 2", ratio <= 2)
+    largest = cost.get("largest") or {}
+    if largest:
+        worst = largest.get("max_ms")
+        row("admission", f"largest accepted review ({largest['containers']} containers, "
+            f"{largest['body_bytes']} B) at {largest['identities']} identities: max ms",
+            num(worst, 1), "< 5000 (the deadline)", worst is not None and worst < 5000)
 
 tokens = load("tokens")
 if tokens:

@@ -79,6 +79,12 @@ struct RunArgs {
     /// this URL (for example https://127.0.0.1:9443). In a cluster the chart renders them.
     #[arg(long, env = "WINFLOW_REGISTER_WEBHOOKS", value_name = "URL", requires = "cert_dir")]
     register_webhooks: Option<String>,
+    /// PEM file of CA certificates: the webhook then requires a client certificate signed by
+    /// one of them at the TLS handshake, for API servers configured to present one (an
+    /// AdmissionConfiguration with a kubeconfig for the webhook). Read at start-up; winflow
+    /// does not start when it holds no usable certificate.
+    #[arg(long, env = "WINFLOW_WEBHOOK_CLIENT_CA", value_name = "FILE", requires = "cert_dir")]
+    webhook_client_ca: Option<PathBuf>,
     /// failurePolicy of registered webhook configurations.
     #[arg(long, value_parser = ["Fail", "Ignore"], default_value = "Fail")]
     webhook_failure_policy: String,
@@ -253,6 +259,19 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             Some(bundle)
         }
     };
+    let webhook_client_ca = match &args.webhook_client_ca {
+        None => None,
+        Some(path) => {
+            let bundle =
+                CaBundle::from_pem_file_of("--webhook-client-ca", "for the API server's client certificate", path)?;
+            tracing::info!(
+                file = %path.display(),
+                certificates = bundle.len(),
+                "the webhook requires a client certificate signed by a CA of --webhook-client-ca"
+            );
+            Some(bundle)
+        }
+    };
     let metrics = Metrics::default();
     let client = api_writes::infer_client(&metrics).await?;
     let webhook_parts = usize::from(args.cert_dir.is_some());
@@ -333,6 +352,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 reload_interval: Duration::from_secs(5),
                 namespace: args.namespace.clone(),
                 instance: args.instance.clone(),
+                client_ca: webhook_client_ca,
             };
             let (_, task) = webhook::start(
                 client.clone(),

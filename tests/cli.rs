@@ -103,6 +103,39 @@ fn crds_prints_what_crds_holds() {
 }
 
 #[test]
+fn run_refuses_a_webhook_client_ca_it_cannot_use_before_it_needs_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ca.crt");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let path = key.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_winflow"))
+        .args([
+            "run",
+            "--cert-dir",
+            "/nonexistent",
+            "--webhook-client-ca",
+            &path,
+            "--log-format",
+            "json",
+        ])
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("winflow runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("a JSON log line: {stderr}"));
+    assert_eq!(
+        line["error"],
+        format!(
+            "--webhook-client-ca {path}: it holds a private key (PEM section 1); a CA bundle holds certificates only, never a key; expected a PEM file of one or more CA certificates (-----BEGIN CERTIFICATE-----) to trust for the API server's client certificate"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn run_refuses_an_oidc_ca_file_it_cannot_use_before_it_needs_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let no_certificate = dir.path().join("ca.crt");

@@ -225,6 +225,7 @@ async fn every_replica_serves_the_webhook() {
             reload_interval: Duration::from_secs(1),
             namespace: Some(env.namespace.clone()),
             instance: instance.to_owned(),
+            client_ca: None,
         };
         let (addr, _task) = winflow::webhook::start(
             env.client.clone(),

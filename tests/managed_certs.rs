@@ -136,6 +136,7 @@ async fn winflow_keeps_its_own_webhook_certificate_and_ca_bundle() {
             reload_interval: Duration::from_millis(200),
             namespace: Some(env.namespace.clone()),
             instance: "a".to_owned(),
+            client_ca: None,
         },
         metrics_a.clone(),
         Readiness::expecting(1),

@@ -651,6 +651,7 @@ async fn without_list_on_shares_the_webhook_is_not_ready_and_readyz_names_the_wa
         reload_interval: Duration::from_secs(1),
         namespace: Some(ns.clone()),
         instance: "test".to_owned(),
+        client_ca: None,
     };
     let (metrics, readiness) = (Metrics::default(), Readiness::expecting(1));
     let (client, _) = support::counted_client(config, &metrics);

@@ -5,10 +5,14 @@
 //! The webhook rows send, at each rate, reviews that need no SubjectAccessReview next to pod
 //! creates whose creator the webhook asks the API server about: one user every time (cache
 //! hits) and a new user every time (misses, allowed through a group's RoleBinding and denied).
+//! First, what one review costs as the cluster grows (`review_cost`: a pod of 100 containers
+//! at 10 and at 5,000 identities, `WINFLOW_BENCH_REVIEW_IDENTITIES`, and the largest review
+//! the webhook accepts).
 //! Prints a table and writes target/bench/admission.json. Run (KUBEBUILDER_ASSETS names the
 //! control-plane binaries, see hack/bench.sh): `cargo bench --bench admission`.
 
 mod no_op;
+mod review_cost;
 mod reviews;
 mod sar;
 
@@ -228,6 +232,10 @@ async fn wait_until_reviewed(pods: &Api<Pod>, no_op: &no_op::NoOpWebhook, pod: i
 
 #[tokio::main]
 async fn main() {
+    // Before anything else runs: its identities live in namespaces of their own, which
+    // nothing but its webhook watches.
+    let review_cost = review_cost::measure().await;
+
     let env = TestEnv::new("bench-admission").await;
     let operator = env.start_operator(Duration::from_secs(300));
     support::apply_file(&env, "examples/identity-azure-key-vault.yaml").await;
@@ -378,6 +386,7 @@ async fn main() {
     );
 
     let report: Value = json!({
+        "review_cost": review_cost,
         "admission": rows,
         "pod_create": {
             "pods_per_side": PODS_PER_SIDE,

@@ -51,9 +51,14 @@ pub struct NoOpWebhook {
 pub async fn start(env: &TestEnv) -> NoOpWebhook {
     let certs = tempfile::tempdir().unwrap();
     let ca = crate::support::webhook::write_certificates(certs.path());
-    let server = WebhookServer::bind((Ipv4Addr::LOCALHOST, 0).into(), certs.path(), Duration::from_secs(60))
-        .await
-        .expect("the no-op webhook binds");
+    let server = WebhookServer::bind(
+        (Ipv4Addr::LOCALHOST, 0).into(),
+        certs.path(),
+        Duration::from_secs(60),
+        None,
+    )
+    .await
+    .expect("the no-op webhook binds");
     let addr = server.local_addr();
     let reviews = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = oneshot::channel::<()>();

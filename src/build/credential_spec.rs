@@ -224,6 +224,17 @@ mod tests {
     }
 
     #[test]
+    fn the_plugin_input_is_the_one_in_the_document() {
+        let identity = fixtures::key_vault();
+        let namespace = identity.metadata.namespace.clone().unwrap();
+        assert_eq!(
+            host_account_plugin_input(&identity).as_deref(),
+            host_config(&namespace, &identity.spec)["PluginInput"].as_str()
+        );
+        assert_eq!(host_account_plugin_input(&fixtures::domain_joined()), None);
+    }
+
+    #[test]
     fn forest_name_becomes_the_tree_name() {
         let mut spec = fixtures::domain_joined_spec();
         spec.domain.forest_name = Some("example.com".into());

@@ -1,7 +1,8 @@
 //! CA certificates trusted for OpenID providers in addition to the public roots compiled into
 //! winflow (`winflow run --oidc-ca-file`): issuers behind a private CA, such as ADFS or
 //! Keycloak with a corporate CA. Read once at start-up; a bundle that is not usable stops
-//! winflow there rather than failing every token later.
+//! winflow there rather than failing every token later. The same file format names the CAs
+//! of the API server's client certificate (`--webhook-client-ca`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,8 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 
-/// What a CA file must hold, said in every error about one.
-const EXPECTED: &str =
-    "expected a PEM file of one or more CA certificates (-----BEGIN CERTIFICATE-----) to trust for OIDC issuers";
+/// What a CA file must hold, said in every error about one (followed by what it is trusted for).
+const EXPECTED: &str = "expected a PEM file of one or more CA certificates (-----BEGIN CERTIFICATE-----) to trust";
 
 /// Extra trust anchors for the OIDC client. Never printed beyond its origin and size.
 #[derive(Clone)]
@@ -31,10 +31,12 @@ impl fmt::Debug for CaBundle {
 
 /// Why a CA file cannot be used; the message names the flag, the file and what it must hold.
 #[derive(Debug, thiserror::Error)]
-#[error("--oidc-ca-file {}: {problem}; {EXPECTED}", path.display())]
+#[error("{flag} {}: {problem}; {EXPECTED} {trusted_for}", path.display())]
 pub struct CaFileError {
+    pub flag: &'static str,
     pub path: PathBuf,
     pub problem: CaBundleProblem,
+    trusted_for: &'static str,
 }
 
 /// What is wrong with a bundle's contents.
@@ -54,11 +56,19 @@ pub enum CaBundleProblem {
 }
 
 impl CaBundle {
-    /// Reads a PEM bundle from `path`.
+    /// Reads the PEM bundle of `--oidc-ca-file` from `path`.
     pub fn from_pem_file(path: &Path) -> Result<Self, CaFileError> {
+        Self::from_pem_file_of("--oidc-ca-file", "for OIDC issuers", path)
+    }
+
+    /// Reads a PEM bundle from `path`, given as `flag`; errors name the flag and say what the
+    /// certificates are trusted for (`trusted_for`, as in "for OIDC issuers").
+    pub fn from_pem_file_of(flag: &'static str, trusted_for: &'static str, path: &Path) -> Result<Self, CaFileError> {
         let failed = |problem| CaFileError {
+            flag,
             path: path.to_owned(),
             problem,
+            trusted_for,
         };
         let pem = std::fs::read(path).map_err(|e| failed(CaBundleProblem::Unreadable(e.to_string())))?;
         let mut bundle = Self::from_pem(&pem).map_err(failed)?;
@@ -109,6 +119,18 @@ impl CaBundle {
 
     pub fn is_empty(&self) -> bool {
         self.certificates.is_empty()
+    }
+
+    /// These certificates as the only trust anchors.
+    pub fn root_store(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(self.certificates.iter().cloned());
+        debug_assert_eq!(
+            added,
+            self.certificates.len(),
+            "every certificate was checked when read"
+        );
+        roots
     }
 
     /// `builder` trusting these certificates as well as its built-in roots.
@@ -185,7 +207,7 @@ mod tests {
             message.starts_with("--oidc-ca-file /nonexistent/ca.crt: cannot read it: "),
             "{message}"
         );
-        assert!(message.ends_with(EXPECTED), "{message}");
+        assert!(message.ends_with(&format!("{EXPECTED} for OIDC issuers")), "{message}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.crt");
@@ -193,7 +215,25 @@ mod tests {
         let empty = CaBundle::from_pem_file(&path).unwrap_err().to_string();
         assert_eq!(
             empty,
-            format!("--oidc-ca-file {}: it holds no certificate; {EXPECTED}", path.display())
+            format!(
+                "--oidc-ca-file {}: it holds no certificate; {EXPECTED} for OIDC issuers",
+                path.display()
+            )
+        );
+        let other_flag =
+            CaBundle::from_pem_file_of("--webhook-client-ca", "for the API server's client certificate", &path)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            other_flag.starts_with(&format!(
+                "--webhook-client-ca {}: it holds no certificate",
+                path.display()
+            )),
+            "{other_flag}"
+        );
+        assert!(
+            other_flag.ends_with("to trust for the API server's client certificate"),
+            "{other_flag}"
         );
         std::fs::write(&path, ca_pem("Corp Root CA")).unwrap();
         let bundle = CaBundle::from_pem_file(&path).unwrap();

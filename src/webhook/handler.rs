@@ -1,133 +1,27 @@
-//! The glue between the HTTPS layer and the decisions: caches of identities and shares, the
-//! creator's authorization (asked before deciding), one audit line per decision, metrics, and
-//! on every denial an Event and a count on the identity concerned.
+//! The glue between the HTTPS layer and the decisions: the creator's authorization (asked
+//! before deciding), the decision itself off the async workers under a deadline, one audit
+//! line per decision, metrics, and on every denial an Event and a count on the identity
+//! concerned.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
-use kube::core::{DeserializeGuard, DynamicObject, PartialObjectMeta};
+use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
 
-use super::access::AccessReviewer;
+use super::access::{Access, AccessReviewer};
 use super::decide::{self, Audit, Decision, ResourceView};
+use super::decision_pool::DecisionPool;
 use super::denial_count::DenialCounts;
 use super::denial_events::DenialEvents;
+pub use super::resource_cache::ResourceCache;
 use super::server::{AdmissionHandler, ReviewKind};
-use crate::api::{WindowsShare, WindowsTaskIdentity};
-use crate::cluster::watch_health::Watcher;
+use crate::api::WindowsTaskIdentity;
 use crate::metrics::Metrics;
-
-/// winflow's resources as watches keep them; every replica has its own, so every replica can
-/// decide.
-#[derive(Clone)]
-pub struct ResourceCache {
-    identities: Store<DeserializeGuard<WindowsTaskIdentity>>,
-    shares: Store<DeserializeGuard<WindowsShare>>,
-}
-
-/// A watch of `K` (in `namespace`, or all) into a store, and the task that keeps it filled.
-fn cached<K>(
-    client: Client,
-    namespace: Option<&str>,
-    metrics: &Metrics,
-) -> (Store<DeserializeGuard<K>>, tokio::task::JoinHandle<()>)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<DeserializeGuard<K>> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let (store, writer) = reflector::store();
-    let events = crate::cluster::watch::events(api, watcher::Config::default(), Watcher::Webhook, metrics)
-        .modify(crate::cluster::watch::drop_unread_metadata);
-    let stream = reflector::reflector(writer, events).applied_objects();
-    (store, tokio::spawn(stream.for_each(|_| async {})))
-}
-
-fn decoded<K: Clone>(guarded: &DeserializeGuard<K>) -> Option<Arc<K>> {
-    guarded.0.as_ref().ok().map(|object| Arc::new(object.clone()))
-}
-
-/// Shows `visit` the decodable objects of a store in `namespace` (all when `None`), uncopied.
-fn each_decoded<K: Resource + Clone>(
-    store: &Store<DeserializeGuard<K>>,
-    namespace: Option<&str>,
-    visit: &mut dyn FnMut(&K),
-) where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    for guarded in store.state() {
-        if let Ok(object) = &guarded.0
-            && (namespace.is_none() || object.meta().namespace.as_deref() == namespace)
-        {
-            visit(object);
-        }
-    }
-}
-
-impl ResourceCache {
-    /// Starts watching identities and shares (in `namespace`, or all).
-    pub fn start(client: Client, namespace: Option<&str>, metrics: &Metrics) -> Self {
-        let (identities, _identity_task) = cached(client.clone(), namespace, metrics);
-        let (shares, _share_task) = cached(client, namespace, metrics);
-        Self { identities, shares }
-    }
-
-    /// Whether both caches hold their initial list (`false` when a watch is gone).
-    pub async fn synced(&self) -> bool {
-        crate::cluster::store_synced(&self.identities).await && crate::cluster::store_synced(&self.shares).await
-    }
-}
-
-impl ResourceView for ResourceCache {
-    fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>> {
-        decoded(&*self.identities.get(&ObjectRef::new(name).within(namespace))?)
-    }
-
-    fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity)) {
-        each_decoded(&self.identities, namespace, visit);
-    }
-
-    fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare)) {
-        each_decoded(&self.shares, Some(namespace), visit);
-    }
-
-    fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
-        self.identities_where(|identity| decide::account_keys(&identity.spec).any(|key| key == account))
-    }
-
-    fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
-        self.identities_where(|identity| decide::plugin_input(identity).as_deref() == Some(input))
-    }
-}
-
-impl ResourceCache {
-    /// The identities (any namespace) that `wanted` picks: a scan of the cache.
-    fn identities_where(&self, wanted: impl Fn(&WindowsTaskIdentity) -> bool) -> Vec<Arc<WindowsTaskIdentity>> {
-        let mut found = Vec::new();
-        each_decoded(&self.identities, None, &mut |identity| {
-            if wanted(identity) {
-                found.push(Arc::new(identity.clone()));
-            }
-        });
-        found
-    }
-}
 
 /// winflow's admission webhook.
 pub struct PodWebhook {
@@ -135,6 +29,8 @@ pub struct PodWebhook {
     pub client: Client,
     pub resources: ResourceCache,
     pub access: AccessReviewer,
+    /// Where decisions run, and their deadline.
+    pub decisions: DecisionPool,
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub denial_events: DenialEvents,
@@ -195,14 +91,51 @@ impl PodWebhook {
             Some((namespace, identity)) => Some(self.access.may_use(&request.user_info, &namespace, &identity).await),
             None => None,
         };
-        let view = &self.resources;
-        let decision = match kind {
-            ReviewKind::Mutate => decide::mutate(request, view, access.as_ref()),
-            ReviewKind::Validate => decide::validate(request, view, access.as_ref()),
-            ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access.as_ref()),
-            ReviewKind::ValidateGmsa => decide::validate_gmsa(request, view),
-        };
+        let decision = decide_in(&self.decisions, kind, request, self.resources.clone(), access).await;
         (webhook, decision)
+    }
+}
+
+/// The decision of `kind`, the one place that picks it.
+fn decision_of(
+    kind: ReviewKind,
+    request: &AdmissionRequest<DynamicObject>,
+    view: &dyn ResourceView,
+    access: Option<&Access>,
+) -> Decision {
+    match kind {
+        ReviewKind::Mutate => decide::mutate(request, view, access),
+        ReviewKind::Validate => decide::validate(request, view, access),
+        ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access),
+        ReviewKind::ValidateGmsa => decide::validate_gmsa(request, view),
+    }
+}
+
+/// The decision, taken in `pool` (off the async workers, under its deadline); denied when the
+/// deadline passes first.
+pub async fn decide_in<V: ResourceView + Send + 'static>(
+    pool: &DecisionPool,
+    kind: ReviewKind,
+    request: &AdmissionRequest<DynamicObject>,
+    view: V,
+    access: Option<Access>,
+) -> Decision {
+    let owned = request.clone();
+    match pool
+        .run(move || decision_of(kind, &owned, &view, access.as_ref()))
+        .await
+    {
+        Ok(decision) => decision,
+        Err(_timed_out) => {
+            tracing::warn!(
+                uid = %request.uid,
+                namespace = request.namespace.as_deref().unwrap_or_default(),
+                pod = %request.name,
+                deadline = ?pool.deadline(),
+                "an admission decision did not finish within its deadline; denied"
+            );
+            decide::decision_timed_out(request, pool.deadline())
+        }
     }
 }
 
@@ -272,5 +205,99 @@ impl PodWebhook {
                 tracing::warn!(error = %e, "could not record denial event");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::WindowsShare;
+    use crate::webhook::reason::AdmissionReason;
+    use kube::core::admission::AdmissionReview;
+    use std::time::Duration;
+
+    /// A view that takes `delay` to show a namespace's identities.
+    #[derive(Clone)]
+    struct View {
+        delay: Duration,
+    }
+
+    impl ResourceView for View {
+        fn identity(&self, _namespace: &str, _name: &str) -> Option<Arc<WindowsTaskIdentity>> {
+            None
+        }
+        fn each_identity(&self, _namespace: Option<&str>, _visit: &mut dyn FnMut(&WindowsTaskIdentity)) {
+            std::thread::sleep(self.delay);
+        }
+        fn each_share(&self, _namespace: &str, _visit: &mut dyn FnMut(&WindowsShare)) {}
+        fn identities_with_account(&self, _account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+            Vec::new()
+        }
+        fn identities_with_plugin_input(&self, _input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+            Vec::new()
+        }
+        fn protected(&self, namespace: &str) -> Arc<decide::Protected> {
+            Arc::new(decide::Protected::of_namespace(self, namespace))
+        }
+    }
+
+    /// An unlabelled pod's CREATE, which reads its namespace's identities.
+    fn request(uid: &str) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "name": uid,
+                "namespace": "airflow",
+                "userInfo": {"username": "someone"},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": uid, "namespace": "airflow"},
+                           "spec": {"containers": [{"name": "base", "image": "busybox"}]}},
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    // One async worker: a decision run on it would hold every other review.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_decision_past_its_deadline_is_denied_while_other_reviews_are_answered() {
+        let pool = DecisionPool::new(2, Duration::from_millis(300));
+        let slow = View {
+            delay: Duration::from_secs(2),
+        };
+        let quick = View { delay: Duration::ZERO };
+        let (slow_request, quick_request) = (request("slow"), request("quick"));
+
+        let slow_decision = decide_in(&pool, ReviewKind::Validate, &slow_request, slow, None);
+        let quick_decision = async {
+            // Asked after the slow one has started.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let started = Instant::now();
+            let decision = decide_in(&pool, ReviewKind::Validate, &quick_request, quick, None).await;
+            (decision, started.elapsed())
+        };
+        let started = Instant::now();
+        let (slow_decision, (quick_decision, quick_took)) = tokio::join!(slow_decision, quick_decision);
+        let slow_took = started.elapsed();
+
+        assert!(quick_decision.audit.allowed, "{:?}", quick_decision.audit);
+        assert!(
+            quick_took < Duration::from_millis(200),
+            "the quick review took {quick_took:?}"
+        );
+        assert!(!slow_decision.audit.allowed);
+        assert_eq!(slow_decision.audit.reason, AdmissionReason::DecisionTimeout);
+        assert!(
+            slow_decision.audit.message.contains("within its deadline of 0.3 s"),
+            "{}",
+            slow_decision.audit.message
+        );
+        assert_eq!(slow_decision.response.uid, "slow");
+        assert!(!slow_decision.response.allowed);
+        assert!(slow_took < Duration::from_secs(1), "denied after {slow_took:?}");
     }
 }

@@ -4,12 +4,15 @@
 
 pub mod access;
 pub mod decide;
+pub mod decision_pool;
 mod denial_count;
 mod denial_events;
 pub mod handler;
 pub mod managed_certs;
 pub mod reason;
 pub mod registration;
+pub mod resource_cache;
+pub mod resource_index;
 pub mod server;
 pub mod tls;
 mod token_check;
@@ -39,6 +42,8 @@ pub struct WebhookSettings {
     pub namespace: Option<String>,
     /// Name of this replica in Events.
     pub instance: String,
+    /// When set, the API server must present a client certificate signed by one of these CAs.
+    pub client_ca: Option<crate::token::CaBundle>,
 }
 
 /// Binds the HTTPS server (failing at once without a usable certificate), starts the caches of
@@ -51,9 +56,15 @@ pub async fn start(
     readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let server = server::WebhookServer::bind(settings.addr, &settings.cert_dir, settings.reload_interval).await?;
+    let server = server::WebhookServer::bind(
+        settings.addr,
+        &settings.cert_dir,
+        settings.reload_interval,
+        settings.client_ca.as_ref(),
+    )
+    .await?;
     let addr = server.local_addr();
-    let resources = handler::ResourceCache::start(client.clone(), settings.namespace.as_deref(), &metrics);
+    let resources = resource_cache::ResourceCache::start(client.clone(), settings.namespace.as_deref(), &metrics);
     let cache = resources.clone();
     tokio::spawn(async move {
         if cache.synced().await {
@@ -70,6 +81,7 @@ pub async fn start(
         client: client.clone(),
         resources,
         access: access::AccessReviewer::new(client.clone()),
+        decisions: decision_pool::DecisionPool::default(),
         metrics,
         recorder: Recorder::new(client, reporter),
         denial_events: denial_events::DenialEvents::default(),

@@ -14,6 +14,8 @@ pub enum AdmissionReason {
     ClientSecretReference,
     CreatorNotAllowed,
     DagNotAllowed,
+    /// The decision did not finish within its deadline: denied, fail closed.
+    DecisionTimeout,
     FieldConflict,
     GmsaAccountOfIdentity,
     GmsaChanged,
@@ -53,6 +55,7 @@ impl AdmissionReason {
             AdmissionReason::ClientSecretReference => "ClientSecretReference",
             AdmissionReason::CreatorNotAllowed => "CreatorNotAllowed",
             AdmissionReason::DagNotAllowed => "DagNotAllowed",
+            AdmissionReason::DecisionTimeout => "DecisionTimeout",
             AdmissionReason::FieldConflict => "FieldConflict",
             AdmissionReason::GmsaAccountOfIdentity => "GmsaAccountOfIdentity",
             AdmissionReason::GmsaChanged => "GmsaChanged",

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::tls::ReloadingCertificate;
+use crate::token::CaBundle;
 
 use kube::core::admission::AdmissionResponse;
 
@@ -87,9 +88,19 @@ impl Drop for AbortOnDrop {
 
 impl WebhookServer {
     /// Binds and loads the certificate (fails clearly when it cannot); starts the reload watcher.
-    pub async fn bind(addr: SocketAddr, cert_dir: &Path, reload_interval: Duration) -> io::Result<Self> {
+    /// With `client_cas`, only clients with a certificate signed by one of them get past the
+    /// TLS handshake.
+    pub async fn bind(
+        addr: SocketAddr,
+        cert_dir: &Path,
+        reload_interval: Duration,
+        client_cas: Option<&CaBundle>,
+    ) -> io::Result<Self> {
         let certificate = ReloadingCertificate::load(cert_dir)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("webhook certificate: {e}")))?;
+        let config = certificate
+            .server_config(client_cas)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -97,7 +108,7 @@ impl WebhookServer {
         Ok(Self {
             listener,
             local_addr,
-            acceptor: TlsAcceptor::from(certificate.server_config()),
+            acceptor: TlsAcceptor::from(config),
             _watcher: AbortOnDrop(certificate.watch(reload_interval)),
         })
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
+
+use crate::token::CaBundle;
 
 /// The certificate chain's file name, as in a `kubernetes.io/tls` Secret.
 const CERT_FILE: &str = "tls.crt";
@@ -43,6 +45,14 @@ pub enum CertificateError {
     BadCertificate { path: PathBuf, source: rustls::Error },
     #[error("the private key in {} does not belong to the first certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+}
+
+/// The CAs of `--webhook-client-ca` cannot verify client certificates.
+#[derive(Debug, thiserror::Error)]
+#[error("--webhook-client-ca {origin}: its certificates cannot verify client certificates: {source}")]
+pub struct ClientCaError {
+    origin: String,
+    source: rustls::server::VerifierBuilderError,
 }
 
 /// A server certificate that the watcher swaps in place; handshakes always take the current one.
@@ -95,15 +105,31 @@ impl ReloadingCertificate {
         })
     }
 
-    /// TLS settings for the webhook: this certificate, no client authentication, HTTP/1.1 only.
-    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
-        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+    /// TLS settings for the webhook: this certificate, HTTP/1.1 only, and, with `client_cas`,
+    /// a client certificate required at the handshake and verified against those CAs (for API
+    /// servers configured to present one); without, no client authentication.
+    pub fn server_config(self: &Arc<Self>, client_cas: Option<&CaBundle>) -> Result<Arc<ServerConfig>, ClientCaError> {
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default protocol versions")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+            .expect("the ring provider supports the default protocol versions");
+        let builder = match client_cas {
+            None => builder.with_no_client_auth(),
+            Some(bundle) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(bundle.root_store()),
+                    Arc::clone(&self.provider),
+                )
+                .build()
+                .map_err(|source| ClientCaError {
+                    origin: bundle.origin().to_owned(),
+                    source,
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        Ok(Arc::new(config))
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
@@ -399,7 +425,10 @@ mod tests {
     fn server_config_offers_http1_only() {
         let dir = tempfile::tempdir().unwrap();
         install(dir.path(), &pair());
-        let config = ReloadingCertificate::load(dir.path()).unwrap().server_config();
+        let config = ReloadingCertificate::load(dir.path())
+            .unwrap()
+            .server_config(None)
+            .unwrap();
         assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
     }
 

@@ -82,6 +82,7 @@ pub async fn serve_as(
         reload_interval,
         namespace: Some(env.namespace.clone()),
         instance: instance.to_owned(),
+        client_ca: None,
     };
     let (metrics, readiness) = (Metrics::default(), winflow::admin::Readiness::expecting(1));
     let (client, _) = super::counted_client(config, &metrics);

@@ -161,7 +161,7 @@ async fn every_rendered_object_is_accepted_by_the_api_server() {
             "serviceMonitor" => &["ServiceMonitor"],
             "networkPolicy" => &["NetworkPolicy"],
             "gmsa.installCRD" => &["CustomResourceDefinition"],
-            "token.caBundle" => &["ConfigMap", "Deployment"],
+            "token.caBundle" | "webhook.clientCA" => &["ConfigMap", "Deployment"],
             _ => &[
                 "Deployment",
                 "MutatingWebhookConfiguration",

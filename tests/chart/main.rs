@@ -55,6 +55,8 @@ const FEATURES: &[(&str, &[&str])] = &[
             "networkPolicy.enabled=true",
             "--set-json",
             r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"monitoring"}}}]"#,
+            "--set-json",
+            r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/28"}}]"#,
         ],
     ),
     ("gmsa.installCRD", &["--set", "gmsa.installCRD=true"]),
@@ -87,6 +89,10 @@ const FEATURES: &[(&str, &[&str])] = &[
     (
         "token.caBundle",
         &["--set-file", "token.caBundle=tests/chart/fixtures/oidc-ca.pem"],
+    ),
+    (
+        "webhook.clientCA",
+        &["--set-file", "webhook.clientCA=tests/chart/fixtures/oidc-ca.pem"],
     ),
 ];
 

@@ -1,5 +1,5 @@
 //! `helm template` and `helm lint` offline: the values schema, what the Deployment runs, the
-//! token CA bundle, every value documented.
+//! token CA bundle, the webhook's client CA, the NetworkPolicy, every value documented.
 
 use std::path::Path;
 
@@ -49,6 +49,8 @@ fn values_outside_the_schema_are_refused() {
         (vec!["--set", "webhook.certManager.issuerRef.kind=Issuer"], "issuerRef"),
         (vec!["--set", "leaderElection.leaseDuration=15"], "leaseDuration"),
         (vec!["--set", "token.caBundle=corp-ca.pem"], "caBundle"),
+        (vec!["--set", "webhook.clientCA=apiserver-ca.pem"], "clientCA"),
+        (vec!["--set-json", "networkPolicy.webhookFrom=[{}]"], "webhookFrom"),
     ] {
         let mut args = vec!["template", "t", CHART];
         args.extend_from_slice(&values);
@@ -253,6 +255,91 @@ fn token_ca_bundle_is_a_config_map_mounted_for_oidc_ca_file_and_a_new_one_rolls_
     assert!(
         !refused.status.success() && stderr.contains("token.caBundle holds a private key"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn webhook_client_ca_is_a_config_map_mounted_for_webhook_client_ca_and_a_new_one_rolls_the_pods() {
+    let bundle = std::fs::read_to_string(Path::new(REPO).join(OIDC_CA_FIXTURE)).unwrap();
+    let set_file = format!("webhook.clientCA={OIDC_CA_FIXTURE}");
+    let objects = documents(&template(&["--set-file", &set_file]));
+
+    let config_map = find(&objects, "ConfigMap", "t-winflow-webhook-client-ca");
+    assert_eq!(config_map["metadata"]["namespace"], "winflow-system");
+    assert_eq!(config_map["data"], json!({"ca.crt": bundle}));
+    let pod_template = &find(&objects, "Deployment", "t-winflow")["spec"]["template"];
+    let pod = &pod_template["spec"];
+    assert!(
+        pod["volumes"].as_array().unwrap().contains(&json!({
+            "name": "webhook-client-ca", "configMap": {"name": "t-winflow-webhook-client-ca"}
+        })),
+        "{pod}"
+    );
+    let container = &pod["containers"][0];
+    assert!(
+        container["volumeMounts"].as_array().unwrap().contains(&json!({
+            "name": "webhook-client-ca", "mountPath": "/etc/winflow/webhook-client-ca", "readOnly": true
+        })),
+        "{container}"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&"--webhook-client-ca=/etc/winflow/webhook-client-ca/ca.crt"),
+        "{args:?}"
+    );
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(bundle.as_bytes()));
+    assert_eq!(
+        pod_template["metadata"]["annotations"]["checksum/webhook-client-ca"],
+        json!(sha256)
+    );
+
+    let default_text = serde_json::to_string(&documents(&template(&[]))).unwrap();
+    assert!(!default_text.contains("webhook-client-ca"), "in the defaults");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    std::fs::write(dir.path().join("with-key.pem"), format!("{bundle}{key}")).unwrap();
+    let with_key = format!("webhook.clientCA={}", dir.path().join("with-key.pem").display());
+    let refused = run_helm(&["template", "t", CHART, "--set-file", &with_key], None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("webhook.clientCA holds a private key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_network_policy_admits_the_webhook_port_from_webhook_from_and_metrics_from_metrics_from_only() {
+    let policy = |extra: &[&str]| {
+        let mut args = vec!["--set", "networkPolicy.enabled=true"];
+        args.extend_from_slice(extra);
+        find(&documents(&template(&args)), "NetworkPolicy", "t-winflow").clone()
+    };
+    let webhook_port = json!([{"port": 9443, "protocol": "TCP"}]);
+
+    // Defaults: the webhook port from any address, nothing else (no rule for the admin port).
+    let defaults = policy(&[]);
+    assert_eq!(defaults["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(defaults["spec"]["ingress"], json!([{"ports": webhook_port}]));
+
+    let narrowed = policy(&[
+        "--set-json",
+        r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/28"}}]"#,
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"monitoring"}}}]"#,
+    ]);
+    assert_eq!(
+        narrowed["spec"]["ingress"],
+        json!([
+            {"ports": webhook_port, "from": [{"ipBlock": {"cidr": "10.0.0.0/28"}}]},
+            {"ports": [{"port": 8080, "protocol": "TCP"}],
+             "from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]},
+        ])
     );
 }
 

@@ -96,3 +96,11 @@ app.kubernetes.io/part-of: winflow
 {{- define "winflow.oidcCaDir" -}}
 /etc/winflow/oidc-ca
 {{- end }}
+
+{{- define "winflow.webhookClientCaName" -}}
+{{- printf "%s-webhook-client-ca" (include "winflow.fullname" .) }}
+{{- end }}
+
+{{- define "winflow.webhookClientCaDir" -}}
+/etc/winflow/webhook-client-ca
+{{- end }}

@@ -78,6 +78,16 @@ pub fn pod_lookup_failed(request: &AdmissionRequest<DynamicObject>, error: &str)
     denied_unread(request, AdmissionReason::PodLookupFailed, message)
 }
 
+/// A request whose decision did not finish within `deadline`: denied, fail closed.
+pub fn decision_timed_out(request: &AdmissionRequest<DynamicObject>, deadline: std::time::Duration) -> Decision {
+    let message = format!(
+        "winflow could not decide on pod {:?} within its deadline of {} s for one review (the webhooks' timeout is 10 s); denied, as every review winflow cannot finish is. A pod this costly to review has unusually many containers or volumes: split it, or retry once the webhook is less busy",
+        request.name,
+        deadline.as_secs_f64()
+    );
+    denied_unread(request, AdmissionReason::DecisionTimeout, message)
+}
+
 pub(super) fn audit(
     subject: &Subject,
     allowed: bool,

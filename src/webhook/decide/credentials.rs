@@ -72,9 +72,10 @@ impl SecretUse {
     }
 }
 
-/// Everything winflow's resources in one namespace name.
+/// Everything winflow's resources in one namespace name. Built from the namespace's
+/// identities and shares only; the webhook's cache keeps it until one of them changes.
 #[derive(Default)]
-pub(super) struct Protected {
+pub struct Protected {
     secrets: BTreeMap<String, Vec<SecretUse>>,
     /// Claim name to share name (a share's claim is named after it).
     claims: BTreeMap<String, String>,
@@ -83,7 +84,7 @@ pub(super) struct Protected {
 }
 
 impl Protected {
-    pub(super) fn of_namespace(view: &dyn ResourceView, namespace: &str) -> Self {
+    pub fn of_namespace(view: &dyn ResourceView, namespace: &str) -> Self {
         let mut protected = Self::default();
         view.each_identity(Some(namespace), &mut |identity| protected.add_identity(identity));
         view.each_share(namespace, &mut |share| {
@@ -112,7 +113,7 @@ impl Protected {
     }
 
     /// The identities (other than `own`) whose service account `account` is.
-    pub(super) fn service_account_owners(&self, account: &str, own: Option<&str>) -> Vec<&str> {
+    pub fn service_account_owners(&self, account: &str, own: Option<&str>) -> Vec<&str> {
         self.service_accounts
             .get(account)
             .into_iter()

@@ -27,7 +27,8 @@ use crate::names::{IDENTITY_LABEL, use_role_name};
 use envelope::Subject;
 
 pub use airflow_ids::airflow_id;
-pub use audit::{Audit, Decision, pod_lookup_failed};
+pub use audit::{Audit, Decision, decision_timed_out, pod_lookup_failed};
+pub use credentials::Protected;
 pub use envelope::{identity_to_authorize, pod_to_look_up, with_pod_labels};
 pub use gmsa::validate_gmsa;
 pub(crate) use gmsa::{account_keys, plugin_input};
@@ -37,9 +38,9 @@ pub use validate::{validate, validate_ephemeral};
 /// Read-only access to winflow's resources, as the webhook's caches hold them.
 pub trait ResourceView {
     fn identity(&self, namespace: &str, name: &str) -> Option<Arc<WindowsTaskIdentity>>;
-    /// Shows `visit` every identity of `namespace`, or of every namespace with `None`
-    /// (credential specs are cluster wide), without copying them: a review reads a whole
-    /// namespace of a cache that may hold thousands.
+    /// Shows `visit` every identity of `namespace`, or of every namespace with `None`, without
+    /// copying them. Reviews read one namespace; every namespace costs as many identities as
+    /// the cluster holds, so reviews look identities up by account or plugin input instead.
     fn each_identity(&self, namespace: Option<&str>, visit: &mut dyn FnMut(&WindowsTaskIdentity));
     /// Shows `visit` every share of `namespace`.
     fn each_share(&self, namespace: &str, visit: &mut dyn FnMut(&WindowsShare));
@@ -47,6 +48,9 @@ pub trait ResourceView {
     fn identities_with_account(&self, account: &str) -> Vec<Arc<WindowsTaskIdentity>>;
     /// Identities (any namespace) whose host-account plugin input, as winflow writes it, is `input`.
     fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>>;
+    /// What winflow's resources in `namespace` name (`Protected::of_namespace`); a cache keeps
+    /// it until the namespace's identities or shares change, so reviews do not rebuild it.
+    fn protected(&self, namespace: &str) -> Arc<Protected>;
 }
 
 /// Why a pod was denied: the reason (for metrics and Events), a message that names the

@@ -44,6 +44,9 @@ impl ResourceView for View {
     fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
         self.identities_where(|identity| plugin_input(identity).as_deref() == Some(input))
     }
+    fn protected(&self, namespace: &str) -> Arc<Protected> {
+        Arc::new(Protected::of_namespace(self, namespace))
+    }
 }
 
 impl View {

@@ -8,7 +8,7 @@ use kube::core::admission::{AdmissionRequest, Operation};
 
 use super::airflow_ids::check_airflow_id;
 use super::audit::{finish, invalid};
-use super::credentials::{Protected, check_references, references};
+use super::credentials::{check_references, references};
 use super::envelope::{Subject, identity_label, subject};
 use super::gmsa::{check_content_named, check_no_identitys_gmsa, check_own_gmsa};
 use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
@@ -131,7 +131,7 @@ fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, acc
 
 fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()> {
     let spec = subject.pod.spec.clone().unwrap_or_default();
-    let protected = Protected::of_namespace(view, &subject.namespace);
+    let protected = view.protected(&subject.namespace);
     if !subject.ephemeral {
         let account = spec.service_account_name.as_deref().unwrap_or("default");
         if let Some(owner) = protected.service_account_owners(account, None).first() {
@@ -158,7 +158,7 @@ fn check_pod_spec_references(
     own: Option<&WindowsTaskIdentity>,
 ) -> Checked<()> {
     let spec = subject.pod.spec.clone().unwrap_or_default();
-    let protected = Protected::of_namespace(view, &subject.namespace);
+    let protected = view.protected(&subject.namespace);
     check_references(&references(&spec), &protected, own)
 }
 

@@ -5,9 +5,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SerialNumber,
+};
 use rustls::client::Resumption;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,14 +54,46 @@ impl Pki {
         }
     }
 
+    /// A client certificate, as an API server presents to a webhook.
+    pub(super) fn issue_client(&self, name: &str) -> ServerPair {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        ServerPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// This CA's certificate, as `--webhook-client-ca` reads it.
+    pub(super) fn bundle(&self) -> CaBundle {
+        CaBundle::from_pem(self.ca.pem().as_bytes()).unwrap()
+    }
+
     pub(super) fn connector(&self) -> TlsConnector {
+        self.connector_presenting(None)
+    }
+
+    /// A client that trusts this CA's server certificates and presents `client`, if any.
+    pub(super) fn connector_presenting(&self, client: Option<&ServerPair>) -> TlsConnector {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(pair) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from(pair.der.clone())],
+                    PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Every connection runs a full handshake, so it shows the certificate being served.
         config.resumption = Resumption::disabled();
@@ -101,7 +136,12 @@ pub(super) struct Running {
 }
 
 pub(super) async fn start(dir: &Path, reload_interval: Duration) -> Running {
-    let server = WebhookServer::bind((LOCALHOST, 0).into(), dir, reload_interval)
+    start_with(dir, reload_interval, None).await
+}
+
+/// A server that requires client certificates signed by `client_cas`, when given.
+pub(super) async fn start_with(dir: &Path, reload_interval: Duration, client_cas: Option<&CaBundle>) -> Running {
+    let server = WebhookServer::bind((LOCALHOST, 0).into(), dir, reload_interval, client_cas)
         .await
         .unwrap();
     let addr = server.local_addr();

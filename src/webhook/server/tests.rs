@@ -301,11 +301,41 @@ async fn shutdown_stops_accepting_and_returns() {
 #[tokio::test]
 async fn bind_names_the_missing_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let err = WebhookServer::bind((LOCALHOST, 0).into(), dir.path(), Duration::from_secs(1))
+    let err = WebhookServer::bind((LOCALHOST, 0).into(), dir.path(), Duration::from_secs(1), None)
         .await
         .err()
         .expect("no certificate, no server");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().starts_with("webhook certificate: TLS file "), "{err}");
     assert!(err.to_string().ends_with("tls.crt is missing"), "{err}");
+}
+
+#[tokio::test]
+async fn with_client_cas_only_clients_with_a_certificate_they_signed_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = Pki::new();
+    install(dir.path(), &server_pki.issue(1));
+    let api_server_ca = Pki::new();
+    let running = start_with(dir.path(), Duration::from_secs(60), Some(&api_server_ca.bundle())).await;
+
+    let stranger_ca = Pki::new();
+    let refused = [
+        ("no client certificate", server_pki.connector()),
+        (
+            "a client certificate of another CA",
+            server_pki.connector_presenting(Some(&stranger_ca.issue_client("kube-apiserver"))),
+        ),
+    ];
+    for (what, connector) in refused {
+        let reply = send(running.addr, &connector, &good_request(what)).await;
+        assert!(reply.is_err(), "{what}: refused at the handshake, got {reply:?}");
+    }
+    assert!(
+        running.recorder.kinds.lock().unwrap().is_empty(),
+        "no review reached the handler"
+    );
+
+    let api_server = server_pki.connector_presenting(Some(&api_server_ca.issue_client("kube-apiserver")));
+    assert_good(running.addr, &api_server, "with the API server's certificate").await;
+    assert_eq!(*running.recorder.kinds.lock().unwrap(), [ReviewKind::Validate]);
 }
