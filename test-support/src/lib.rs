@@ -594,8 +594,9 @@ pub fn task_pod(name: &str, identity: &str, dag_id: &str, task_id: &str) -> serd
 }
 
 /// Adds the ephemeral container `name` (image busybox, with `extra` fields) to `pod` through
-/// `PUT pods/<pod>/ephemeralcontainers`, as Kubernetes 1.20 serves it (an `EphemeralContainers`
-/// object); a refusal comes back as the API server's text.
+/// `PUT pods/<pod>/ephemeralcontainers`, in the shape the server says it takes there (its
+/// discovery's kind for the subresource): an `EphemeralContainers` object up to Kubernetes
+/// 1.21, the whole `Pod` from 1.22.
 pub async fn add_ephemeral_container(
     client: &Client,
     namespace: &str,
@@ -603,8 +604,9 @@ pub async fn add_ephemeral_container(
     name: &str,
     extra: serde_json::Value,
 ) -> Result<(), String> {
+    let kind = ephemeral_containers_kind(client).await?;
     let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/ephemeralcontainers");
-    let mut body: serde_json::Value = client
+    let current: serde_json::Value = client
         .request(http::Request::get(&path).body(Vec::new()).unwrap())
         .await
         .map_err(|e| e.to_string())?;
@@ -613,9 +615,7 @@ pub async fn add_ephemeral_container(
     for (key, value) in extra.as_object().unwrap() {
         container[key] = value.clone();
     }
-    let mut containers = body["ephemeralContainers"].as_array().cloned().unwrap_or_default();
-    containers.push(container);
-    body["ephemeralContainers"] = serde_json::Value::Array(containers);
+    let body = with_ephemeral_container(&kind, current, container)?;
     let request = http::Request::put(&path)
         .header("Content-Type", "application/json")
         .body(serde_json::to_vec(&body).unwrap())
@@ -625,6 +625,35 @@ pub async fn add_ephemeral_container(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The kind the server takes at `pods/ephemeralcontainers`, from its discovery of `/api/v1`.
+async fn ephemeral_containers_kind(client: &Client) -> Result<String, String> {
+    let resources = client.list_core_api_resources("v1").await.map_err(|e| e.to_string())?;
+    resources
+        .resources
+        .into_iter()
+        .find(|r| r.name == "pods/ephemeralcontainers")
+        .map(|r| r.kind)
+        .ok_or_else(|| "the server serves no pods/ephemeralcontainers".to_string())
+}
+
+/// `current` (what GET on the subresource returned) with `container` appended to its
+/// ephemeral containers, where a subresource of `kind` keeps them.
+pub fn with_ephemeral_container(
+    kind: &str,
+    mut current: serde_json::Value,
+    container: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let list = match kind {
+        "EphemeralContainers" => &mut current["ephemeralContainers"],
+        "Pod" => &mut current["spec"]["ephemeralContainers"],
+        other => return Err(format!("pods/ephemeralcontainers of kind {other} is not known here")),
+    };
+    let mut containers = list.as_array().cloned().unwrap_or_default();
+    containers.push(container);
+    *list = serde_json::Value::Array(containers);
+    Ok(current)
 }
 
 /// What the Airflow chart grants its scheduler and workers in their namespace (its
