@@ -136,15 +136,17 @@ pub fn counted_client(mut config: Config, metrics: &Metrics) -> (Client, String)
     (client, user_agent)
 }
 
-/// Installs every CRD in `crds/` exactly as a user would and waits until they are served.
+/// Installs every CRD in `crds/` as a user would (in the form the server takes, see
+/// [`crd_for_server`]) and waits until they are served.
 async fn install_crds(kubeconfig: &Path) {
     let client = client_for(kubeconfig).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     for entry in std::fs::read_dir(Path::new(REPO).join("crds")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(document).unwrap();
+            let crd: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            let crd = crd_for_server(&client, crd).await;
             let name = crd.metadata.name.clone().unwrap();
             crds.patch(&name, &PatchParams::apply("winflow-tests").force(), &Patch::Apply(&crd))
                 .await
@@ -167,6 +169,34 @@ async fn install_crds(kubeconfig: &Path) {
             }
         })
         .await;
+    }
+}
+
+/// `crd` (as JSON) in the form this API server takes by server-side apply: servers before
+/// 1.25 do not know CEL rules (`x-kubernetes-validations`) and refuse the field, so they are
+/// left out there (such a server would not enforce them anyway).
+pub async fn crd_for_server(client: &Client, mut crd: serde_json::Value) -> CustomResourceDefinition {
+    let version = client.apiserver_version().await.expect("the API server's version");
+    let minor: u32 = version
+        .minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|_| panic!("server minor version {:?}", version.minor));
+    if version.major == "1" && minor < 25 {
+        without_cel_rules(&mut crd);
+    }
+    serde_json::from_value(crd).expect("a CustomResourceDefinition")
+}
+
+/// Removes every `x-kubernetes-validations` from a CRD's schemas.
+pub fn without_cel_rules(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            map.values_mut().for_each(without_cel_rules);
+        }
+        serde_json::Value::Array(list) => list.iter_mut().for_each(without_cel_rules),
+        _ => {}
     }
 }
 
