@@ -78,6 +78,8 @@ fi
 
 # shellcheck source=hack/processes.sh
 . "$here/processes.sh"
+# shellcheck source=hack/k8s-flags.sh
+. "$here/k8s-flags.sh"
 
 cleanup() {
   local status=$?
@@ -158,10 +160,11 @@ apiserver_args=(
   --allow-privileged=true
   --audit-policy-file="$dir/audit-policy.yaml"
   --audit-log-path="$dir/audit.log"
-  # pods/ephemeralcontainers (alpha in 1.20, on by default from 1.23): the webhook must see
-  # a debug container added to an identity's pod.
-  --feature-gates=EphemeralContainers=true
 )
+# pods/ephemeralcontainers (alpha in 1.20, on by default from 1.23, the gate gone once GA):
+# the webhook must see a debug container added to an identity's pod.
+read -r -a gates <<<"$(feature_gate_args "$("$bin/kube-apiserver" --help 2>&1 || true)" EphemeralContainers)"
+apiserver_args+=("${gates[@]}")
 [ -z "$with_node" ] || node_apiserver_args
 start kube-apiserver "$bin/kube-apiserver" "${apiserver_args[@]}"
 
@@ -240,6 +243,7 @@ write_kubeconfig "$dir/kubeconfig" admin "$token"
 # takes the not-ready taint off the node once its kubelet reports Ready.
 controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach'
 [ -z "$with_node" ] || controllers='*,-nodeipam,-cloud-node-lifecycle,-route,-service,-attachdetach'
+read -r -a port_args <<<"$(insecure_port_args "$("$bin/kube-controller-manager" --version 2>&1 || true)")"
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$dir/kubeconfig" \
   --service-account-private-key-file="$dir/sa.key" \
@@ -247,7 +251,7 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --leader-elect=false \
   --bind-address=127.0.0.1 \
   --secure-port=0 \
-  --port=0 \
+  "${port_args[@]}" \
   --controllers="$controllers"
 
 # The controller-manager is working once its service-account controller has made the

@@ -114,7 +114,26 @@ export KUBECONFIG
 state_dir=$(dirname "$KUBECONFIG")
 
 step "installing CRDs from crds/"
-kubectl apply --server-side -f crds/
+# Servers before 1.25 refuse the CRDs' CEL rules (x-kubernetes-validations) by server-side
+# apply, and would not enforce them: leave them out there.
+server_minor=$(kubectl version -o json 2>/dev/null \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["serverVersion"]["minor"].rstrip("+"))')
+if [ "$server_minor" -lt 25 ]; then
+  for crd in crds/*.yaml; do
+    kubectl create --dry-run=client --validate=false -o json -f "$crd" \
+      | python3 -c 'import json, sys
+def strip(v):
+    if isinstance(v, dict):
+        return {k: strip(x) for k, x in v.items() if k != "x-kubernetes-validations"}
+    if isinstance(v, list):
+        return [strip(x) for x in v]
+    return v
+json.dump(strip(json.load(sys.stdin)), sys.stdout)' \
+      | kubectl apply --server-side -f -
+  done
+else
+  kubectl apply --server-side -f crds/
+fi
 kubectl wait --for condition=established crd --all --timeout=60s
 
 step "creating namespace airflow"

@@ -189,12 +189,18 @@ imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 resolvConf: /etc/resolv.conf
 EOF
+  # Flags newer kubelets removed: --container-runtime (1.27); --pod-infra-container-image,
+  # which only keeps the image from garbage collection (containerd's sandbox_image is what runs).
+  local kubelet_args=()
+  read -r -a kubelet_args <<<"$(kubelet_runtime_args "$("$bin/kubelet" --version 2>&1 || true)")"
+  if help_lists_flag "$("$bin/kubelet" --help 2>&1 || true)" --pod-infra-container-image; then
+    kubelet_args+=(--pod-infra-container-image="$node_pause_image")
+  fi
   start kubelet "$bin/kubelet" \
     --kubeconfig="$node/kubelet.kubeconfig" \
     --config="$node/kubelet-config.yaml" \
-    --container-runtime=remote \
+    "${kubelet_args[@]}" \
     --container-runtime-endpoint="unix://$dir/containerd.sock" \
-    --pod-infra-container-image="$node_pause_image" \
     --root-dir="$node/kubelet" \
     --cert-dir="$node/kubelet/pki" \
     --hostname-override="$node_name" \
@@ -215,9 +221,11 @@ conntrack:
   maxPerCore: 0
 EOF
   start kube-proxy "$bin/kube-proxy" --config="$node/kube-proxy-config.yaml"
+  local scheduler_port_args=()
+  read -r -a scheduler_port_args <<<"$(insecure_port_args "$("$bin/kube-scheduler" --version 2>&1 || true)")"
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig="$node/kube-scheduler.kubeconfig" \
-    --leader-elect=false --port=0 --secure-port=0
+    --leader-elect=false "${scheduler_port_args[@]}" --secure-port=0
 
   log "waiting for node $node_name to be Ready"
   deadline=$((SECONDS + 90))

@@ -9,8 +9,7 @@
 # $WINFLOW_CACHE_DIR/oidc-provider-<sha256 of tests/oidc/package-lock.json>/node_modules
 # (default ~/.cache/winflow/..., about 5 MB), installed once with `npm ci` (a few seconds)
 # and reused while the lockfile is unchanged; a new lockfile gets a new directory.
-# Needs Node.js >= 20 with npm; when node is missing and this runs as root on Debian, it is
-# installed with apt-get.
+# Needs Node.js >= 20 with npm; hack/test-deps.sh installs them (hack/test.sh runs it first).
 # Progress goes to stderr; stdout carries only the node_modules path.
 set -euo pipefail
 
@@ -34,20 +33,14 @@ import_check() {
   ' >/dev/null 2>&1
 }
 
-if ! command -v node >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "node is not installed; installing Debian's nodejs and npm"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
-  else
-    log "Node.js >= 20 with npm is needed for the test OpenID Connect provider, and 'node' is not on PATH"
-    log "install it (e.g. 'apt-get install nodejs npm' as root) and run this again"
-    exit 1
-  fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "Node.js >= 20 with npm is needed for the test OpenID Connect provider, and 'node' or 'npm' is not on PATH"
+  log "run hack/test-deps.sh (it installs them) and run this again"
+  exit 1
 fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
-  log "need Node.js >= 20 for oidc-provider 9; 'node' is $(node --version) ($(command -v node))"
+  log "need Node.js >= 20 for oidc-provider 9; 'node' is $(node --version) ($(command -v node)); hack/test-deps.sh installs one"
   exit 1
 fi
 

@@ -10,6 +10,10 @@ step() { printf '==> %s\n' "$*" >&2; }
 # The integration tests start etcd, kube-apiserver and kube-controller-manager from here,
 # and tests/in_cluster.rs a worker node (kubelet, kube-proxy, kube-scheduler, pause); the
 # first run builds them (about 10 minutes), later runs reuse the cache.
+# System packages first (containerd, PostgreSQL, Node.js, kubectl, ...): only what is missing.
+step "system packages (hack/test-deps.sh)"
+hack/test-deps.sh
+
 step "control-plane and node binaries"
 assets=$(hack/control-plane-assets.sh --node)
 export KUBEBUILDER_ASSETS=$assets

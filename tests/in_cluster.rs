@@ -586,8 +586,8 @@ async fn upgrade_under_load(system: &TestEnv, tasks: &TestEnv, ca_pem: &str, fig
     );
 }
 
-/// The release's PodDisruptionBudget, in the API version the server has (policy/v1beta1 on
-/// Kubernetes 1.20: the chart asked helm for the server's capabilities).
+/// The release's PodDisruptionBudget, in the API version the server serves (policy/v1 from
+/// Kubernetes 1.21, policy/v1beta1 before: the chart asked helm for the server's capabilities).
 async fn pod_disruption_budget(system: &TestEnv) -> Value {
     let (group, version) = if system.client.list_api_group_resources("policy/v1").await.is_ok() {
         ("policy", "v1")

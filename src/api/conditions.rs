@@ -38,6 +38,8 @@ pub enum ConditionReason {
     ServiceAccountMissing,
     /// The API server refused a child.
     ApiError,
+    /// The cluster lacks something winflow cannot do without (a CRD it writes).
+    PrerequisiteMissing,
     ShareNotReady,
     NamespaceEnforced,
     NamespaceNotEnforced,
@@ -67,6 +69,7 @@ impl ConditionReason {
             ConditionReason::NotRequested => "NotRequested",
             ConditionReason::ServiceAccountMissing => "ServiceAccountMissing",
             ConditionReason::ApiError => "ApiError",
+            ConditionReason::PrerequisiteMissing => "PrerequisiteMissing",
             ConditionReason::ShareNotReady => "ShareNotReady",
             ConditionReason::NamespaceEnforced => "NamespaceEnforced",
             ConditionReason::NamespaceNotEnforced => "NamespaceNotEnforced",

@@ -221,6 +221,13 @@ pub struct CustomHostAccount {
 /// The Kubernetes service account of the task pods.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.name != 'default'",
+        "fieldPath": ".name",
+        "message": "\"default\" is the service account of every pod that names none; give the identity a service account of its own"
+    }
+]))]
 pub struct ServiceAccountSettings {
     /// Name of the service account, in this identity's namespace.
     #[schemars(
@@ -263,6 +270,18 @@ pub struct AirflowSettings {
 /// Settings of the Windows task pod.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.runAsUserName) || !self.runAsUserName.matches('(?i)^containeradministrator$') || (has(self.allowAdministrator) && self.allowAdministrator)",
+        "fieldPath": ".runAsUserName",
+        "message": "ContainerAdministrator is refused unless spec.pod.allowAdministrator is true (least privilege: use ContainerUser or a domain account)"
+    },
+    {
+        "rule": "!has(self.nodeSelector) || !('kubernetes.io/os' in self.nodeSelector) || self.nodeSelector['kubernetes.io/os'] == 'windows'",
+        "fieldPath": ".nodeSelector",
+        "messageExpression": "'kubernetes.io/os is \"' + self.nodeSelector['kubernetes.io/os'] + '\", but Windows task pods run only on kubernetes.io/os=windows'"
+    }
+]))]
 pub struct TaskPodSettings {
     /// Windows user the containers run as. `ContainerAdministrator` requires
     /// `allowAdministrator: true`.
@@ -327,6 +346,17 @@ pub struct ShareMount {
 /// An OIDC access token obtained with the client-credentials grant and kept fresh.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.clientSecretRef) != has(self.workloadIdentity)",
+        "message": "exactly one of clientSecretRef or workloadIdentity must be set"
+    },
+    {
+        "rule": "!has(self.secretName) || !has(self.clientSecretRef) || self.secretName != self.clientSecretRef.name",
+        "fieldPath": ".secretName",
+        "messageExpression": "'\"' + self.secretName + '\" is the client secret\\'s Secret; winflow writes the token to a Secret of its own'"
+    }
+]))]
 pub struct TokenSettings {
     /// Issuer URL (`https://`), exactly as the provider's discovery document states its
     /// `issuer`, for example `https://login.microsoftonline.com/<tenant>/v2.0`.

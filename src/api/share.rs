@@ -27,6 +27,23 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!self.server.contains('/') && !self.server.contains('\\\\')",
+        "fieldPath": ".server",
+        "messageExpression": "'\"' + self.server + '\" must be only the server\\'s name or IP address, without slashes; the share goes in spec.share'"
+    },
+    {
+        "rule": "self.server.contains('/') || self.server.contains('\\\\') || !self.server.matches('(?i)(\\\\.svc|\\\\.cluster\\\\.local)\\\\.*$|\\\\.svc\\\\.')",
+        "fieldPath": ".server",
+        "messageExpression": "'\"' + self.server + '\" is a cluster-internal name, which Windows nodes cannot resolve (the SMB driver mounts from the node); use a name in the node\\'s DNS or an IP address'"
+    },
+    {
+        "rule": "!has(self.subDir) || !(self.subDir.contains('\\\\') || self.subDir.matches('(^|/)\\\\.{0,2}(/|$)'))",
+        "fieldPath": ".subDir",
+        "messageExpression": "'\"' + self.subDir + '\" is not a relative folder path (allowed: folder names separated by \\'/\\', no leading or trailing \\'/\\', no \\'.\\' or \\'..\\')'"
+    }
+]))]
 pub struct WindowsShareSpec {
     /// File server: a DNS name or IP address that the Windows nodes resolve themselves
     /// (cluster-internal `*.svc` names do not resolve there).

@@ -24,6 +24,9 @@ pub enum ChildState {
     Conflict(String),
     /// The API server refused the object (4xx): a problem no retry fixes by itself.
     Rejected(String),
+    /// The API server does not serve the kind at all (its CustomResourceDefinition is not
+    /// installed): a prerequisite of the cluster, with what to install.
+    NotServed(String),
 }
 
 /// A child as the controller reports it.
@@ -65,7 +68,15 @@ where
     if versions.is_some_and(|v| v.holds(desired, digest)) {
         return Ok(report(ChildState::UpToDate));
     }
-    if let Some(existing) = api.get_opt(&name).await? {
+    // A kind that is not served answers 404 without a Status ("404 page not found"), which
+    // get_opt does not take for a missing object.
+    let existing = match api.get_opt(&name).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            return Ok(report(ChildState::NotServed(not_served_message::<K>(&name))));
+        }
+        found => found?,
+    };
+    if let Some(existing) = existing {
         if !carries_labels_of(existing.meta(), desired.meta()) {
             return Ok(report(ChildState::Conflict(format!(
                 "{kind} {name} exists and is not managed by winflow for this resource; it was left untouched (delete or rename it to let winflow create its own)"
@@ -88,8 +99,9 @@ where
     }
     let state = match result {
         Ok(_) => ChildState::Applied,
+        Err(kube::Error::Api(status)) if status.code == 404 => ChildState::NotServed(not_served_message::<K>(&name)),
         Err(kube::Error::Api(status)) if is_permanent(status.code) => {
-            ChildState::Rejected(refusal_message(&kind, &name, status.code, &status.message))
+            ChildState::Rejected(format!("the API server refused {kind} {name}: {}", status.message))
         }
         Err(e) => return Err(e),
     };
@@ -104,7 +116,12 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     let name = desired.name_any();
-    let Some(existing) = api.get_opt(&name).await? else {
+    let existing = match api.get_opt(&name).await {
+        // The kind is not served (its CRD is gone): no object of it is left to delete.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
+        found => found?,
+    };
+    let Some(existing) = existing else {
         return Ok(false);
     };
     if !carries_labels_of(existing.meta(), desired.meta()) {
@@ -117,15 +134,14 @@ where
     }
 }
 
-/// What a refusal means for the user. A 404 on apply means the kind itself is not served.
-fn refusal_message(kind: &str, name: &str, code: u16, message: &str) -> String {
-    if code == 404 {
-        format!(
-            "the API server does not serve {kind}, so {name} cannot be created; install its CustomResourceDefinition (see crds/)"
-        )
-    } else {
-        format!("the API server refused {kind} {name}: {message}")
-    }
+/// What to install when the API server does not serve `K`: its CustomResourceDefinition,
+/// named as `kubectl get crd` shows it.
+fn not_served_message<K: Resource<DynamicType = ()>>(name: &str) -> String {
+    let kind = K::kind(&());
+    let crd = format!("{}.{}", K::plural(&()), K::group(&()));
+    format!(
+        "the API server does not serve {kind}, so {name} cannot be created: install the CustomResourceDefinition {crd} (crds/{crd}.yaml, or the chart with gmsa.installCRD=true for the GMSACredentialSpec one); winflow creates {name} once it is served"
+    )
 }
 
 /// 4xx answers other than conflicts and throttling do not go away by retrying.
@@ -241,23 +257,13 @@ mod tests {
     }
 
     #[test]
-    fn refusals_say_what_to_do() {
-        let missing = refusal_message(
-            "GMSACredentialSpec",
-            "airflow.reports",
-            404,
-            "the server could not find the requested resource",
-        );
-        assert!(missing.contains("does not serve GMSACredentialSpec") && missing.contains("CustomResourceDefinition"));
-        let forbidden = refusal_message(
-            "Role",
-            "winflow-reports-gmsa",
-            403,
-            "attempting to grant RBAC permissions not currently held",
-        );
-        assert_eq!(
-            forbidden,
-            "the API server refused Role winflow-reports-gmsa: attempting to grant RBAC permissions not currently held"
+    fn a_kind_not_served_names_the_crd_to_install() {
+        let missing = not_served_message::<crate::api::GMSACredentialSpec>("airflow.reports");
+        assert!(
+            missing.contains("does not serve GMSACredentialSpec")
+                && missing.contains("install the CustomResourceDefinition gmsacredentialspecs.windows.k8s.io")
+                && missing.contains("crds/gmsacredentialspecs.windows.k8s.io.yaml"),
+            "{missing}"
         );
     }
 

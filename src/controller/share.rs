@@ -279,6 +279,9 @@ pub fn share_condition(
             ChildState::Rejected(message) => {
                 return ConditionState::new(READY, false, ConditionReason::ApiError, message.clone());
             }
+            ChildState::NotServed(message) => {
+                return ConditionState::new(READY, false, ConditionReason::PrerequisiteMissing, message.clone());
+            }
             ChildState::UpToDate | ChildState::Applied => {}
         }
     }

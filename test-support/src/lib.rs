@@ -136,15 +136,17 @@ pub fn counted_client(mut config: Config, metrics: &Metrics) -> (Client, String)
     (client, user_agent)
 }
 
-/// Installs every CRD in `crds/` exactly as a user would and waits until they are served.
+/// Installs every CRD in `crds/` as a user would (in the form the server takes, see
+/// [`crd_for_server`]) and waits until they are served.
 async fn install_crds(kubeconfig: &Path) {
     let client = client_for(kubeconfig).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     for entry in std::fs::read_dir(Path::new(REPO).join("crds")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(document).unwrap();
+            let crd: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            let crd = crd_for_server(&client, crd).await;
             let name = crd.metadata.name.clone().unwrap();
             crds.patch(&name, &PatchParams::apply("winflow-tests").force(), &Patch::Apply(&crd))
                 .await
@@ -167,6 +169,34 @@ async fn install_crds(kubeconfig: &Path) {
             }
         })
         .await;
+    }
+}
+
+/// `crd` (as JSON) in the form this API server takes by server-side apply: servers before
+/// 1.25 do not know CEL rules (`x-kubernetes-validations`) and refuse the field, so they are
+/// left out there (such a server would not enforce them anyway).
+pub async fn crd_for_server(client: &Client, mut crd: serde_json::Value) -> CustomResourceDefinition {
+    let version = client.apiserver_version().await.expect("the API server's version");
+    let minor: u32 = version
+        .minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|_| panic!("server minor version {:?}", version.minor));
+    if version.major == "1" && minor < 25 {
+        without_cel_rules(&mut crd);
+    }
+    serde_json::from_value(crd).expect("a CustomResourceDefinition")
+}
+
+/// Removes every `x-kubernetes-validations` from a CRD's schemas.
+pub fn without_cel_rules(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            map.values_mut().for_each(without_cel_rules);
+        }
+        serde_json::Value::Array(list) => list.iter_mut().for_each(without_cel_rules),
+        _ => {}
     }
 }
 
@@ -594,8 +624,9 @@ pub fn task_pod(name: &str, identity: &str, dag_id: &str, task_id: &str) -> serd
 }
 
 /// Adds the ephemeral container `name` (image busybox, with `extra` fields) to `pod` through
-/// `PUT pods/<pod>/ephemeralcontainers`, as Kubernetes 1.20 serves it (an `EphemeralContainers`
-/// object); a refusal comes back as the API server's text.
+/// `PUT pods/<pod>/ephemeralcontainers`, in the shape the server says it takes there (its
+/// discovery's kind for the subresource): an `EphemeralContainers` object up to Kubernetes
+/// 1.21, the whole `Pod` from 1.22.
 pub async fn add_ephemeral_container(
     client: &Client,
     namespace: &str,
@@ -603,8 +634,9 @@ pub async fn add_ephemeral_container(
     name: &str,
     extra: serde_json::Value,
 ) -> Result<(), String> {
+    let kind = ephemeral_containers_kind(client).await?;
     let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/ephemeralcontainers");
-    let mut body: serde_json::Value = client
+    let current: serde_json::Value = client
         .request(http::Request::get(&path).body(Vec::new()).unwrap())
         .await
         .map_err(|e| e.to_string())?;
@@ -613,9 +645,7 @@ pub async fn add_ephemeral_container(
     for (key, value) in extra.as_object().unwrap() {
         container[key] = value.clone();
     }
-    let mut containers = body["ephemeralContainers"].as_array().cloned().unwrap_or_default();
-    containers.push(container);
-    body["ephemeralContainers"] = serde_json::Value::Array(containers);
+    let body = with_ephemeral_container(&kind, current, container)?;
     let request = http::Request::put(&path)
         .header("Content-Type", "application/json")
         .body(serde_json::to_vec(&body).unwrap())
@@ -625,6 +655,35 @@ pub async fn add_ephemeral_container(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The kind the server takes at `pods/ephemeralcontainers`, from its discovery of `/api/v1`.
+async fn ephemeral_containers_kind(client: &Client) -> Result<String, String> {
+    let resources = client.list_core_api_resources("v1").await.map_err(|e| e.to_string())?;
+    resources
+        .resources
+        .into_iter()
+        .find(|r| r.name == "pods/ephemeralcontainers")
+        .map(|r| r.kind)
+        .ok_or_else(|| "the server serves no pods/ephemeralcontainers".to_string())
+}
+
+/// `current` (what GET on the subresource returned) with `container` appended to its
+/// ephemeral containers, where a subresource of `kind` keeps them.
+pub fn with_ephemeral_container(
+    kind: &str,
+    mut current: serde_json::Value,
+    container: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let list = match kind {
+        "EphemeralContainers" => &mut current["ephemeralContainers"],
+        "Pod" => &mut current["spec"]["ephemeralContainers"],
+        other => return Err(format!("pods/ephemeralcontainers of kind {other} is not known here")),
+    };
+    let mut containers = list.as_array().cloned().unwrap_or_default();
+    containers.push(container);
+    *list = serde_json::Value::Array(containers);
+    Ok(current)
 }
 
 /// What the Airflow chart grants its scheduler and workers in their namespace (its
