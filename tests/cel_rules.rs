@@ -71,7 +71,9 @@ fn evaluate(expression: &str, object: &Value) -> Cel {
     let program = Program::compile(expression).unwrap_or_else(|e| panic!("{expression}: {e}"));
     let mut context = Context::default();
     context.add_variable("self", object.clone()).unwrap();
-    program.execute(&context).unwrap_or_else(|e| panic!("{expression} on {object}: {e:?}"))
+    program
+        .execute(&context)
+        .unwrap_or_else(|e| panic!("{expression} on {object}: {e:?}"))
 }
 
 /// What the API server would refuse `object` with: (field, message) of each failed rule.
@@ -139,10 +141,13 @@ fn merged(mut base: Value, change: &Value) -> Value {
     }
 }
 
+/// (field, message) pairs refused by the CEL rules, and by winflow's own validation.
+type Refusals = (Vec<(String, String)>, Vec<(String, String)>);
+
 /// The identity example with a token by client secret, changed by `change` (under `spec`).
 /// The object the rules see is the spec as winflow reads it (defaults filled in, as the API
 /// server defaults before it validates).
-fn identity_case(change: Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn identity_case(change: Value) -> Refusals {
     let mut object = example("identity-azure-key-vault.yaml", 0);
     object["spec"]["token"] = json!({
         "issuerUrl": "https://login.microsoftonline.com/6f1c2b1e-0000-4000-8000-000000000001/v2.0",
@@ -158,7 +163,7 @@ fn identity_case(change: Value) -> (Vec<(String, String)>, Vec<(String, String)>
     )
 }
 
-fn share_case(change: Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn share_case(change: Value) -> Refusals {
     let mut object = example("share-reports.yaml", 1);
     object["spec"] = merged(object["spec"].take(), &change);
     let spec: WindowsShareSpec = serde_json::from_value(object["spec"].clone()).unwrap();
@@ -171,12 +176,7 @@ fn share_case(change: Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
 
 /// Each case's CEL refusals equal winflow's own; every bad case is refused; every rule fails
 /// in some case.
-fn check_cases(
-    file: &str,
-    good: &[Value],
-    bad: &[Value],
-    case: fn(Value) -> (Vec<(String, String)>, Vec<(String, String)>),
-) {
+fn check_cases(file: &str, good: &[Value], bad: &[Value], case: fn(Value) -> Refusals) {
     for change in good {
         let (cel, validate) = case(change.clone());
         assert_eq!(validate, [], "validate refuses the good case {change}");
@@ -255,7 +255,10 @@ fn share_rules_refuse_what_winflow_refuses_with_its_message() {
 #[test]
 fn a_backslash_is_refused_by_both_though_the_messages_quote_it_differently() {
     // winflow quotes values as Rust does (a backslash doubled); CEL's message has it as is.
-    for change in [json!({"server": "\\\\fs01\\reports"}), json!({"subDir": "finance\\2026"})] {
+    for change in [
+        json!({"server": "\\\\fs01\\reports"}),
+        json!({"subDir": "finance\\2026"}),
+    ] {
         let (cel, validate) = share_case(change.clone());
         let fields = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
         assert_eq!(fields(&cel), fields(&validate), "case {change}");

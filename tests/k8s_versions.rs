@@ -83,7 +83,12 @@ fn the_ephemeral_containers_gate_is_set_only_where_the_api_server_lists_it() {
     assert_eq!(
         flags(
             "feature_gate_args",
-            &[APISERVER_1_20_HELP, "EphemeralContainers", "NoSuchGate", "ExpandCSIVolumes"]
+            &[
+                APISERVER_1_20_HELP,
+                "EphemeralContainers",
+                "NoSuchGate",
+                "ExpandCSIVolumes"
+            ]
         )
         .0,
         "--feature-gates=EphemeralContainers=true,ExpandCSIVolumes=true"

@@ -13,7 +13,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use serde_json::{Value, json};
 use winflow::api::{WindowsShare, WindowsTaskIdentity};
 use winflow::webhook::access::Access;
-use winflow::webhook::decide::{Decision, ResourceView, mutate, validate};
+use winflow::webhook::decide::{Authorizations, Decision, Protected, ResourceView, mutate, validate};
 use winflow::webhook::reason::AdmissionReason;
 
 /// The namespace the reviews were recorded in.
@@ -35,6 +35,29 @@ impl ResourceView for View {
         }
     }
     fn each_share(&self, _namespace: &str, _visit: &mut dyn FnMut(&WindowsShare)) {}
+    // The recorded pods set no gMSA contents and run as their identity's service account, which
+    // creates no pods: these lookups have nothing to find.
+    fn identities_with_account(&self, _account: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        Vec::new()
+    }
+    fn identities_with_plugin_input(&self, _input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
+        Vec::new()
+    }
+    fn identities_created_by(&self, _namespace: &str, _name: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn protected(&self, namespace: &str) -> Arc<Protected> {
+        Arc::new(Protected::of_namespace(self, namespace))
+    }
+}
+
+/// The authorizer's answer for the recordings' user: may use every identity.
+struct AllowedToUseAll;
+
+impl Authorizations for AllowedToUseAll {
+    fn answer(&self, _namespace: &str, _name: &str) -> Option<&Access> {
+        Some(&Access::Allowed)
+    }
 }
 
 /// An identity from examples/ in the recording's namespace, Ready, with an OIDC token (its
@@ -75,7 +98,9 @@ fn view() -> View {
 }
 
 fn recorded(file: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/k8s-1.36-reviews").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/k8s-1.36-reviews")
+        .join(file);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -86,11 +111,11 @@ fn request(review: Value) -> AdmissionRequest<DynamicObject> {
 
 /// The creator may use the identity (the handler asked the authorizer before).
 fn mutated(review: Value) -> Decision {
-    mutate(&request(review), &view(), Some(&Access::Allowed))
+    mutate(&request(review), &view(), &AllowedToUseAll)
 }
 
 fn validated(review: Value) -> Decision {
-    validate(&request(review), &view(), Some(&Access::Allowed))
+    validate(&request(review), &view(), &AllowedToUseAll)
 }
 
 fn denied(decision: &Decision, reason: AdmissionReason) -> String {
@@ -160,7 +185,10 @@ fn mutate_fills_in_the_identity_and_keeps_the_sidecar_os_and_projected_volume() 
 fn mutate_as_recorded_names_the_credential_spec_name_the_pod_set() {
     // The recording set gmsaCredentialSpecName for namespace `airflow`; in `rec` that is
     // another identity's name: a conflict, never replaced.
-    let message = denied(&mutated(recorded("01-mutate-create-pod.json")), AdmissionReason::FieldConflict);
+    let message = denied(
+        &mutated(recorded("01-mutate-create-pod.json")),
+        AdmissionReason::FieldConflict,
+    );
     assert!(
         message.contains("securityContext.windowsOptions.gmsaCredentialSpecName")
             && message.contains("\"airflow.payroll-export\"")
@@ -174,7 +202,10 @@ fn mutate_refuses_a_pod_whose_spec_os_is_not_windows() {
     let mut review = without_hand_set_gmsa(recorded("01-mutate-create-pod.json"));
     review["request"]["object"]["spec"]["os"]["name"] = json!("linux");
     let message = denied(&mutated(review), AdmissionReason::FieldConflict);
-    assert!(message.contains("spec.os.name") && message.contains("\"windows\""), "{message}");
+    assert!(
+        message.contains("spec.os.name") && message.contains("\"windows\""),
+        "{message}"
+    );
 }
 
 #[test]
@@ -192,7 +223,10 @@ fn validate_as_recorded_refuses_the_default_service_account() {
         &validated(recorded("02-validate-create-pod.json")),
         AdmissionReason::ServiceAccountMismatch,
     );
-    assert!(message.contains("\"default\"") && message.contains("\"payroll-export\""), "{message}");
+    assert!(
+        message.contains("\"default\"") && message.contains("\"payroll-export\""),
+        "{message}"
+    );
 }
 
 #[test]
@@ -223,10 +257,13 @@ fn validate_admits_a_metadata_only_update() {
     // `kubectl label`: the spec is unchanged, so nothing that reaches a credential changed;
     // admitted even as recorded (service account `default`) and without the identity.
     let review = recorded("08-validate-update-pod.json");
-    assert_eq!(review["request"]["object"]["spec"], review["request"]["oldObject"]["spec"]);
+    assert_eq!(
+        review["request"]["object"]["spec"],
+        review["request"]["oldObject"]["spec"]
+    );
     let decision = validated(review.clone());
     assert!(decision.response.allowed, "{}", decision.audit.message);
     assert_eq!(decision.audit.reason, AdmissionReason::Allowed);
-    let without_identity = validate(&request(review), &View(HashMap::new()), Some(&Access::Allowed));
+    let without_identity = validate(&request(review), &View(HashMap::new()), &AllowedToUseAll);
     assert!(without_identity.response.allowed, "{}", without_identity.audit.message);
 }

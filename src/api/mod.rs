@@ -1,6 +1,7 @@
 //! Kubernetes API types: winflow's own custom resources and the upstream gMSA credential spec.
 
 pub mod conditions;
+pub mod creators;
 pub mod gmsa;
 pub mod identity;
 pub mod refs;

@@ -228,10 +228,13 @@ mod tests {
         let identity = fixtures::key_vault();
         let namespace = identity.metadata.namespace.clone().unwrap();
         assert_eq!(
-            host_account_plugin_input(&identity).as_deref(),
+            host_account_plugin_input(&namespace, &identity.spec).as_deref(),
             host_config(&namespace, &identity.spec)["PluginInput"].as_str()
         );
-        assert_eq!(host_account_plugin_input(&fixtures::domain_joined()), None);
+        assert_eq!(
+            host_account_plugin_input("airflow", &fixtures::domain_joined().spec),
+            None
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! line per decision, metrics, and on every denial an Event and a count on the identity
 //! concerned.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
@@ -14,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 
 use super::access::{Access, AccessReviewer};
-use super::decide::{self, Audit, Decision, ResourceView};
+use super::decide::{self, Audit, Authorizations, Decision, ResourceView};
 use super::decision_pool::DecisionPool;
 use super::denial_count::DenialCounts;
 use super::denial_events::DenialEvents;
@@ -23,9 +25,16 @@ use super::server::{AdmissionHandler, ReviewKind};
 use crate::api::WindowsTaskIdentity;
 use crate::metrics::Metrics;
 
+/// The authorizer's answers for one review, by (namespace, identity).
+pub type Answers = BTreeMap<(String, String), Access>;
+
+/// SubjectAccessReviews asked at once for one admission review.
+const CONCURRENT_ACCESS_REVIEWS: usize = 8;
+
 /// winflow's admission webhook.
 pub struct PodWebhook {
-    /// Reads the pod of a 1.20 ephemeral-containers request (its labels only).
+    /// Reads the pod of an exec, attach or port-forward request and of a 1.20
+    /// ephemeral-containers request (its labels only).
     pub client: Client,
     pub resources: ResourceCache,
     pub access: AccessReviewer,
@@ -64,14 +73,15 @@ impl AdmissionHandler for PodWebhook {
 }
 
 impl PodWebhook {
-    /// The I/O a decision needs (the pod's labels for a 1.20 ephemeral-containers request, the
-    /// authorizer's answer about the requester), then the decision.
+    /// The I/O a decision needs (the pod's labels when the review lacks them, the authorizer's
+    /// answers about the requester), then the decision.
     async fn decide(&self, kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> (&'static str, Decision) {
         let webhook = match kind {
             ReviewKind::Mutate => "mutate",
             ReviewKind::Validate => "validate",
             ReviewKind::ValidateEphemeral => "validate-ephemeral",
             ReviewKind::ValidateGmsa => "validate-gmsa",
+            ReviewKind::ValidateConnect => "validate-connect",
         };
         let looked_up;
         let request = match decide::pod_to_look_up(request) {
@@ -87,11 +97,18 @@ impl PodWebhook {
                 }
             }
         };
-        let access = match decide::identity_to_authorize(kind, request) {
-            Some((namespace, identity)) => Some(self.access.may_use(&request.user_info, &namespace, &identity).await),
-            None => None,
-        };
-        let decision = decide_in(&self.decisions, kind, request, self.resources.clone(), access).await;
+        let view = &self.resources;
+        // Deduplicated, a few at a time, and each answer cached by the reviewer: a creator's
+        // service account that creates pods of many identities does not flood the API server.
+        let answers: Answers = futures::stream::iter(decide::identities_to_authorize(kind, request, view))
+            .map(|(namespace, identity)| async move {
+                let access = self.access.may_use(&request.user_info, &namespace, &identity).await;
+                ((namespace, identity), access)
+            })
+            .buffer_unordered(CONCURRENT_ACCESS_REVIEWS)
+            .collect()
+            .await;
+        let decision = decide_in(&self.decisions, kind, request, self.resources.clone(), answers).await;
         (webhook, decision)
     }
 }
@@ -101,13 +118,14 @@ fn decision_of(
     kind: ReviewKind,
     request: &AdmissionRequest<DynamicObject>,
     view: &dyn ResourceView,
-    access: Option<&Access>,
+    access: &dyn Authorizations,
 ) -> Decision {
     match kind {
         ReviewKind::Mutate => decide::mutate(request, view, access),
         ReviewKind::Validate => decide::validate(request, view, access),
         ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access),
         ReviewKind::ValidateGmsa => decide::validate_gmsa(request, view),
+        ReviewKind::ValidateConnect => decide::validate_connect(request, access),
     }
 }
 
@@ -118,13 +136,10 @@ pub async fn decide_in<V: ResourceView + Send + 'static>(
     kind: ReviewKind,
     request: &AdmissionRequest<DynamicObject>,
     view: V,
-    access: Option<Access>,
+    answers: Answers,
 ) -> Decision {
     let owned = request.clone();
-    match pool
-        .run(move || decision_of(kind, &owned, &view, access.as_ref()))
-        .await
-    {
+    match pool.run(move || decision_of(kind, &owned, &view, &answers)).await {
         Ok(decision) => decision,
         Err(_timed_out) => {
             tracing::warn!(
@@ -239,6 +254,9 @@ mod tests {
         fn protected(&self, namespace: &str) -> Arc<decide::Protected> {
             Arc::new(decide::Protected::of_namespace(self, namespace))
         }
+        fn identities_created_by(&self, _namespace: &str, _name: &str) -> Vec<(String, String)> {
+            Vec::new()
+        }
     }
 
     /// An unlabelled pod's CREATE, which reads its namespace's identities.
@@ -272,12 +290,12 @@ mod tests {
         let quick = View { delay: Duration::ZERO };
         let (slow_request, quick_request) = (request("slow"), request("quick"));
 
-        let slow_decision = decide_in(&pool, ReviewKind::Validate, &slow_request, slow, None);
+        let slow_decision = decide_in(&pool, ReviewKind::Validate, &slow_request, slow, Answers::new());
         let quick_decision = async {
             // Asked after the slow one has started.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let started = Instant::now();
-            let decision = decide_in(&pool, ReviewKind::Validate, &quick_request, quick, None).await;
+            let decision = decide_in(&pool, ReviewKind::Validate, &quick_request, quick, Answers::new()).await;
             (decision, started.elapsed())
         };
         let started = Instant::now();

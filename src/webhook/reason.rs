@@ -13,6 +13,8 @@ pub enum AdmissionReason {
     AuthorizationUnavailable,
     ClientSecretReference,
     CreatorNotAllowed,
+    /// The pod runs as a service account that creates pods of identities its creator may not use.
+    CreatorServiceAccount,
     DagNotAllowed,
     /// The decision did not finish within its deadline: denied, fail closed.
     DecisionTimeout,
@@ -54,6 +56,7 @@ impl AdmissionReason {
             AdmissionReason::AuthorizationUnavailable => "AuthorizationUnavailable",
             AdmissionReason::ClientSecretReference => "ClientSecretReference",
             AdmissionReason::CreatorNotAllowed => "CreatorNotAllowed",
+            AdmissionReason::CreatorServiceAccount => "CreatorServiceAccount",
             AdmissionReason::DagNotAllowed => "DagNotAllowed",
             AdmissionReason::DecisionTimeout => "DecisionTimeout",
             AdmissionReason::FieldConflict => "FieldConflict",

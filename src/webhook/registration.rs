@@ -3,6 +3,8 @@
 //! wait on winflow; enforcement namespaces also send unlabelled pods for validation, and every
 //! other namespace the unlabelled pods that carry gMSA fields (a `matchConditions` expression
 //! picks them out on Kubernetes 1.28 and later; older servers send every unlabelled pod).
+//! Ephemeral containers, exec, attach and port-forward come without the pod's labels: winflow
+//! looks the pod up.
 
 use std::collections::BTreeMap;
 
@@ -251,6 +253,16 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
                     pod_rules(&[(&["CREATE"], &["pods"]), (&["UPDATE"], &["pods/ephemeralcontainers"])]),
                 ),
             ),
+            // exec, attach and port-forward run inside the pod, as its identity. The object is
+            // the options (PodExecOptions, ...) without the pod's labels: no object selector
+            // can pick out an identity's pods, so winflow looks the pod up.
+            webhook(
+                "connect.pods.winflow.io",
+                "/validate-connect",
+                registration.namespace_selector.clone(),
+                None,
+                pod_rules(&[(&["CONNECT"], &["pods/exec", "pods/attach", "pods/portforward"])]),
+            ),
         ]),
     }
 }
@@ -325,7 +337,7 @@ mod tests {
         });
         let config = validating_configuration(&reg);
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 4);
+        assert_eq!(hooks.len(), 5);
         assert_eq!(
             hooks[0].client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate-pods")
@@ -504,5 +516,44 @@ mod tests {
                 "{major}.{minor} ({git})"
             );
         }
+    }
+
+    #[test]
+    fn exec_attach_and_port_forward_are_sent_from_every_pod_of_the_selected_namespaces() {
+        let mut reg = registration(Endpoint::Url("https://127.0.0.1:8443".into()));
+        reg.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("kubernetes.io/metadata.name".to_owned(), "airflow".to_owned())].into()),
+            match_expressions: None,
+        });
+        let config = validating_configuration(&reg);
+        let hooks = config.webhooks.unwrap();
+        let connect = hooks
+            .iter()
+            .find(|hook| hook.name == "connect.pods.winflow.io")
+            .expect("the connect webhook");
+        assert_eq!(
+            connect.client_config.url.as_deref(),
+            Some("https://127.0.0.1:8443/validate-connect")
+        );
+        let rules = connect.rules.clone().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].operations.as_deref(), Some(&["CONNECT".to_owned()][..]));
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(
+                &[
+                    "pods/exec".to_owned(),
+                    "pods/attach".to_owned(),
+                    "pods/portforward".to_owned()
+                ][..]
+            )
+        );
+        assert!(
+            connect.object_selector.is_none(),
+            "the options objects carry no pod labels"
+        );
+        assert_eq!(connect.namespace_selector, reg.namespace_selector);
+        assert_eq!(connect.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(connect.side_effects, "NoneOnDryRun");
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::decide::{Protected, ResourceView};
 use super::resource_index::{Indexed, NamespaceVersion, ResourceIndex, Term};
+use crate::api::creators::CreatorAccounts;
 use crate::api::{WindowsShare, WindowsTaskIdentity};
 use crate::cluster::watch_health::Watcher;
 use crate::metrics::Metrics;
@@ -139,6 +140,23 @@ impl ResourceView for ResourceCache {
 
     fn identities_with_plugin_input(&self, input: &str) -> Vec<Arc<WindowsTaskIdentity>> {
         self.identities.read().with_term(&Term::PluginInput(input.to_owned()))
+    }
+
+    fn identities_created_by(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
+        let index = self.identities.read();
+        let mut found: Vec<_> = CreatorAccounts::including(namespace, name)
+            .into_iter()
+            .flat_map(|entry| index.with_term(&Term::Creator(entry)))
+            .map(|identity| {
+                (
+                    identity.metadata.namespace.clone().unwrap_or_default(),
+                    identity.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        found
     }
 
     fn protected(&self, namespace: &str) -> Arc<Protected> {

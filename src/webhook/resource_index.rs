@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 
+use crate::api::creators::{CreatorAccounts, creator_accounts};
 use crate::api::{WindowsShare, WindowsTaskIdentity};
 use crate::webhook::decide::{account_keys, plugin_input};
 
@@ -22,6 +23,9 @@ pub enum Term {
     Account(String),
     /// A host-account plugin input, as winflow writes it into the credential spec.
     PluginInput(String),
+    /// A creator's service accounts (`spec.access.creators`): one account, every account of a
+    /// namespace, or every account of the cluster.
+    Creator(CreatorAccounts),
 }
 
 /// The terms an object is found by.
@@ -35,6 +39,7 @@ impl Indexed for WindowsTaskIdentity {
         account_keys(&self.spec)
             .map(Term::Account)
             .chain(plugin_input(self).map(Term::PluginInput))
+            .chain(creator_accounts(self).into_iter().map(Term::Creator))
             .collect()
     }
 }

@@ -57,6 +57,18 @@ pub enum ReviewKind {
     /// Pods outside enforcement namespaces that carry gMSA fields, without the identity
     /// label: a node retrieves a gMSA for any pod, so the gMSA rules hold cluster-wide.
     ValidateGmsa,
+    /// exec, attach and port-forward (operation CONNECT): the object is the options, without
+    /// the pod's labels.
+    ValidateConnect,
+}
+
+/// The subresources of pods whose reviews an endpoint takes.
+fn reviewed_subresources(kind: ReviewKind) -> &'static [&'static str] {
+    match kind {
+        ReviewKind::ValidateConnect => &["exec", "attach", "portforward"],
+        // Ephemeral containers are added through their own subresource; no other subresource.
+        _ => &["", "ephemeralcontainers"],
+    }
 }
 
 /// The decisions (winflow's webhook::handler implements it). Asynchronous: a decision may
@@ -225,6 +237,12 @@ fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
                 review(state, ReviewKind::ValidateGmsa, request)
             }),
         )
+        .route(
+            "/validate-connect",
+            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
+                review(state, ReviewKind::ValidateConnect, request)
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(handler)
@@ -234,7 +252,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [CLOSE],
-        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers or /validate-gmsa\n",
+        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers, /validate-gmsa or /validate-connect\n",
     )
         .into_response()
 }
@@ -268,7 +286,7 @@ async fn review(State(handler): State<Arc<dyn AdmissionHandler>>, kind: ReviewKi
             return rejection.into_response();
         }
     };
-    let request = match parse(&body) {
+    let request = match parse(&body, kind) {
         Ok(request) => request,
         Err(problem) => {
             debug!(%problem, "rejected an admission review");
@@ -313,8 +331,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// An `admission.k8s.io/v1` AdmissionReview with a request about core pods.
-fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+/// An `admission.k8s.io/v1` AdmissionReview with a request about core pods (or one of the
+/// subresources the endpoint reviews).
+fn parse(body: &[u8], kind: ReviewKind) -> Result<AdmissionRequest<DynamicObject>, String> {
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| format!("body is not an AdmissionReview: {e}"))?;
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
@@ -328,11 +347,10 @@ fn parse(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
         .map_err(|_| "the AdmissionReview has no request".to_owned())?;
     let resource = &request.resource;
     let sub_resource = request.sub_resource.as_deref().unwrap_or_default();
-    // Ephemeral containers are added through their own subresource; no other subresource.
-    if !resource.group.is_empty() || resource.resource != "pods" || !["", "ephemeralcontainers"].contains(&sub_resource)
-    {
+    let subresources = reviewed_subresources(kind);
+    if !resource.group.is_empty() || resource.resource != "pods" || !subresources.contains(&sub_resource) {
         return Err(format!(
-            "only pods are reviewed (group \"\", resource \"pods\", no subresource or ephemeralcontainers); \
+            "only pods are reviewed here (group \"\", resource \"pods\", subresource one of {subresources:?}); \
              got group {:?}, resource {:?}, subresource {:?}",
             resource.group, resource.resource, sub_resource
         ));

@@ -32,14 +32,13 @@ pub(super) fn looks_shortened(label: &str) -> bool {
 
 pub(super) fn check_airflow_id(pod: &Pod, key: &str, what: &str, patterns: &[String], who: &str) -> Checked<()> {
     let allowed = patterns.join(", ");
-    let allows_all = patterns.iter().any(|p| p == "*");
     let reason = if what == "dag" {
         AdmissionReason::DagNotAllowed
     } else {
         AdmissionReason::TaskNotAllowed
     };
     let Some((id, from_label)) = airflow_id(pod, key) else {
-        if allows_all {
+        if patterns.iter().any(|p| p == "*") {
             return Ok(());
         }
         return Err(Denial::new(
@@ -49,16 +48,17 @@ pub(super) fn check_airflow_id(pod: &Pod, key: &str, what: &str, patterns: &[Str
             ),
         ));
     };
-    if from_label && looks_shortened(&id) && !allows_all {
+    // Literally first: an exact id may end like Airflow's hash (`x_load-202401011`).
+    if matches_any(patterns, &id) {
+        return Ok(());
+    }
+    if from_label && looks_shortened(&id) {
         return Err(Denial::new(
             reason,
             format!(
                 "{what} label {id:?} looks shortened by Airflow, so the exact {key} is unknown and cannot be matched against identity {who} (allowed {what} ids: {allowed}); set the {key} annotation"
             ),
         ));
-    }
-    if matches_any(patterns, &id) {
-        return Ok(());
     }
     Err(Denial::new(
         reason,

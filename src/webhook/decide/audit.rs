@@ -72,7 +72,7 @@ pub struct Decision {
 /// A request that could not be decided because the pod it concerns could not be read: denied.
 pub fn pod_lookup_failed(request: &AdmissionRequest<DynamicObject>, error: &str) -> Decision {
     let message = format!(
-        "winflow could not read pod {:?} to find out whose identity it runs as ({error}); ephemeral containers are added once it can",
+        "winflow could not read pod {:?} to find out whose identity it runs as ({error}); denied until winflow can read it",
         request.name
     );
     denied_unread(request, AdmissionReason::PodLookupFailed, message)

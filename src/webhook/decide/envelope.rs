@@ -1,6 +1,6 @@
 //! The review as it came: the pod it carries (or, from Kubernetes before 1.22, the ephemeral
-//! containers object), who sends it, and what the handler must look up or ask before a
-//! decision.
+//! containers object; for exec, attach and port-forward, the options), who sends it, and what
+//! the handler must look up or ask before a decision.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, Operation};
 
+use super::ResourceView;
 use crate::names::IDENTITY_LABEL;
 use crate::webhook::server::ReviewKind;
 
@@ -84,42 +85,106 @@ pub(super) fn identity_label(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The identity whose `use` the request's user must hold, if any: the creator of a labelled
-/// pod, whoever changes a labelled pod's spec (its image, say), and whoever adds an ephemeral
-/// container to one. Asked by the handler before deciding.
-pub fn identity_to_authorize(kind: ReviewKind, request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
+/// The identities (namespace, name) whose `use` the request's user must hold, without
+/// duplicates: that of a labelled pod for its creator, whoever changes a labelled pod's spec
+/// (its image, say), adds an ephemeral container to one, or opens exec, attach or port-forward
+/// to one; and for a new pod that runs as a creator's service account, every identity that
+/// account creates pods of. Asked by the handler before deciding.
+pub fn identities_to_authorize(
+    kind: ReviewKind,
+    request: &AdmissionRequest<DynamicObject>,
+    view: &dyn ResourceView,
+) -> Vec<(String, String)> {
     // Read from the review as it came: the pod is decoded once, by the decision itself.
-    let object = request.object.as_ref()?;
-    let name = object.metadata.labels.as_ref()?.get(IDENTITY_LABEL)?.clone();
+    let Some(object) = request.object.as_ref() else {
+        return Vec::new();
+    };
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| object.metadata.namespace.clone())
+        .unwrap_or_default();
     let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
-    let spec_changed = || {
-        request
-            .old_object
-            .as_ref()
-            .is_some_and(|old| old.data.get("spec") != object.data.get("spec"))
-    };
-    let needed = match (&request.operation, kind, ephemeral) {
-        (Operation::Create, ReviewKind::Mutate | ReviewKind::Validate, false) => true,
-        (Operation::Update, ReviewKind::Validate, false) => spec_changed(),
-        (Operation::Update, ReviewKind::ValidateEphemeral, true) => true,
-        _ => false,
-    };
-    let namespace = request.namespace.clone().or_else(|| object.metadata.namespace.clone());
-    needed.then(|| (namespace.unwrap_or_default(), name))
+    let creating = request.operation == Operation::Create && kind == ReviewKind::Validate && !ephemeral;
+    let mut wanted = std::collections::BTreeSet::new();
+    if let Some(name) = object.metadata.labels.as_ref().and_then(|l| l.get(IDENTITY_LABEL)) {
+        let spec_changed = || {
+            request
+                .old_object
+                .as_ref()
+                .is_some_and(|old| old.data.get("spec") != object.data.get("spec"))
+        };
+        let needed = match (&request.operation, kind, ephemeral) {
+            (Operation::Create, ReviewKind::Mutate | ReviewKind::Validate, false) => true,
+            (Operation::Update, ReviewKind::Validate, false) => spec_changed(),
+            (Operation::Update, ReviewKind::ValidateEphemeral, true) => true,
+            (Operation::Connect, ReviewKind::ValidateConnect, _) => true,
+            _ => false,
+        };
+        if needed {
+            wanted.insert((namespace.clone(), name.clone()));
+        }
+    }
+    if creating {
+        let account = service_account_of(object);
+        wanted.extend(view.identities_created_by(&namespace, account));
+    }
+    wanted.into_iter().collect()
 }
 
-/// The pod whose labels an ephemeral-containers request lacks: Kubernetes before 1.22 sends
-/// an `EphemeralContainers` object that carries the pod's name but not its labels. The handler
-/// looks them up and puts them in with [`with_pod_labels`].
+/// The service account a pod in a review runs as (`default` when none is set).
+pub(super) fn service_account_of(object: &DynamicObject) -> &str {
+    let spec = &object.data["spec"];
+    ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|key| spec[key].as_str().filter(|s| !s.is_empty()))
+        .unwrap_or("default")
+}
+
+/// The pod whose labels the request lacks: exec, attach and port-forward send the options
+/// (`PodExecOptions`, ...) and Kubernetes before 1.22 sends ephemeral containers as an
+/// `EphemeralContainers` object, with the pod's name but not its labels. The handler looks
+/// them up and puts them in with [`with_pod_labels`].
 pub fn pod_to_look_up(request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
     let object = request.object.as_ref()?;
     let is_ephemeral_containers = object.types.as_ref().is_some_and(|t| t.kind == "EphemeralContainers");
-    (request.sub_resource.as_deref() == Some("ephemeralcontainers") && is_ephemeral_containers).then(|| {
+    let labels_missing = request.operation == Operation::Connect
+        || (request.sub_resource.as_deref() == Some("ephemeralcontainers") && is_ephemeral_containers);
+    labels_missing.then(|| {
         (
             request.namespace.clone().unwrap_or_default(),
             object.metadata.name.clone().unwrap_or_else(|| request.name.clone()),
         )
     })
+}
+
+/// The facts of an exec, attach or port-forward request, whose object carries no pod: the
+/// pod's name and the labels the handler looked up, and whether it did.
+pub(super) fn connect_subject(request: &AdmissionRequest<DynamicObject>) -> (Subject, bool) {
+    let labels = request.object.as_ref().and_then(|o| o.metadata.labels.as_ref());
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(request.name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: labels.cloned(),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: None,
+    };
+    let identity_name = identity_label(&pod).map(str::to_owned);
+    let subject = Subject {
+        pod,
+        old: None,
+        ephemeral: false,
+        operation: request.operation.clone(),
+        namespace,
+        pod_name: request.name.clone(),
+        identity_name,
+        creator: request.user_info.username.clone().unwrap_or_default(),
+    };
+    (subject, labels.is_some())
 }
 
 /// The request with the pod's labels in its objects.

@@ -6,6 +6,7 @@
 
 mod airflow_ids;
 mod audit;
+mod connect;
 mod credentials;
 mod envelope;
 mod gmsa;
@@ -15,6 +16,7 @@ mod tests;
 mod validate;
 
 use crate::webhook::reason::AdmissionReason;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -28,8 +30,9 @@ use envelope::Subject;
 
 pub use airflow_ids::airflow_id;
 pub use audit::{Audit, Decision, decision_timed_out, pod_lookup_failed};
+pub use connect::validate_connect;
 pub use credentials::Protected;
-pub use envelope::{identity_to_authorize, pod_to_look_up, with_pod_labels};
+pub use envelope::{identities_to_authorize, pod_to_look_up, with_pod_labels};
 pub use gmsa::validate_gmsa;
 pub(crate) use gmsa::{account_keys, plugin_input};
 pub use mutate::{inline_credential_spec, mutate};
@@ -51,6 +54,23 @@ pub trait ResourceView {
     /// What winflow's resources in `namespace` name (`Protected::of_namespace`); a cache keeps
     /// it until the namespace's identities or shares change, so reviews do not rebuild it.
     fn protected(&self, namespace: &str) -> Arc<Protected>;
+    /// The identities (namespace, name), in any namespace, whose creators include service
+    /// account `name` of `namespace`, sorted: a pod that runs as it acts as their creator.
+    fn identities_created_by(&self, namespace: &str, name: &str) -> Vec<(String, String)>;
+}
+
+/// The authorizer's answers about the requester's `use` of identities, as the handler asked
+/// them before deciding ([`identities_to_authorize`]).
+pub trait Authorizations {
+    /// The answer about identity `name` of `namespace`; `None` when it was not asked.
+    fn answer(&self, namespace: &str, name: &str) -> Option<&Access>;
+}
+
+/// Answers keyed by (namespace, identity).
+impl Authorizations for BTreeMap<(String, String), Access> {
+    fn answer(&self, namespace: &str, name: &str) -> Option<&Access> {
+        self.get(&(namespace.to_owned(), name.to_owned()))
+    }
 }
 
 /// Why a pod was denied: the reason (for metrics and Events), a message that names the
@@ -79,11 +99,11 @@ impl Denial {
 type Checked<T> = Result<T, Denial>;
 
 /// The creator's `use` of the identity, as the handler found it; fail closed.
-fn check_creator(subject: &Subject, name: &str, access: Option<&Access>, doing: &str) -> Checked<()> {
+fn check_creator(subject: &Subject, name: &str, access: &dyn Authorizations, doing: &str) -> Checked<()> {
     let user = &subject.creator;
     let namespace = &subject.namespace;
     let role = use_role_name(name);
-    match access {
+    match access.answer(namespace, name) {
         Some(Access::Allowed) => Ok(()),
         Some(Access::Denied(why)) => {
             let why = if why.is_empty() {

@@ -15,15 +15,18 @@ use sha2::{Digest, Sha256};
 use super::audit::{finish, invalid};
 use super::envelope::subject;
 use super::gmsa::check_own_contents;
-use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
+use super::{Authorizations, Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::build::{Os, credential_spec_document, identity_env, share_volumes, token_wiring};
 use crate::names::{self, ROLE_EXECUTOR, ROLE_LABEL, ROLE_WINDOWS_TASK};
-use crate::webhook::access::Access;
 
 /// `/mutate-pods`: injects the identity into a new pod labelled `winflow.io/identity`, once
 /// its creator is known to be allowed to use it (nothing is injected for anyone else).
-pub fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView, access: Option<&Access>) -> Decision {
+pub fn mutate(
+    request: &AdmissionRequest<DynamicObject>,
+    view: &dyn ResourceView,
+    access: &dyn Authorizations,
+) -> Decision {
     let subject = match subject(request) {
         Ok(subject) => subject,
         Err(message) => return invalid(request, message),

@@ -47,6 +47,16 @@ impl ResourceView for View {
     fn protected(&self, namespace: &str) -> Arc<Protected> {
         Arc::new(Protected::of_namespace(self, namespace))
     }
+    fn identities_created_by(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
+        let mut found: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(_, identity)| crate::api::creators::is_creator_account(identity, namespace, name))
+            .map(|(key, _)| key.clone())
+            .collect();
+        found.sort();
+        found
+    }
 }
 
 impl View {
@@ -58,12 +68,19 @@ impl View {
 }
 
 /// The creator is allowed to use the identity (the handler asked the authorizer before).
+/// One answer for every identity asked (`None`: nothing was asked).
+impl Authorizations for Option<&Access> {
+    fn answer(&self, _namespace: &str, _name: &str) -> Option<&Access> {
+        *self
+    }
+}
+
 pub(super) fn mutate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
-    super::mutate(request, view, Some(&Access::Allowed))
+    super::mutate(request, view, &Some(&Access::Allowed))
 }
 
 pub(super) fn validate(request: &AdmissionRequest<DynamicObject>, view: &dyn ResourceView) -> Decision {
-    super::validate(request, view, Some(&Access::Allowed))
+    super::validate(request, view, &Some(&Access::Allowed))
 }
 
 pub(super) fn ready(mut identity: WindowsTaskIdentity, ready: bool) -> WindowsTaskIdentity {
@@ -297,11 +314,22 @@ fn dags_and_tasks_outside_the_patterns_are_denied() {
     assert_eq!(denial(&decision).0, "DagNotAllowed");
 }
 
+/// `view()` with finance-reports allowing exactly `dag_ids`.
+fn view_with_dag_ids(dag_ids: &[&str]) -> View {
+    let mut view = view();
+    let key = ("airflow".to_owned(), "finance-reports".to_owned());
+    let mut identity = (*view.0[&key]).clone();
+    identity.spec.airflow.dag_ids = dag_ids.iter().map(|d| d.to_string()).collect();
+    view.0.insert(key, Arc::new(identity));
+    view
+}
+
 #[test]
 fn a_shortened_label_never_lets_a_pod_through() {
-    let view = view();
+    let long = "finance_quarterly_close_with_a_name_longer_than_sixty_three_characters";
+    let view = view_with_dag_ids(&[long]);
     let mut object = pod();
-    // What Airflow makes of a long dag id: a prefix that matches finance_*, and a hash.
+    // What Airflow makes of a long dag id: a prefix and a hash; no pattern matches it literally.
     object["metadata"]["labels"]["dag_id"] = json!("finance_quarterly_close_with_a_name_longer_than_sixty-3f2a1b9c0");
     let decision = validate(&request("CREATE", mutated_pod(&view, object.clone()), None), &view);
     let (reason, message) = denial(&decision);
@@ -310,13 +338,34 @@ fn a_shortened_label_never_lets_a_pod_through() {
         message.contains("looks shortened") && message.contains("annotation"),
         "{message}"
     );
-    object["metadata"]["annotations"] =
-        json!({"dag_id": "finance_quarterly_close_with_a_name_longer_than_sixty_three_characters"});
+    object["metadata"]["annotations"] = json!({ "dag_id": long });
     assert!(
         validate(&request("CREATE", mutated_pod(&view, object), None), &view)
             .response
             .allowed
     );
+}
+
+#[test]
+fn an_exact_dag_id_that_ends_like_a_hash_is_matched_literally() {
+    let view = view_with_dag_ids(&["x_load-202401011", "reports_*"]);
+    for label in ["x_load-202401011", "reports_eu-202401011"] {
+        let mut object = pod();
+        object["metadata"]["labels"]["dag_id"] = json!(label);
+        let decision = validate(&request("CREATE", mutated_pod(&view, object), None), &view);
+        assert!(
+            decision.response.allowed,
+            "{label}: {}",
+            decision.response.result.message
+        );
+    }
+    // Only when no pattern matches is it taken for shortened.
+    let mut object = pod();
+    object["metadata"]["labels"]["dag_id"] = json!("y_load-202401011");
+    let decision = validate(&request("CREATE", mutated_pod(&view, object), None), &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "DagNotAllowed");
+    assert!(message.contains("looks shortened"), "{message}");
 }
 
 #[test]
@@ -600,11 +649,11 @@ fn a_creator_who_may_not_use_the_identity_gets_nothing_injected_and_is_denied() 
     let view = guarded_view();
     let denied = Access::Denied("no RBAC policy matched".into());
     for decision in [
-        super::mutate(&request("CREATE", pod(), None), &view, Some(&denied)),
+        super::mutate(&request("CREATE", pod(), None), &view, &Some(&denied)),
         super::validate(
             &request("CREATE", mutated_pod(&view, pod()), None),
             &view,
-            Some(&denied),
+            &Some(&denied),
         ),
     ] {
         let (reason, message) = denial(&decision);
@@ -622,17 +671,19 @@ fn a_creator_who_may_not_use_the_identity_gets_nothing_injected_and_is_denied() 
     }
     // An authorizer that cannot answer, or no answer at all, is a denial too.
     let unavailable = Access::Unavailable("the API server did not answer".into());
-    let decision = super::mutate(&request("CREATE", pod(), None), &view, Some(&unavailable));
+    let decision = super::mutate(&request("CREATE", pod(), None), &view, &Some(&unavailable));
     assert_eq!(denial(&decision).0, "AuthorizationUnavailable");
-    let decision = super::validate(&request("CREATE", mutated_pod(&view, pod()), None), &view, None);
+    let decision = super::validate(&request("CREATE", mutated_pod(&view, pod()), None), &view, &None);
     assert_eq!(denial(&decision).0, "AuthorizationUnavailable");
 }
 
 #[test]
 fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
     let create = request("CREATE", pod(), None);
-    let asked = |kind, request: &AdmissionRequest<DynamicObject>| identity_to_authorize(kind, request);
-    let expected = Some(("airflow".to_owned(), "finance-reports".to_owned()));
+    let view = guarded_view();
+    let asked = |kind, request: &AdmissionRequest<DynamicObject>| identities_to_authorize(kind, request, &view);
+    let expected = vec![("airflow".to_owned(), "finance-reports".to_owned())];
+    let none: Vec<(String, String)> = Vec::new();
     assert_eq!(asked(ReviewKind::Mutate, &create), expected);
     assert_eq!(asked(ReviewKind::Validate, &create), expected);
     let running = mutated_pod(&guarded_view(), pod());
@@ -643,7 +694,7 @@ fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
             ReviewKind::Validate,
             &request("UPDATE", annotated, Some(running.clone()))
         ),
-        None
+        none
     );
     let mut new_image = running.clone();
     new_image["spec"]["containers"][0]["image"] = json!("registry.example.com/other:1");
@@ -658,7 +709,7 @@ fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
     assert_eq!(asked(ReviewKind::ValidateEphemeral, &debug), expected);
     assert_eq!(
         asked(ReviewKind::Validate, &debug),
-        None,
+        none,
         "the enforcement webhook does not ask"
     );
     assert_eq!(
@@ -666,7 +717,7 @@ fn only_creates_spec_changes_and_ephemeral_containers_ask_about_the_creator() {
             ReviewKind::Validate,
             &request("CREATE", unlabelled(base_with(json!({}))), None)
         ),
-        None
+        none
     );
 }
 
@@ -854,14 +905,14 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
     assert_eq!(pod_to_look_up(&request("CREATE", pod(), None)), None);
 
     let denied = Access::Denied(String::new());
-    let decision = super::validate_ephemeral(&review, &view, Some(&denied));
+    let decision = super::validate_ephemeral(&review, &view, &Some(&denied));
     let (reason, message) = denial(&decision);
     assert_eq!(reason, "CreatorNotAllowed");
     assert!(
         message.contains("add ephemeral containers to pods of identity \"finance-reports\""),
         "{message}"
     );
-    let allowed = super::validate_ephemeral(&review, &view, Some(&Access::Allowed));
+    let allowed = super::validate_ephemeral(&review, &view, &Some(&Access::Allowed));
     assert!(
         allowed.response.allowed,
         "a creator who may use the identity may debug its pod"
@@ -874,7 +925,7 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
         Some(ephemeral_containers(&running["metadata"], json!([]))),
         Some("ephemeralcontainers"),
     );
-    let decision = super::validate_ephemeral(&review_privileged, &view, Some(&Access::Allowed));
+    let decision = super::validate_ephemeral(&review_privileged, &view, &Some(&Access::Allowed));
     let (reason, message) = denial(&decision);
     assert_eq!(reason, "PrivilegedNotAllowed");
     assert!(message.contains("ephemeral container \"debug\""), "{message}");
@@ -890,7 +941,7 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
         Some(before.clone()),
         Some("ephemeralcontainers"),
     );
-    let decision = super::validate_ephemeral(&review, &view, Some(&Access::Allowed));
+    let decision = super::validate_ephemeral(&review, &view, &Some(&Access::Allowed));
     let (reason, message) = denial(&decision);
     assert_eq!(reason, "TokenSecretNotOwn");
     assert!(message.contains("ephemeral container \"debug\""), "{message}");
@@ -904,7 +955,7 @@ fn ephemeral_containers_need_the_creators_use_and_reach_no_other_credentials() {
     );
     assert_eq!(denial(&validate(&review, &view)).0, "TokenSecretNotOwn");
     assert!(
-        super::validate_ephemeral(&review, &view, None).response.allowed,
+        super::validate_ephemeral(&review, &view, &None).response.allowed,
         "not an identity's pod"
     );
 }
@@ -934,7 +985,7 @@ fn every_final_answer_carries_the_audit_annotations() {
     let denied = super::mutate(
         &request("CREATE", executor, None),
         &view,
-        Some(&Access::Denied(String::new())),
+        &Some(&Access::Denied(String::new())),
     );
     assert_eq!(denied.response.audit_annotations["decision"], "denied");
     assert_eq!(denied.response.audit_annotations["reason"], "CreatorNotAllowed");
@@ -943,4 +994,260 @@ fn every_final_answer_carries_the_audit_annotations() {
     long["metadata"]["annotations"] = json!({"run_id": "r".repeat(5000)});
     let decision = validate(&request("CREATE", mutated_pod(&view, long), None), &view);
     assert!(decision.response.audit_annotations["run_id"].chars().count() <= 254);
+}
+
+// ---------------------------------------------------------------------------------------
+// exec, attach and port-forward; creators' service accounts; the node.
+
+/// A review recorded from a Kubernetes 1.36 API server, decoded as the server decodes it.
+fn recorded(file: &str) -> Value {
+    let path = format!("{}/tests/data/k8s-1.36-reviews/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn decoded(review: Value) -> AdmissionRequest<DynamicObject> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
+    review.try_into().unwrap()
+}
+
+/// `kubectl port-forward`, in the shape of the recorded attach (1.36 refuses to forward to a
+/// pod that is not running before admission, so none was recorded).
+fn port_forward_review() -> Value {
+    let mut review = recorded("06-validate-connect-attach.json");
+    let request = &mut review["request"];
+    for key in ["kind", "requestKind"] {
+        request[key]["kind"] = json!("PodPortForwardOptions");
+    }
+    request["object"] = json!({"apiVersion": "v1", "kind": "PodPortForwardOptions", "ports": [8080]});
+    request["subResource"] = json!("portforward");
+    request["requestSubResource"] = json!("portforward");
+    review
+}
+
+#[test]
+fn exec_attach_and_port_forward_into_an_identitys_pod_need_its_use() {
+    let view = guarded_view();
+    let reviews = [
+        (recorded("04-validate-connect-exec.json"), "exec into pods of"),
+        (recorded("06-validate-connect-attach.json"), "attach to pods of"),
+        (port_forward_review(), "port-forward to pods of"),
+    ];
+    for (review, doing) in reviews {
+        let review = decoded(review);
+        assert_eq!(pod_to_look_up(&review), Some(("rec".to_owned(), "task".to_owned())));
+        // Without the pod's labels its identity is unknown: denied, whatever the authorizer says.
+        let unread = validate_connect(&review, &Some(&Access::Allowed));
+        assert_eq!(denial(&unread).0, "PodLookupFailed", "{doing}");
+
+        let plain = with_pod_labels(&review, BTreeMap::from([("app".to_owned(), "reports".to_owned())]));
+        assert!(identities_to_authorize(ReviewKind::ValidateConnect, &plain, &view).is_empty());
+        assert!(
+            validate_connect(&plain, &None).response.allowed,
+            "{doing}: not an identity's pod"
+        );
+
+        let labelled = with_pod_labels(
+            &review,
+            BTreeMap::from([("winflow.io/identity".to_owned(), "payroll-export".to_owned())]),
+        );
+        assert_eq!(
+            identities_to_authorize(ReviewKind::ValidateConnect, &labelled, &view),
+            [("rec".to_owned(), "payroll-export".to_owned())]
+        );
+        let denied = Access::Denied("no RBAC policy matched".into());
+        let decision = validate_connect(&labelled, &Some(&denied));
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "CreatorNotAllowed");
+        for part in [
+            format!("user \"admin\" may not {doing} identity \"payroll-export\""),
+            "verb use on windowstaskidentities.winflow.io \"payroll-export\" in namespace \"rec\"".to_owned(),
+            "winflow-payroll-export-use".to_owned(),
+        ] {
+            assert!(message.contains(&part), "{part}: {message}");
+        }
+        assert_eq!(decision.audit.identity_concerned(), Some("payroll-export"));
+        assert_eq!(
+            (decision.audit.namespace.as_str(), decision.audit.pod.as_str()),
+            ("rec", "task")
+        );
+        assert_eq!(decision.response.audit_annotations["reason"], "CreatorNotAllowed");
+        assert!(validate_connect(&labelled, &Some(&Access::Allowed)).response.allowed);
+        let unavailable = Access::Unavailable("timeout".into());
+        assert_eq!(
+            denial(&validate_connect(&labelled, &Some(&unavailable))).0,
+            "AuthorizationUnavailable"
+        );
+        assert_eq!(
+            denial(&validate_connect(&labelled, &None)).0,
+            "AuthorizationUnavailable"
+        );
+    }
+    // Only CONNECT to those three subresources is judged here.
+    let mut other = recorded("04-validate-connect-exec.json");
+    other["request"]["subResource"] = json!("proxy");
+    let other = with_pod_labels(&decoded(other), BTreeMap::new());
+    assert_eq!(
+        denial(&validate_connect(&other, &Some(&Access::Allowed))).0,
+        "InvalidPod"
+    );
+    assert_eq!(
+        denial(&validate_connect(
+            &request("CREATE", pod(), None),
+            &Some(&Access::Allowed)
+        ))
+        .0,
+        "InvalidPod"
+    );
+}
+
+/// `pod` running as service account `account`.
+fn running_as(mut pod: Value, account: &str) -> Value {
+    pod["spec"]["serviceAccountName"] = json!(account);
+    pod
+}
+
+#[test]
+fn a_pod_that_runs_as_a_creators_service_account_needs_its_creator_to_use_the_identities() {
+    let view = guarded_view();
+    // payroll-export's creators are the scheduler's and the worker's service accounts.
+    let worker = running_as(unlabelled(base_with(json!({}))), "airflow-worker");
+    let review = request("CREATE", worker.clone(), None);
+    let payroll = ("airflow".to_owned(), "payroll-export".to_owned());
+    assert_eq!(
+        identities_to_authorize(ReviewKind::Validate, &review, &view),
+        std::slice::from_ref(&payroll)
+    );
+    assert!(
+        identities_to_authorize(ReviewKind::Mutate, &review, &view).is_empty(),
+        "validation decides"
+    );
+    let denied = Access::Denied(String::new());
+    let decision = super::validate(&review, &view, &Some(&denied));
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "CreatorServiceAccount");
+    for part in [
+        "service account \"airflow-worker\"",
+        "identities \"payroll-export\"",
+        "only users that may use those identities may start pods that run as it",
+        "user \"system:serviceaccount:airflow:airflow-worker\" may not use \"payroll-export\"",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert_eq!(decision.audit.identity_concerned(), Some("payroll-export"));
+    assert!(validate(&review, &view).response.allowed, "its creator may use it");
+    assert_eq!(
+        denial(&super::validate(&review, &view, &None)).0,
+        "AuthorizationUnavailable"
+    );
+    // An unrelated service account is not a creator.
+    let other = request("CREATE", running_as(unlabelled(base_with(json!({}))), "reports"), None);
+    assert!(identities_to_authorize(ReviewKind::Validate, &other, &view).is_empty());
+    assert!(super::validate(&other, &view, &None).response.allowed);
+    // Updates of a running pod do not ask again (its service account cannot change).
+    let update = request("UPDATE", worker.clone(), Some(worker));
+    assert!(identities_to_authorize(ReviewKind::Validate, &update, &view).is_empty());
+}
+
+#[test]
+fn creators_across_namespaces_and_labelled_pods_are_checked_too() {
+    let mut view = guarded_view();
+    // finance-reports of namespace "finance" names the worker of "airflow", and the service
+    // account of payroll-export, as creators.
+    let mut finance = (*view.identity("airflow", "finance-reports").unwrap()).clone();
+    finance.metadata.namespace = Some("finance".into());
+    finance.spec.access = Some(
+        serde_json::from_value(json!({"creators": [
+            {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"},
+            {"kind": "ServiceAccount", "name": "payroll-export", "namespace": "airflow"}]}))
+        .unwrap(),
+    );
+    view.0
+        .insert(("finance".into(), "finance-reports".into()), Arc::new(finance));
+    let payroll = ("airflow".to_owned(), "payroll-export".to_owned());
+    let finance = ("finance".to_owned(), "finance-reports".to_owned());
+    let worker = request(
+        "CREATE",
+        running_as(unlabelled(base_with(json!({}))), "airflow-worker"),
+        None,
+    );
+    assert_eq!(
+        identities_to_authorize(ReviewKind::Validate, &worker, &view),
+        [payroll.clone(), finance.clone()]
+    );
+    let answers = BTreeMap::from([
+        (payroll.clone(), Access::Allowed),
+        (finance.clone(), Access::Denied(String::new())),
+    ]);
+    let decision = super::validate(&worker, &view, &answers);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "CreatorServiceAccount");
+    assert!(
+        message.contains("identities \"payroll-export\", \"finance-reports\"")
+            && message.contains("may not use \"finance-reports\"")
+            && !message.contains("\"finance\""),
+        "names only: {message}"
+    );
+    // A pod of payroll-export runs as its service account, a creator of finance-reports: its
+    // creator must be allowed both.
+    let mut labelled = pod();
+    labelled["metadata"]["labels"] =
+        json!({"winflow.io/identity": "payroll-export", "dag_id": "payroll_export", "task_id": "export_ledger"});
+    let labelled = mutated_pod(&view, labelled);
+    let review = request("CREATE", labelled, None);
+    assert_eq!(
+        identities_to_authorize(ReviewKind::Validate, &review, &view),
+        [payroll.clone(), finance.clone()]
+    );
+    let decision = super::validate(&review, &view, &answers);
+    assert_eq!(denial(&decision).0, "CreatorServiceAccount");
+    let both = BTreeMap::from([(payroll, Access::Allowed), (finance, Access::Allowed)]);
+    let decision = super::validate(&review, &view, &both);
+    assert!(decision.response.allowed, "{}", decision.response.result.message);
+}
+
+#[test]
+fn unlabelled_pods_in_an_enforcement_namespace_do_not_reach_the_node() {
+    let view = guarded_view();
+    let host_process = json!({"windowsOptions": {"hostProcess": true, "runAsUserName": "NT AUTHORITY\\SYSTEM"}});
+    let mut cases = Vec::new();
+    let mut pod_level = unlabelled(base_with(json!({"hostNetwork": true})));
+    pod_level["spec"]["securityContext"] = host_process.clone();
+    cases.push((pod_level, "the pod asks for a HostProcess container"));
+    let mut container = unlabelled(base_with(json!({})));
+    container["spec"]["containers"][0]["securityContext"] = host_process.clone();
+    cases.push((container, "container \"base\" asks for a HostProcess container"));
+    let mut init = unlabelled(base_with(json!({})));
+    init["spec"]["initContainers"] = json!([{"name": "setup", "image": "x", "securityContext": host_process}]);
+    cases.push((init, "container \"setup\" asks for a HostProcess container"));
+    let mut privileged = unlabelled(base_with(json!({})));
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    cases.push((privileged, "container \"base\" is privileged"));
+    for (object, found) in cases {
+        let decision = validate(&request("CREATE", object, None), &view);
+        let (reason, message) = denial(&decision);
+        assert_eq!(reason, "PrivilegedNotAllowed");
+        for part in [found, "winflow.io/enforce=true", "Pod Security baseline"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+    // Through an ephemeral container too.
+    let plain = unlabelled(base_with(json!({})));
+    let debug = json!([{"name": "debug", "image": "busybox", "securityContext": {"privileged": true}}]);
+    let review = request_as(
+        "UPDATE",
+        ephemeral_containers(&plain["metadata"], debug),
+        Some(ephemeral_containers(&plain["metadata"], json!([]))),
+        Some("ephemeralcontainers"),
+    );
+    let decision = validate(&review, &view);
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "PrivilegedNotAllowed");
+    assert!(message.contains("ephemeral container \"debug\""), "{message}");
+    // A plain pod, and one that says so explicitly, are admitted.
+    let mut explicit = unlabelled(base_with(json!({})));
+    explicit["spec"]["containers"][0]["securityContext"] =
+        json!({"privileged": false, "windowsOptions": {"hostProcess": false}});
+    for object in [unlabelled(base_with(json!({}))), explicit] {
+        assert!(validate(&request("CREATE", object, None), &view).response.allowed);
+    }
 }

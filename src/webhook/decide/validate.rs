@@ -9,9 +9,9 @@ use kube::core::admission::{AdmissionRequest, Operation};
 use super::airflow_ids::check_airflow_id;
 use super::audit::{finish, invalid};
 use super::credentials::{check_references, references};
-use super::envelope::{Subject, identity_label, subject};
+use super::envelope::{Subject, identity_label, service_account_of, subject};
 use super::gmsa::{check_content_named, check_no_identitys_gmsa, check_own_gmsa};
-use super::{Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
+use super::{Authorizations, Checked, Decision, Denial, ResourceView, check_creator, quoted_name, ready_identity};
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
 use crate::names::{ENFORCE_LABEL, IDENTITY_LABEL};
@@ -23,19 +23,26 @@ use crate::webhook::access::Access;
 pub fn validate(
     request: &AdmissionRequest<DynamicObject>,
     view: &dyn ResourceView,
-    access: Option<&Access>,
+    access: &dyn Authorizations,
 ) -> Decision {
     let subject = match subject(request) {
         Ok(subject) => subject,
         Err(message) => return invalid(request, message),
     };
-    let outcome = check_label_unchanged(&subject).and_then(|()| match &subject.identity_name {
-        // The ephemeral-containers webhook judges those of an identity's pod; this one sees
-        // them only in an enforcement namespace, for a 1.20 request without the pod's labels.
-        Some(_) if subject.ephemeral => Ok(()),
-        Some(name) => validate_labelled(&subject, name, view, access),
-        None => validate_unlabelled(&subject, view),
-    });
+    let outcome = check_label_unchanged(&subject)
+        .and_then(|()| match &subject.identity_name {
+            // The ephemeral-containers webhook judges those of an identity's pod; this one sees
+            // them only in an enforcement namespace, for a 1.20 request without the pod's labels.
+            Some(_) if subject.ephemeral => Ok(()),
+            Some(name) => validate_labelled(&subject, name, view, access),
+            None => validate_unlabelled(&subject, view),
+        })
+        .and_then(|()| match (&subject.operation, request.object.as_ref()) {
+            (Operation::Create, Some(object)) if !subject.ephemeral => {
+                check_creator_account(&subject, service_account_of(object), view, access)
+            }
+            _ => Ok(()),
+        });
     finish(request, &subject, outcome.map(|()| None))
 }
 
@@ -46,7 +53,7 @@ pub fn validate(
 pub fn validate_ephemeral(
     request: &AdmissionRequest<DynamicObject>,
     view: &dyn ResourceView,
-    access: Option<&Access>,
+    access: &dyn Authorizations,
 ) -> Decision {
     let subject = match subject(request) {
         Ok(subject) if subject.ephemeral => subject,
@@ -97,7 +104,12 @@ fn check_label_unchanged(subject: &Subject) -> Checked<()> {
     })
 }
 
-fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, access: Option<&Access>) -> Checked<()> {
+fn validate_labelled(
+    subject: &Subject,
+    name: &str,
+    view: &dyn ResourceView,
+    access: &dyn Authorizations,
+) -> Checked<()> {
     let pod = &subject.pod;
     match (&subject.operation, &subject.old) {
         // Metadata only (labels other than the identity's, annotations, finalizers): nothing
@@ -129,8 +141,65 @@ fn validate_labelled(subject: &Subject, name: &str, view: &dyn ResourceView, acc
     check_pod_spec_references(subject, view, Some(&identity))
 }
 
+/// A pod that runs as a creator's service account makes its requests as that creator (it can
+/// create the identities' pods from inside): whoever starts it must be allowed to use every
+/// identity the account creates pods of, in any namespace.
+fn check_creator_account(
+    subject: &Subject,
+    account: &str,
+    view: &dyn ResourceView,
+    access: &dyn Authorizations,
+) -> Checked<()> {
+    let identities = view.identities_created_by(&subject.namespace, account);
+    let user = &subject.creator;
+    let mut refused = Vec::new();
+    for (namespace, name) in &identities {
+        match access.answer(namespace, name) {
+            Some(Access::Allowed) => {}
+            Some(Access::Denied(_)) => refused.push((namespace, name)),
+            Some(Access::Unavailable(error)) => {
+                return Err(Denial::new(
+                    AdmissionReason::AuthorizationUnavailable,
+                    format!(
+                        "winflow could not check whether user {user:?} may use identity \"{name}\" ({error}); pods that run as service account {account:?}, one of its creators, are admitted only once that check answers"
+                    ),
+                ));
+            }
+            None => {
+                return Err(Denial::new(
+                    AdmissionReason::AuthorizationUnavailable,
+                    format!(
+                        "winflow did not check whether user {user:?} may use identity \"{name}\", which service account {account:?} creates pods of; denied"
+                    ),
+                ));
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    // Names only: identities of other namespaces are not described.
+    let quoted =
+        |list: &mut dyn Iterator<Item = &String>| list.map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+    let all = quoted(&mut identities.iter().map(|(_, name)| name));
+    let not_usable = quoted(&mut refused.iter().map(|(_, name)| *name));
+    let denial = Denial::new(
+        AdmissionReason::CreatorServiceAccount,
+        format!(
+            "pod runs as service account {account:?}, a creator of identities {all} (their spec.access.creators): a pod that runs as it acts as their creator, so only users that may use those identities may start pods that run as it; user {user:?} may not use {not_usable} (verb use on windowstaskidentities.winflow.io)"
+        ),
+    );
+    Err(
+        match refused.iter().find(|(namespace, _)| **namespace == subject.namespace) {
+            Some((_, name)) => denial.concerning(name),
+            None => denial,
+        },
+    )
+}
+
 fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()> {
     let spec = subject.pod.spec.clone().unwrap_or_default();
+    check_no_node_access(&spec)?;
     let protected = view.protected(&subject.namespace);
     if !subject.ephemeral {
         let account = spec.service_account_name.as_deref().unwrap_or("default");
@@ -191,6 +260,33 @@ fn check_privileges(spec: &PodSpec, identity: &WindowsTaskIdentity, who: &str) -
                 format!("{place} is privileged, which no identity allows ({who} included)"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// In an enforcement namespace no pod reaches the node: as SYSTEM, a HostProcess or privileged
+/// container reads every gMSA the node may retrieve and every Secret mounted on it.
+fn check_no_node_access(spec: &PodSpec) -> Checked<()> {
+    let rule = format!(
+        "in this namespace ({ENFORCE_LABEL}=true) no pod may run on the node itself, where it could read every gMSA the node may retrieve and every Secret mounted there; other namespaces that reach Windows nodes should enforce Pod Security baseline (pod-security.kubernetes.io/enforce=baseline)"
+    );
+    if let Some((place, _)) = windows_options(spec)
+        .into_iter()
+        .find(|(_, options)| options.host_process == Some(true))
+    {
+        return Err(Denial::new(
+            AdmissionReason::PrivilegedNotAllowed,
+            format!("{place} asks for a HostProcess container; {rule}"),
+        ));
+    }
+    if let Some((place, _)) = security_contexts(spec)
+        .into_iter()
+        .find(|(_, context)| context.privileged == Some(true))
+    {
+        return Err(Denial::new(
+            AdmissionReason::PrivilegedNotAllowed,
+            format!("{place} is privileged; {rule}"),
+        ));
     }
     Ok(())
 }

@@ -40,6 +40,67 @@ async fn a_pod_review_reaches_the_handler_and_is_answered() {
     );
 }
 
+/// A review recorded from a Kubernetes 1.36 API server (tests/data/k8s-1.36-reviews/).
+fn recorded(file: &str) -> Vec<u8> {
+    let path = format!("{}/tests/data/k8s-1.36-reviews/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn exec_attach_and_port_forward_reviews_reach_only_the_connect_endpoint() {
+    let (running, pki, _dir) = serve().await;
+    let connector = pki.connector();
+    let mut port_forward: Value = serde_json::from_slice(&recorded("06-validate-connect-attach.json")).unwrap();
+    let forwarded = &mut port_forward["request"];
+    for key in ["kind", "requestKind"] {
+        forwarded[key]["kind"] = json!("PodPortForwardOptions");
+    }
+    forwarded["object"] = json!({"apiVersion": "v1", "kind": "PodPortForwardOptions", "ports": [8080]});
+    forwarded["subResource"] = json!("portforward");
+    forwarded["requestSubResource"] = json!("portforward");
+    let reviews = [
+        recorded("04-validate-connect-exec.json"),
+        recorded("06-validate-connect-attach.json"),
+        serde_json::to_vec(&port_forward).unwrap(),
+    ];
+    for review in &reviews {
+        let reply = send(
+            running.addr,
+            &connector,
+            &request("POST", "/validate-connect", "application/json", review),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        // The pod endpoints take no CONNECT subresource.
+        let reply = send(
+            running.addr,
+            &connector,
+            &request("POST", "/validate-pods", "application/json", review),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert!(reply.body.contains("only pods are reviewed"), "{reply:?}");
+    }
+    // Nor does the connect endpoint take a pod.
+    let reply = send(
+        running.addr,
+        &connector,
+        &request("POST", "/validate-connect", "application/json", &pod_review("p")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(reply.body.contains("\"portforward\""), "{reply:?}");
+    assert_eq!(
+        *running.recorder.kinds.lock().unwrap(),
+        [ReviewKind::ValidateConnect; 3]
+    );
+}
+
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_reason_and_the_server_keeps_serving() {
     let (running, pki, _dir) = serve().await;

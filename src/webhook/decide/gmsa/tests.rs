@@ -580,7 +580,7 @@ fn ephemeral_containers_get_every_gmsa_rule() {
     let finance = view.identity("airflow", "finance-reports").unwrap();
     let allowed = Some(&Access::Allowed);
     let ephemeral =
-        |labelled, options| validate_ephemeral(&recorded_ephemeral_review(labelled, options), &view, allowed);
+        |labelled, options| validate_ephemeral(&recorded_ephemeral_review(labelled, options), &view, &allowed);
 
     // A pod of an identity: only its own credential spec, by name and contents.
     assert!(ephemeral(true, json!({})).response.allowed);
