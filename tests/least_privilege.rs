@@ -128,17 +128,21 @@ async fn when_webhook_active(env: &TestEnv) {
 
 /// The reason of a denial in the webhook's metrics, by counting the metric before and after.
 fn denied_for(webhook: &support::webhook::Webhook, reason: &str) -> u64 {
-    ["mutate", "validate", "validate-gmsa"]
-        .iter()
-        .map(|hook| {
-            support::metric_sum(
-                &webhook.metrics,
-                &format!(
-                    r#"winflow_admission_decisions_total{{webhook="{hook}",decision="denied",reason="{reason}"}}"#
-                ),
-            )
-        })
-        .sum()
+    [
+        "mutate",
+        "validate",
+        "validate-gmsa",
+        "validate-connect",
+        "validate-workloads",
+    ]
+    .iter()
+    .map(|hook| {
+        support::metric_sum(
+            &webhook.metrics,
+            &format!(r#"winflow_admission_decisions_total{{webhook="{hook}",decision="denied",reason="{reason}"}}"#),
+        )
+    })
+    .sum()
 }
 
 #[tokio::test]
@@ -772,5 +776,229 @@ async fn the_gmsa_gate_holds_in_every_namespace_for_every_spelling() {
     }
     let task = support::task_pod("own-enforced", "payroll-export", "payroll_export", "export_ledger");
     support::create_pod(&worker, &ns, task).await.unwrap();
+    operator.stop().await;
+}
+
+/// Lets `account` exec, attach and port-forward into pods and write Deployments: what the
+/// built-in `edit` role gives, without any `use` of an identity.
+async fn grant_edit_rights(env: &TestEnv, account: &str) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "editor"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["create", "get"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "get", "patch", "delete"]}
+        ]
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "editor"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "editor"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": env.namespace}]
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// `POST pods/<pod>/<subresource>` (exec, attach, portforward) as `client`: the API server's
+/// answer as text. Admission runs before the API server dials the node, so a pod without one
+/// tells winflow's answer apart from the node's.
+async fn connect(client: &Client, namespace: &str, pod: &str, subresource: &str) -> String {
+    let query = match subresource {
+        "exec" => "?command=whoami&stdout=true",
+        "attach" => "?stdout=true",
+        _ => "?ports=5985",
+    };
+    let request = http::Request::post(format!(
+        "/api/v1/namespaces/{namespace}/pods/{pod}/{subresource}{query}"
+    ))
+    .body(Vec::new())
+    .unwrap();
+    match client.request_text(request).await {
+        Ok(text) => text,
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A Deployment of `replicas` pods that run as service account `account`.
+fn deployment(name: &str, account: &str, image: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"serviceAccountName": account, "automountServiceAccountToken": false,
+                    "containers": [{"name": "worker", "image": image}]}}}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn creators_service_accounts_sessions_into_pods_and_the_node_are_doors_too() {
+    let env = TestEnv::new("lp-doors").await;
+    let operator = env.start_operator(Duration::from_secs(300));
+    payroll_identity(&env).await;
+    let webhook = support::webhook::start_webhook(&env).await;
+    when_webhook_active(&env).await;
+    grant_pod_rights(&env, &["airflow-worker", "airflow-scheduler", "intruder"]).await;
+    grant_edit_rights(&env, "intruder").await;
+    support::set_enforce_label(&env, Some("true")).await;
+    let ns = env.namespace.clone();
+    let intruder = env.client_as_service_account("intruder").await;
+    let worker = env.client_as_service_account("airflow-worker").await;
+
+    // Row 10: an unlabelled pod that runs as the worker's service account (a creator) would
+    // create payroll-export's pods as the worker does.
+    let as_worker = |name: &str| {
+        let mut pod = plain_pod(name);
+        pod["spec"]["serviceAccountName"] = json!("airflow-worker");
+        pod
+    };
+    let err = wait_until("the creator rule in force", TIMEOUT, || {
+        let intruder = intruder.clone();
+        let ns = ns.clone();
+        let pod = as_worker("wearing-the-worker");
+        async move { support::create_pod(&intruder, &ns, pod).await.err() }
+    })
+    .await;
+    for part in [
+        "pod runs as service account \"airflow-worker\", a creator of identities \"payroll-export\"",
+        &format!("user \"system:serviceaccount:{ns}:intruder\" may not use \"payroll-export\""),
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(denied_for(&webhook, "CreatorServiceAccount") >= 1);
+    // The worker itself (it may use the identity) starts such a pod.
+    support::create_pod(&worker, &ns, as_worker("worker-helper"))
+        .await
+        .unwrap();
+
+    // The same through a Deployment: refused for the intruder, whose template is checked ...
+    let deployments = |client: &Client| Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
+    let err = deployments(&intruder)
+        .create(
+            &PostParams::default(),
+            &deployment("sneaky", "airflow-worker", "registry.example.com/tools:1"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Deployment \"sneaky\": its pod template runs as service account \"airflow-worker\""),
+        "{err}"
+    );
+    assert!(denied_for(&webhook, "CreatorServiceAccount") >= 2);
+    // ... and admitted for whoever may use the identity (here the cluster admin); its
+    // ReplicaSet and pod, made by Kubernetes' controllers, are admitted without asking again.
+    deployments(&env.client)
+        .create(
+            &PostParams::default(),
+            &deployment("airflow-worker", "airflow-worker", "registry.example.com/airflow:2.10"),
+        )
+        .await
+        .unwrap();
+    wait_until("the Deployment's pod created by its controllers", TIMEOUT, || async {
+        let pods = env
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app=airflow-worker"))
+            .await
+            .ok()?;
+        (!pods.items.is_empty()).then_some(())
+    })
+    .await;
+    // Scaling is not a new template; a new image is, and the intruder may not roll it out.
+    let patch = PatchParams::default();
+    deployments(&intruder)
+        .patch(
+            "airflow-worker",
+            &patch,
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    let new_image = Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "worker", "image": "registry.example.com/intruder:1"}]}}}}));
+    let err = deployments(&intruder)
+        .patch("airflow-worker", &patch, &new_image)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("its pod template runs as service account \"airflow-worker\""),
+        "{err}"
+    );
+
+    // Row 11: exec, attach and port-forward into the identity's pod run as the identity.
+    support::create_pod(
+        &worker,
+        &ns,
+        support::task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
+    for (subresource, doing) in [
+        ("exec", "exec into pods of"),
+        ("attach", "attach to pods of"),
+        ("portforward", "port-forward to pods of"),
+    ] {
+        let answer = connect(&intruder, &ns, "export-1", subresource).await;
+        assert!(
+            answer.contains(&format!("may not {doing} identity \"payroll-export\"")),
+            "{subresource}: {answer}"
+        );
+        // Someone who may use the identity passes winflow and reaches the node part (which
+        // this pod, on no node, does not have).
+        let answer = connect(&worker, &ns, "export-1", subresource).await;
+        assert!(!answer.contains("winflow"), "{subresource}: {answer}");
+    }
+    // A pod of no identity is not winflow's business.
+    support::create_pod(&intruder, &ns, plain_pod("plain")).await.unwrap();
+    let answer = connect(&intruder, &ns, "plain", "exec").await;
+    assert!(!answer.contains("winflow"), "{answer}");
+    assert!(denied_for(&webhook, "CreatorNotAllowed") >= 3);
+
+    // Row 12: no HostProcess or privileged pod in an enforcement namespace (SYSTEM on the node
+    // reads every gMSA the node may retrieve), whoever creates it.
+    let host_process = with(
+        plain_pod("host"),
+        &json!({"securityContext": {"windowsOptions": {"hostProcess": true, "runAsUserName": "NT AUTHORITY\\SYSTEM"}},
+            "hostNetwork": true}),
+    );
+    match support::create_pod(&env.client, &ns, host_process).await {
+        Err(err) => assert!(
+            err.contains("asks for a HostProcess container") && err.contains("winflow.io/enforce=true"),
+            "{err}"
+        ),
+        // Servers before 1.22 do not know the field and drop it before admission: the pod
+        // they keep is no HostProcess pod.
+        Ok(pod) => {
+            let minor: u32 = env
+                .client
+                .apiserver_version()
+                .await
+                .unwrap()
+                .minor
+                .trim_end_matches('+')
+                .parse()
+                .unwrap();
+            let options = pod.spec.unwrap().security_context.unwrap().windows_options;
+            assert!(
+                minor < 22 && options.and_then(|o| o.host_process).is_none(),
+                "a HostProcess pod admitted on 1.{minor}"
+            );
+        }
+    }
+    let mut privileged = plain_pod("privileged");
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let err = support::create_pod(&env.client, &ns, privileged).await.unwrap_err();
+    assert!(err.contains("is privileged"), "{err}");
+    assert!(denied_for(&webhook, "PrivilegedNotAllowed") >= 1);
+
+    drop(webhook);
     operator.stop().await;
 }

@@ -43,6 +43,8 @@ pub enum ConditionReason {
     ShareNotReady,
     NamespaceEnforced,
     NamespaceNotEnforced,
+    /// Creators' service accounts live in namespaces that are not enforced.
+    CreatorNamespaceNotEnforced,
     /// winflow cannot list namespaces.
     NamespaceUnknown,
     NoRecentFailures,
@@ -73,6 +75,7 @@ impl ConditionReason {
             ConditionReason::ShareNotReady => "ShareNotReady",
             ConditionReason::NamespaceEnforced => "NamespaceEnforced",
             ConditionReason::NamespaceNotEnforced => "NamespaceNotEnforced",
+            ConditionReason::CreatorNamespaceNotEnforced => "CreatorNamespaceNotEnforced",
             ConditionReason::NamespaceUnknown => "NamespaceUnknown",
             ConditionReason::NoRecentFailures => "NoRecentFailures",
             ConditionReason::AuthenticationFailures => "AuthenticationFailures",

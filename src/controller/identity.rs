@@ -20,6 +20,7 @@ use super::exposure;
 use super::status::{self, Observed, ServiceAccountState, ShareState, identity_conditions, invalid_spec_conditions};
 use super::{Context, Error, Namespaces};
 use crate::api::conditions::{self, ConditionState};
+use crate::api::creators::creator_accounts;
 use crate::api::identity::{ExposureStatus, PodTemplateStatus, PodsStatus};
 use crate::api::{GMSACredentialSpec, WindowsShare, WindowsTaskIdentity, WindowsTaskIdentityStatus, refs};
 use crate::build::{self, IdentityChildren};
@@ -670,10 +671,23 @@ async fn observe_enforcement(identity: &WindowsTaskIdentity, identity_ctx: &Iden
     if !initial_list_in(store, &identity_ctx.namespaces_deadline).await {
         return status::enforcement_unknown(&namespace);
     }
-    let enforced = store
-        .get(&ObjectRef::new(&namespace))
-        .is_some_and(|ns| is_enforced(&ns));
-    status::enforced_condition(&namespace, enforced)
+    let enforced_namespace = |name: &str| store.get(&ObjectRef::new(name)).is_some_and(|ns| is_enforced(&ns));
+    if !enforced_namespace(&namespace) {
+        return status::enforced_condition(&namespace, false);
+    }
+    // A pod that runs as a creator's service account acts as the creator: the webhook checks
+    // who starts it only in enforcement namespaces.
+    let mut unenforced: Vec<Option<String>> = creator_accounts(identity)
+        .iter()
+        .map(|accounts| accounts.namespace().map(str::to_owned))
+        .filter(|ns| ns.as_deref().is_none_or(|ns| !enforced_namespace(ns)))
+        .collect();
+    unenforced.dedup();
+    if unenforced.is_empty() {
+        status::enforced_condition(&namespace, true)
+    } else {
+        status::creator_namespaces_not_enforced(&namespace, &unenforced)
+    }
 }
 
 /// The state of every share the identity mounts, from the shares' own `Ready` conditions.

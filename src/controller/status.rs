@@ -194,6 +194,28 @@ pub fn enforced_condition(namespace: &str, enforced: bool) -> ConditionState {
     }
 }
 
+/// `Enforced=False` although the identity's own namespace is enforced: its creators include
+/// service accounts of namespaces that are not (`unenforced`, `None` for the group of every
+/// service account), where any pod may run as them unchecked and so act as a creator.
+pub fn creator_namespaces_not_enforced(namespace: &str, unenforced: &[Option<String>]) -> ConditionState {
+    let places: Vec<String> = unenforced
+        .iter()
+        .map(|ns| match ns {
+            Some(ns) => format!("{ns:?}"),
+            None => "every namespace (group system:serviceaccounts)".to_owned(),
+        })
+        .collect();
+    ConditionState::new(
+        ENFORCED,
+        false,
+        ConditionReason::CreatorNamespaceNotEnforced,
+        format!(
+            "namespace {namespace:?} is labelled {ENFORCE_LABEL}=true, but service accounts among this identity's creators (spec.access.creators) live in {}, not labelled so: any pod there may run as them unchecked and create this identity's pods as they would; label those namespaces or name creators from enforced ones",
+            places.join(", ")
+        ),
+    )
+}
+
 /// `Enforced` while winflow cannot read namespaces (its namespace watch never listed them).
 pub fn enforcement_unknown(namespace: &str) -> ConditionState {
     ConditionState::new(
@@ -400,6 +422,18 @@ mod tests {
         assert_eq!(
             (on.type_, on.status, on.reason),
             (ENFORCED, true, ConditionReason::NamespaceEnforced.as_str())
+        );
+        let creators = creator_namespaces_not_enforced("airflow", &[Some("airflow-system".into()), None]);
+        assert_eq!(
+            (creators.status, creators.reason),
+            (false, ConditionReason::CreatorNamespaceNotEnforced.as_str())
+        );
+        assert!(
+            creators
+                .message
+                .contains("live in \"airflow-system\", every namespace (group system:serviceaccounts)"),
+            "{}",
+            creators.message
         );
         let off = enforced_condition("airflow", false);
         assert_eq!(

@@ -82,6 +82,7 @@ impl PodWebhook {
             ReviewKind::ValidateEphemeral => "validate-ephemeral",
             ReviewKind::ValidateGmsa => "validate-gmsa",
             ReviewKind::ValidateConnect => "validate-connect",
+            ReviewKind::ValidateWorkload => "validate-workloads",
         };
         let looked_up;
         let request = match decide::pod_to_look_up(request) {
@@ -126,6 +127,7 @@ fn decision_of(
         ReviewKind::ValidateEphemeral => decide::validate_ephemeral(request, view, access),
         ReviewKind::ValidateGmsa => decide::validate_gmsa(request, view),
         ReviewKind::ValidateConnect => decide::validate_connect(request, access),
+        ReviewKind::ValidateWorkload => decide::validate_workload(request, view, access),
     }
 }
 
@@ -164,6 +166,7 @@ fn log_audit(webhook: &str, request: &AdmissionRequest<DynamicObject>, audit: &A
         user = %audit.creator,
         identity = audit.identity_concerned().unwrap_or_default(),
         namespace = %audit.namespace,
+        kind = %audit.kind,
         pod = %audit.pod,
         dag_id = audit.dag_id.as_deref().unwrap_or_default(),
         task_id = audit.task_id.as_deref().unwrap_or_default(),
@@ -194,7 +197,8 @@ impl PodWebhook {
         else {
             return;
         };
-        let mut note = format!("pod {} denied: {}", audit.pod, audit.message);
+        let what = if audit.kind == "Pod" { "pod" } else { &audit.kind };
+        let mut note = format!("{what} {} denied: {}", audit.pod, audit.message);
         if held_back > 0 {
             note = format!(
                 "{held_back} more denial(s) for this rule since the last Event (see winflow_admission_decisions_total and the audit log); {note}"

@@ -135,6 +135,30 @@ fn pod_rules(rules: &[(&[&str], &[&str])]) -> Vec<RuleWithOperations> {
         .collect()
 }
 
+/// Rules on every built-in kind with a pod template, CREATE and UPDATE. CronJobs are
+/// `batch/v1beta1` before Kubernetes 1.21; `matchPolicy: Equivalent` maps the rest.
+fn workload_rules() -> Vec<RuleWithOperations> {
+    let strings = |items: &[&str]| items.iter().map(|i| i.to_string()).collect();
+    [
+        (
+            &["apps"][..],
+            &["v1"][..],
+            &["deployments", "replicasets", "statefulsets", "daemonsets"][..],
+        ),
+        (&["batch"], &["v1", "v1beta1"], &["jobs", "cronjobs"]),
+        (&[""], &["v1"], &["replicationcontrollers"]),
+    ]
+    .iter()
+    .map(|(groups, versions, resources)| RuleWithOperations {
+        api_groups: Some(strings(groups)),
+        api_versions: Some(strings(versions)),
+        operations: Some(strings(&["CREATE", "UPDATE"])),
+        resources: Some(strings(resources)),
+        scope: Some("Namespaced".to_owned()),
+    })
+    .collect()
+}
+
 fn label_exists(exists: bool) -> LabelSelector {
     LabelSelector {
         match_expressions: Some(vec![LabelSelectorRequirement {
@@ -263,6 +287,16 @@ pub fn validating_configuration(registration: &Registration) -> ValidatingWebhoo
                 None,
                 pod_rules(&[(&["CONNECT"], &["pods/exec", "pods/attach", "pods/portforward"])]),
             ),
+            // A workload whose pods run as a creator's service account lets whoever writes it
+            // act as that creator; its pods are made by Kubernetes' controllers, so the
+            // workload is checked where pods are checked, in enforcement namespaces.
+            webhook(
+                "workloads.winflow.io",
+                "/validate-workloads",
+                Some(enforced_namespaces(registration.namespace_selector.as_ref())),
+                None,
+                workload_rules(),
+            ),
         ]),
     }
 }
@@ -337,7 +371,7 @@ mod tests {
         });
         let config = validating_configuration(&reg);
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 5);
+        assert_eq!(hooks.len(), 6);
         assert_eq!(
             hooks[0].client_config.service.as_ref().unwrap().path.as_deref(),
             Some("/validate-pods")

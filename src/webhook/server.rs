@@ -60,14 +60,29 @@ pub enum ReviewKind {
     /// exec, attach and port-forward (operation CONNECT): the object is the options, without
     /// the pod's labels.
     ValidateConnect,
+    /// Workloads (Deployments, Jobs, ...) in enforcement namespaces whose pod template runs as
+    /// a creator's service account.
+    ValidateWorkload,
 }
 
-/// The subresources of pods whose reviews an endpoint takes.
-fn reviewed_subresources(kind: ReviewKind) -> &'static [&'static str] {
+/// The (group, resource) pairs an endpoint takes.
+const WORKLOADS: &[(&str, &str)] = &[
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+    ("", "replicationcontrollers"),
+];
+
+/// The resources (group, resource) and subresources whose reviews an endpoint takes.
+fn reviewed(kind: ReviewKind) -> (&'static [(&'static str, &'static str)], &'static [&'static str]) {
     match kind {
-        ReviewKind::ValidateConnect => &["exec", "attach", "portforward"],
+        ReviewKind::ValidateConnect => (&[("", "pods")], &["exec", "attach", "portforward"]),
+        ReviewKind::ValidateWorkload => (WORKLOADS, &[""]),
         // Ephemeral containers are added through their own subresource; no other subresource.
-        _ => &["", "ephemeralcontainers"],
+        _ => (&[("", "pods")], &["", "ephemeralcontainers"]),
     }
 }
 
@@ -243,6 +258,12 @@ fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
                 review(state, ReviewKind::ValidateConnect, request)
             }),
         )
+        .route(
+            "/validate-workloads",
+            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
+                review(state, ReviewKind::ValidateWorkload, request)
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(handler)
@@ -252,7 +273,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [CLOSE],
-        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers, /validate-gmsa or /validate-connect\n",
+        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers, /validate-gmsa, /validate-connect or /validate-workloads\n",
     )
         .into_response()
 }
@@ -347,10 +368,18 @@ fn parse(body: &[u8], kind: ReviewKind) -> Result<AdmissionRequest<DynamicObject
         .map_err(|_| "the AdmissionReview has no request".to_owned())?;
     let resource = &request.resource;
     let sub_resource = request.sub_resource.as_deref().unwrap_or_default();
-    let subresources = reviewed_subresources(kind);
-    if !resource.group.is_empty() || resource.resource != "pods" || !subresources.contains(&sub_resource) {
+    let (resources, subresources) = reviewed(kind);
+    let taken = resources
+        .iter()
+        .any(|(group, name)| resource.group == *group && resource.resource == *name);
+    if !taken || !subresources.contains(&sub_resource) {
+        let what = if kind == ReviewKind::ValidateWorkload {
+            "workloads"
+        } else {
+            "pods"
+        };
         return Err(format!(
-            "only pods are reviewed here (group \"\", resource \"pods\", subresource one of {subresources:?}); \
+            "only {what} are reviewed here ((group, resource) one of {resources:?}, subresource one of {subresources:?}); \
              got group {:?}, resource {:?}, subresource {:?}",
             resource.group, resource.resource, sub_resource
         ));

@@ -21,6 +21,10 @@ pub struct Audit {
     /// The identity whose credential a denied pod reached for, when the pod names none itself.
     pub concerns: Option<String>,
     pub namespace: String,
+    /// The kind of object reviewed: `Pod`, or the workload (`Deployment`, `Job`, ...) whose pod
+    /// template was reviewed.
+    pub kind: String,
+    /// Its name.
     pub pod: String,
     pub dag_id: Option<String>,
     pub task_id: Option<String>,
@@ -100,6 +104,7 @@ pub(super) fn audit(
         identity: subject.identity_name.clone(),
         concerns,
         namespace: subject.namespace.clone(),
+        kind: "Pod".to_owned(),
         pod: subject.pod_name.clone(),
         dag_id: id("dag_id"),
         task_id: id("task_id"),
@@ -132,6 +137,7 @@ pub(super) fn denied_unread(
         identity: None,
         concerns: None,
         namespace: request.namespace.clone().unwrap_or_default(),
+        kind: request.kind.kind.clone(),
         pod: request.name.clone(),
         dag_id: None,
         task_id: None,

@@ -88,8 +88,9 @@ pub(super) fn identity_label(pod: &Pod) -> Option<&str> {
 /// The identities (namespace, name) whose `use` the request's user must hold, without
 /// duplicates: that of a labelled pod for its creator, whoever changes a labelled pod's spec
 /// (its image, say), adds an ephemeral container to one, or opens exec, attach or port-forward
-/// to one; and for a new pod that runs as a creator's service account, every identity that
-/// account creates pods of. Asked by the handler before deciding.
+/// to one; and for a new pod, or a new or changed workload template, that runs as a creator's
+/// service account, every identity that account creates pods of. Asked by the handler before
+/// deciding.
 pub fn identities_to_authorize(
     kind: ReviewKind,
     request: &AdmissionRequest<DynamicObject>,
@@ -125,9 +126,14 @@ pub fn identities_to_authorize(
             wanted.insert((namespace.clone(), name.clone()));
         }
     }
-    if creating {
+    if creating && !super::creator_account::made_by_workload_controller(request) {
         let account = service_account_of(object);
         wanted.extend(view.identities_created_by(&namespace, account));
+    }
+    if kind == ReviewKind::ValidateWorkload
+        && let Some(account) = super::workload::account_to_check(request)
+    {
+        wanted.extend(view.identities_created_by(&namespace, &account));
     }
     wanted.into_iter().collect()
 }

@@ -7,6 +7,7 @@
 mod airflow_ids;
 mod audit;
 mod connect;
+mod creator_account;
 mod credentials;
 mod envelope;
 mod gmsa;
@@ -14,6 +15,7 @@ mod mutate;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod workload;
 
 use crate::webhook::reason::AdmissionReason;
 use std::collections::BTreeMap;
@@ -37,6 +39,7 @@ pub use gmsa::validate_gmsa;
 pub(crate) use gmsa::{account_keys, plugin_input};
 pub use mutate::{inline_credential_spec, mutate};
 pub use validate::{validate, validate_ephemeral};
+pub use workload::validate_workload;
 
 /// Read-only access to winflow's resources, as the webhook's caches hold them.
 pub trait ResourceView {
@@ -92,6 +95,12 @@ impl Denial {
 
     fn concerning(mut self, identity: &str) -> Self {
         self.concerns = Some(identity.to_owned());
+        self
+    }
+
+    /// The same denial, its message put in context (what was reviewed).
+    fn reworded(mut self, context: impl FnOnce(&str) -> String) -> Self {
+        self.message = context(&self.message);
         self
     }
 }

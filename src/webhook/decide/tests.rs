@@ -1128,7 +1128,7 @@ fn a_pod_that_runs_as_a_creators_service_account_needs_its_creator_to_use_the_id
     for part in [
         "service account \"airflow-worker\"",
         "identities \"payroll-export\"",
-        "only users that may use those identities may start pods that run as it",
+        "only users that may use those identities may start pods or workloads that run as it",
         "user \"system:serviceaccount:airflow:airflow-worker\" may not use \"payroll-export\"",
     ] {
         assert!(message.contains(part), "{part}: {message}");
@@ -1250,4 +1250,144 @@ fn unlabelled_pods_in_an_enforcement_namespace_do_not_reach_the_node() {
     for object in [unlabelled(base_with(json!({}))), explicit] {
         assert!(validate(&request("CREATE", object, None), &view).response.allowed);
     }
+}
+
+/// A review of a workload (`resource` of `group`) as the API server sends it, by `user`.
+fn workload_review(
+    operation: &str,
+    (group, resource, kind): (&str, &str, &str),
+    object: Value,
+    old: Option<Value>,
+    user: &str,
+) -> AdmissionRequest<DynamicObject> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "4d3c2b1a-0000-4000-8000-000000000002",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "name": object["metadata"]["name"], "namespace": "airflow", "operation": operation,
+            "userInfo": {"username": user},
+            "object": object, "oldObject": old}
+    }))
+    .unwrap();
+    review.try_into().unwrap()
+}
+
+#[test]
+fn workloads_whose_pods_run_as_a_creators_service_account_need_their_writer_to_use_the_identities() {
+    let view = guarded_view();
+    let deployments = ("apps", "deployments", "Deployment");
+    let deployment = |replicas: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "airflow-worker", "namespace": "airflow"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "w"}},
+                "template": {"metadata": {"labels": {"app": "w"}},
+                    "spec": {"serviceAccountName": "airflow-worker",
+                        "containers": [{"name": "worker", "image": image}]}}}})
+    };
+    let payroll = ("airflow".to_owned(), "payroll-export".to_owned());
+    let created = workload_review("CREATE", deployments, deployment(1, "airflow:2.10"), None, "alice");
+    assert_eq!(
+        identities_to_authorize(ReviewKind::ValidateWorkload, &created, &view),
+        std::slice::from_ref(&payroll)
+    );
+    let denied = Access::Denied(String::new());
+    let decision = validate_workload(&created, &view, &Some(&denied));
+    let (reason, message) = denial(&decision);
+    assert_eq!(reason, "CreatorServiceAccount");
+    assert!(
+        message
+            .starts_with("Deployment \"airflow-worker\": its pod template runs as service account \"airflow-worker\"")
+            && message.contains("user \"alice\" may not use \"payroll-export\""),
+        "{message}"
+    );
+    assert_eq!(
+        (decision.audit.kind.as_str(), decision.audit.identity_concerned()),
+        ("Deployment", Some("payroll-export"))
+    );
+    assert!(
+        validate_workload(&created, &view, &Some(&Access::Allowed))
+            .response
+            .allowed
+    );
+    assert_eq!(
+        denial(&validate_workload(&created, &view, &None)).0,
+        "AuthorizationUnavailable"
+    );
+
+    // A new image is a new template: checked again. Scaling is not.
+    let upgraded = workload_review(
+        "UPDATE",
+        deployments,
+        deployment(1, "airflow:3.0"),
+        Some(deployment(1, "airflow:2.10")),
+        "alice",
+    );
+    assert_eq!(
+        denial(&validate_workload(&upgraded, &view, &Some(&denied))).0,
+        "CreatorServiceAccount"
+    );
+    let scaled = workload_review(
+        "UPDATE",
+        deployments,
+        deployment(3, "airflow:2.10"),
+        Some(deployment(1, "airflow:2.10")),
+        "alice",
+    );
+    assert!(identities_to_authorize(ReviewKind::ValidateWorkload, &scaled, &view).is_empty());
+    assert!(validate_workload(&scaled, &view, &None).response.allowed);
+
+    // The ReplicaSet the Deployment controller makes, and a CronJob's template.
+    let mut replica_set = deployment(1, "airflow:2.10");
+    replica_set["kind"] = json!("ReplicaSet");
+    replica_set["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+        "name": "airflow-worker", "uid": "u1", "controller": true}]);
+    let by_controller = workload_review(
+        "CREATE",
+        ("apps", "replicasets", "ReplicaSet"),
+        replica_set.clone(),
+        None,
+        "system:serviceaccount:kube-system:deployment-controller",
+    );
+    assert!(identities_to_authorize(ReviewKind::ValidateWorkload, &by_controller, &view).is_empty());
+    assert!(validate_workload(&by_controller, &view, &None).response.allowed);
+    let by_alice = workload_review(
+        "CREATE",
+        ("apps", "replicasets", "ReplicaSet"),
+        replica_set,
+        None,
+        "alice",
+    );
+    assert_eq!(
+        denial(&validate_workload(&by_alice, &view, &Some(&denied))).0,
+        "CreatorServiceAccount"
+    );
+    let cron_job = json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "nightly", "namespace": "airflow"},
+        "spec": {"schedule": "0 1 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "serviceAccountName": "airflow-worker", "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "i"}]}}}}}});
+    let cron = workload_review("CREATE", ("batch", "cronjobs", "CronJob"), cron_job, None, "alice");
+    assert_eq!(
+        denial(&validate_workload(&cron, &view, &Some(&denied))).0,
+        "CreatorServiceAccount"
+    );
+}
+
+#[test]
+fn pods_that_workload_controllers_make_for_their_owner_are_not_asked_again() {
+    let view = guarded_view();
+    let mut pod = running_as(unlabelled(base_with(json!({}))), "airflow-worker");
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "airflow-worker-5d8f", "uid": "u1", "controller": true}]);
+    let mut review = request("CREATE", pod, None);
+    review.user_info.username = Some("system:serviceaccount:kube-system:replicaset-controller".into());
+    assert!(identities_to_authorize(ReviewKind::Validate, &review, &view).is_empty());
+    assert!(super::validate(&review, &view, &None).response.allowed);
+    // Someone else creating the same pod is asked.
+    review.user_info.username = Some("alice".into());
+    assert_eq!(
+        denial(&super::validate(&review, &view, &None)).0,
+        "AuthorizationUnavailable"
+    );
 }

@@ -8,6 +8,7 @@ use kube::core::admission::{AdmissionRequest, Operation};
 
 use super::airflow_ids::check_airflow_id;
 use super::audit::{finish, invalid};
+use super::creator_account::{check_creator_account, made_by_workload_controller};
 use super::credentials::{check_references, references};
 use super::envelope::{Subject, identity_label, service_account_of, subject};
 use super::gmsa::{check_content_named, check_no_identitys_gmsa, check_own_gmsa};
@@ -15,7 +16,6 @@ use super::{Authorizations, Checked, Decision, Denial, ResourceView, check_creat
 use crate::api::WindowsTaskIdentity;
 use crate::api::identity::CONTAINER_ADMINISTRATOR;
 use crate::names::{ENFORCE_LABEL, IDENTITY_LABEL};
-use crate::webhook::access::Access;
 
 /// `/validate-pods`: enforces the identity a labelled pod names (its creator may use it, its
 /// DAG and task match, it runs as the identity's service account with its own credential
@@ -38,8 +38,11 @@ pub fn validate(
             None => validate_unlabelled(&subject, view),
         })
         .and_then(|()| match (&subject.operation, request.object.as_ref()) {
-            (Operation::Create, Some(object)) if !subject.ephemeral => {
-                check_creator_account(&subject, service_account_of(object), view, access)
+            // Pods of a workload were checked as its template (`workloads.winflow.io`).
+            (Operation::Create, Some(object)) if !subject.ephemeral && !made_by_workload_controller(request) => {
+                let account = service_account_of(object);
+                check_creator_account(&subject.namespace, &subject.creator, account, view, access)
+                    .map_err(|denial| denial.reworded(|message| format!("pod {message}")))
             }
             _ => Ok(()),
         });
@@ -139,62 +142,6 @@ fn validate_labelled(
     check_own_gmsa(&spec, &identity, &who)?;
     check_privileges(&spec, &identity, &who)?;
     check_pod_spec_references(subject, view, Some(&identity))
-}
-
-/// A pod that runs as a creator's service account makes its requests as that creator (it can
-/// create the identities' pods from inside): whoever starts it must be allowed to use every
-/// identity the account creates pods of, in any namespace.
-fn check_creator_account(
-    subject: &Subject,
-    account: &str,
-    view: &dyn ResourceView,
-    access: &dyn Authorizations,
-) -> Checked<()> {
-    let identities = view.identities_created_by(&subject.namespace, account);
-    let user = &subject.creator;
-    let mut refused = Vec::new();
-    for (namespace, name) in &identities {
-        match access.answer(namespace, name) {
-            Some(Access::Allowed) => {}
-            Some(Access::Denied(_)) => refused.push((namespace, name)),
-            Some(Access::Unavailable(error)) => {
-                return Err(Denial::new(
-                    AdmissionReason::AuthorizationUnavailable,
-                    format!(
-                        "winflow could not check whether user {user:?} may use identity \"{name}\" ({error}); pods that run as service account {account:?}, one of its creators, are admitted only once that check answers"
-                    ),
-                ));
-            }
-            None => {
-                return Err(Denial::new(
-                    AdmissionReason::AuthorizationUnavailable,
-                    format!(
-                        "winflow did not check whether user {user:?} may use identity \"{name}\", which service account {account:?} creates pods of; denied"
-                    ),
-                ));
-            }
-        }
-    }
-    if refused.is_empty() {
-        return Ok(());
-    }
-    // Names only: identities of other namespaces are not described.
-    let quoted =
-        |list: &mut dyn Iterator<Item = &String>| list.map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    let all = quoted(&mut identities.iter().map(|(_, name)| name));
-    let not_usable = quoted(&mut refused.iter().map(|(_, name)| *name));
-    let denial = Denial::new(
-        AdmissionReason::CreatorServiceAccount,
-        format!(
-            "pod runs as service account {account:?}, a creator of identities {all} (their spec.access.creators): a pod that runs as it acts as their creator, so only users that may use those identities may start pods that run as it; user {user:?} may not use {not_usable} (verb use on windowstaskidentities.winflow.io)"
-        ),
-    );
-    Err(
-        match refused.iter().find(|(namespace, _)| **namespace == subject.namespace) {
-            Some((_, name)) => denial.concerning(name),
-            None => denial,
-        },
-    )
 }
 
 fn validate_unlabelled(subject: &Subject, view: &dyn ResourceView) -> Checked<()> {
