@@ -3,8 +3,7 @@
 //! The webhook checks new pods against it, the identity controller pods that were already
 //! there; one catalogue, so the two cannot disagree about what a pod reaches.
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, LocalObjectReference, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, LocalObjectReference, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
@@ -167,31 +166,7 @@ impl From<WholePod> for ReferringPod {
     }
 }
 
-/// Served by the API server as pods: the same group, version and path as `Pod`.
-impl k8s_openapi::Resource for ReferringPod {
-    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
-    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
-    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
-    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
-    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-    type Scope = NamespaceResourceScope;
-}
-
-impl k8s_openapi::ListableResource for ReferringPod {
-    const LIST_KIND: &'static str = <Pod as k8s_openapi::ListableResource>::LIST_KIND;
-}
-
-impl k8s_openapi::Metadata for ReferringPod {
-    type Ty = ObjectMeta;
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+crate::task_pod::served_as_pods!(ReferringPod);
 
 #[cfg(test)]
 mod tests {

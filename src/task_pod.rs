@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
@@ -77,31 +76,41 @@ impl TaskPod {
     }
 }
 
-/// Served by the API server as pods: the same group, version and path as `Pod`.
-impl k8s_openapi::Resource for TaskPod {
-    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
-    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
-    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
-    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
-    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
-    type Scope = NamespaceResourceScope;
+/// Implements what kube needs to read `$kind` (a struct with a `metadata: ObjectMeta` field)
+/// as pods: the same group, version and path as `Pod`, so a watch fetches only what it keeps.
+macro_rules! served_as_pods {
+    ($kind:ty) => {
+        impl k8s_openapi::Resource for $kind {
+            const API_VERSION: &'static str = <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::API_VERSION;
+            const GROUP: &'static str = <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::GROUP;
+            const KIND: &'static str = <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::KIND;
+            const VERSION: &'static str = <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::VERSION;
+            const URL_PATH_SEGMENT: &'static str =
+                <k8s_openapi::api::core::v1::Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+            type Scope = k8s_openapi::NamespaceResourceScope;
+        }
+
+        impl k8s_openapi::ListableResource for $kind {
+            const LIST_KIND: &'static str =
+                <k8s_openapi::api::core::v1::Pod as k8s_openapi::ListableResource>::LIST_KIND;
+        }
+
+        impl k8s_openapi::Metadata for $kind {
+            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
+    };
 }
+pub(crate) use served_as_pods;
 
-impl k8s_openapi::ListableResource for TaskPod {
-    const LIST_KIND: &'static str = <Pod as k8s_openapi::ListableResource>::LIST_KIND;
-}
-
-impl k8s_openapi::Metadata for TaskPod {
-    type Ty = ObjectMeta;
-
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+served_as_pods!(TaskPod);
 
 /// Drops the metadata `summarize` does not read (managed fields, owner references, Airflow's
 /// other labels and annotations) and the containers that have not terminated. Only a failed

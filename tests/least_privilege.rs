@@ -70,17 +70,11 @@ async fn payroll_identity(env: &TestEnv) {
     let _: WindowsTaskIdentity = support::wait_for_condition(env, "payroll-export", "Ready", "True", None).await;
 }
 
-/// Lets `accounts` of the namespace create, read and delete pods and add ephemeral containers:
-/// what `create pods` alone gives, without any `use` of an identity.
-async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
-    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": {"name": "pod-creator"},
-        "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "update", "patch"]}
-        ]
-    }))
-    .unwrap();
+/// Creates Role `name` with `rules` and binds it to the service accounts `accounts` of the
+/// test namespace.
+async fn bind_role(env: &TestEnv, name: &str, rules: Value, accounts: &[&str]) {
+    let role: k8s_openapi::api::rbac::v1::Role =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
     env.api::<k8s_openapi::api::rbac::v1::Role>()
         .create(&PostParams::default(), &role)
         .await
@@ -90,8 +84,8 @@ async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
         .map(|a| json!({"kind": "ServiceAccount", "name": a, "namespace": env.namespace}))
         .collect();
     let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "pod-creator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-creator"},
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": subjects
     }))
     .unwrap();
@@ -99,6 +93,16 @@ async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
+}
+
+/// Lets `accounts` of the namespace create, read and delete pods and add ephemeral containers:
+/// what `create pods` alone gives, without any `use` of an identity.
+async fn grant_pod_rights(env: &TestEnv, accounts: &[&str]) {
+    let rules = json!([
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "update", "patch"]}
+    ]);
+    bind_role(env, "pod-creator", rules, accounts).await;
     for account in accounts {
         let sa: k8s_openapi::api::core::v1::ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
@@ -782,28 +786,11 @@ async fn the_gmsa_gate_holds_in_every_namespace_for_every_spelling() {
 /// Lets `account` exec, attach and port-forward into pods and write Deployments: what the
 /// built-in `edit` role gives, without any `use` of an identity.
 async fn grant_edit_rights(env: &TestEnv, account: &str) {
-    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": {"name": "editor"},
-        "rules": [
-            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["create", "get"]},
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "get", "patch", "delete"]}
-        ]
-    }))
-    .unwrap();
-    env.api::<k8s_openapi::api::rbac::v1::Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "editor"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "editor"},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": env.namespace}]
-    }))
-    .unwrap();
-    env.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    let rules = json!([
+        {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["create", "get"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "get", "patch", "delete"]}
+    ]);
+    bind_role(env, "editor", rules, &[account]).await;
 }
 
 /// `POST pods/<pod>/<subresource>` (exec, attach, portforward) as `client`: the API server's

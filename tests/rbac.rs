@@ -307,20 +307,31 @@ async fn the_webhook_works_under_the_operators_rbac_and_fails_closed_without_sub
 
 /// The operator without verb `use` on `resource`: the Role `refused_role` that would grant
 /// `use` is refused by RBAC escalation prevention, and the identity says so (`AccessGranted`
-/// and `Ready` false, `ApiError`) while its other objects are in place.
+/// and `Ready` false, `PrerequisiteMissing`, saying what to grant) while its other objects are in
+/// place.
 async fn without_use_the_role_is_refused(test: &str, resource: &'static str, refused_role: &str, kept_role: &str) {
     let (env, operator) = key_vault_example_under(test, without_use_on(resource)).await;
-    let identity: WindowsTaskIdentity =
-        support::wait_for_condition(&env, "payroll-export", "AccessGranted", "False", Some("ApiError")).await;
+    let identity: WindowsTaskIdentity = support::wait_for_condition(
+        &env,
+        "payroll-export",
+        "AccessGranted",
+        "False",
+        Some("PrerequisiteMissing"),
+    )
+    .await;
     let access = support::condition(&identity, "AccessGranted").unwrap();
     assert!(
         access.message.contains(&format!("Role {refused_role}"))
-            && (access.message.contains("escalat") || access.message.contains("not currently held")),
+            && (access.message.contains("escalat") || access.message.contains("not currently held"))
+            && access.message.contains("grant it as deploy/rbac.yaml"),
         "{}",
         access.message
     );
     let ready = support::condition(&identity, "Ready").unwrap();
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ApiError"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "PrerequisiteMissing")
+    );
     for condition in ["CredentialSpecReady", "PodTemplateReady"] {
         assert_eq!(
             support::condition(&identity, condition).unwrap().status,

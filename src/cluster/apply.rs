@@ -24,9 +24,10 @@ pub enum ChildState {
     Conflict(String),
     /// The API server refused the object (4xx): a problem no retry fixes by itself.
     Rejected(String),
-    /// The API server does not serve the kind at all (its CustomResourceDefinition is not
-    /// installed): a prerequisite of the cluster, with what to install.
-    NotServed(String),
+    /// Something the cluster must provide is missing: the kind is not served (its
+    /// CustomResourceDefinition is not installed), or winflow's own RBAC does not allow the
+    /// write (its ClusterRole lacks a rule); the message says what to install or grant.
+    PrerequisiteMissing(String),
 }
 
 /// A child as the controller reports it.
@@ -72,7 +73,15 @@ where
     // get_opt does not take for a missing object.
     let existing = match api.get_opt(&name).await {
         Err(kube::Error::Api(status)) if status.code == 404 => {
-            return Ok(report(ChildState::NotServed(not_served_message::<K>(&name))));
+            return Ok(report(ChildState::PrerequisiteMissing(not_served_message::<K>(&name))));
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            return Ok(report(ChildState::PrerequisiteMissing(forbidden_message(
+                "read",
+                &kind,
+                &name,
+                &status.message,
+            ))));
         }
         found => found?,
     };
@@ -99,7 +108,12 @@ where
     }
     let state = match result {
         Ok(_) => ChildState::Applied,
-        Err(kube::Error::Api(status)) if status.code == 404 => ChildState::NotServed(not_served_message::<K>(&name)),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            ChildState::PrerequisiteMissing(not_served_message::<K>(&name))
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            ChildState::PrerequisiteMissing(forbidden_message("apply", &kind, &name, &status.message))
+        }
         Err(kube::Error::Api(status)) if is_permanent(status.code) => {
             ChildState::Rejected(format!("the API server refused {kind} {name}: {}", status.message))
         }
@@ -141,6 +155,14 @@ fn not_served_message<K: Resource<DynamicType = ()>>(name: &str) -> String {
     let crd = format!("{}.{}", K::plural(&()), K::group(&()));
     format!(
         "the API server does not serve {kind}, so {name} cannot be created: install the CustomResourceDefinition {crd} (crds/{crd}.yaml, or the chart with gmsa.installCRD=true for the GMSACredentialSpec one); winflow creates {name} once it is served"
+    )
+}
+
+/// What to grant when winflow's own RBAC refuses a child: the rule its ClusterRole lacks (or,
+/// for a Role that grants `use`, the permission RBAC escalation prevention wants it to hold).
+fn forbidden_message(verb: &str, kind: &str, name: &str, refusal: &str) -> String {
+    format!(
+        "winflow may not {verb} {kind} {name}: {refusal}; winflow's ClusterRole lacks what this needs: grant it as deploy/rbac.yaml (or the Helm chart) does, and winflow creates {name} by itself"
     )
 }
 
@@ -254,6 +276,21 @@ mod tests {
             &to_json(&after),
             &to_json(&with_spec_hash(account(&[("team", "finance")])))
         ));
+    }
+
+    #[test]
+    fn a_refusal_by_rbac_says_what_to_grant() {
+        let message = forbidden_message(
+            "apply",
+            "Role",
+            "winflow-reports-gmsa",
+            "attempting to grant RBAC permissions not currently held",
+        );
+        assert!(
+            message.starts_with("winflow may not apply Role winflow-reports-gmsa: attempting to grant")
+                && message.contains("grant it as deploy/rbac.yaml"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -279,7 +279,7 @@ pub fn share_condition(
             ChildState::Rejected(message) => {
                 return ConditionState::new(READY, false, ConditionReason::ApiError, message.clone());
             }
-            ChildState::NotServed(message) => {
+            ChildState::PrerequisiteMissing(message) => {
                 return ConditionState::new(READY, false, ConditionReason::PrerequisiteMissing, message.clone());
             }
             ChildState::UpToDate | ChildState::Applied => {}

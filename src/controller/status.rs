@@ -46,7 +46,7 @@ fn child_failure(report: &ChildReport) -> Option<(ConditionReason, String)> {
         ChildState::UpToDate | ChildState::Applied => None,
         ChildState::Conflict(message) => Some((ConditionReason::Conflict, message.clone())),
         ChildState::Rejected(message) => Some((ConditionReason::ApiError, message.clone())),
-        ChildState::NotServed(message) => Some((ConditionReason::PrerequisiteMissing, message.clone())),
+        ChildState::PrerequisiteMissing(message) => Some((ConditionReason::PrerequisiteMissing, message.clone())),
     }
 }
 

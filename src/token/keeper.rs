@@ -377,7 +377,7 @@ impl Keeper {
                 changed_meanwhile: versions.take_changed_meanwhile(&desired),
             },
             ChildState::Conflict(_) => Written::Conflict,
-            ChildState::Rejected(message) | ChildState::NotServed(message) => Written::Rejected(message),
+            ChildState::Rejected(message) | ChildState::PrerequisiteMissing(message) => Written::Rejected(message),
         })
     }
 
