@@ -176,16 +176,22 @@ async fn install_crds(kubeconfig: &Path) {
 /// 1.25 do not know CEL rules (`x-kubernetes-validations`) and refuse the field, so they are
 /// left out there (such a server would not enforce them anyway).
 pub async fn crd_for_server(client: &Client, mut crd: serde_json::Value) -> CustomResourceDefinition {
+    if !knows_cel_rules(client).await {
+        without_cel_rules(&mut crd);
+    }
+    serde_json::from_value(crd).expect("a CustomResourceDefinition")
+}
+
+/// Whether the API server knows CRD validation rules (`x-kubernetes-validations`, from 1.25):
+/// older ones refuse the field by server-side apply (and drop it on create or update).
+pub async fn knows_cel_rules(client: &Client) -> bool {
     let version = client.apiserver_version().await.expect("the API server's version");
     let minor: u32 = version
         .minor
         .trim_end_matches(|c: char| !c.is_ascii_digit())
         .parse()
         .unwrap_or_else(|_| panic!("server minor version {:?}", version.minor));
-    if version.major == "1" && minor < 25 {
-        without_cel_rules(&mut crd);
-    }
-    serde_json::from_value(crd).expect("a CustomResourceDefinition")
+    version.major != "1" || minor >= 25
 }
 
 /// Removes every `x-kubernetes-validations` from a CRD's schemas.
