@@ -130,6 +130,26 @@ async fn when_webhook_active(env: &TestEnv) {
     .await;
 }
 
+/// Waits until unlabelled pods created by `client` reach the webhook, which they do once the
+/// API server has seen the namespace's enforcement label.
+async fn when_enforcement_active(env: &TestEnv, client: &Client) {
+    wait_until("enforcement active", TIMEOUT, || async {
+        let probe = with(
+            plain_pod("probe-plain"),
+            &json!({"serviceAccountName": "payroll-export"}),
+        );
+        match support::create_pod(client, &env.namespace, probe).await {
+            Err(e) if e.contains("the service account of identity \"payroll-export\"") => Some(()),
+            Ok(_) => {
+                let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+}
+
 /// The reason of a denial in the webhook's metrics, by counting the metric before and after.
 fn denied_for(webhook: &support::webhook::Webhook, reason: &str) -> u64 {
     [
@@ -413,22 +433,7 @@ async fn no_pod_reaches_an_identitys_credentials_around_its_own_pods() {
     when_webhook_active(&env).await;
     let ns = env.namespace.clone();
     let client = env.client.clone();
-    // Unlabelled pods reach the webhook once the API server has seen the namespace label.
-    wait_until("enforcement active", TIMEOUT, || async {
-        let probe = with(
-            plain_pod("probe-plain"),
-            &json!({"serviceAccountName": "payroll-export"}),
-        );
-        match support::create_pod(&client, &ns, probe).await {
-            Err(e) if e.contains("the service account of identity \"payroll-export\"") => Some(()),
-            Ok(_) => {
-                let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
-                None
-            }
-            Err(_) => None,
-        }
-    })
-    .await;
+    when_enforcement_active(&env, &client).await;
 
     let mut n = 0;
     let hook = &webhook;
@@ -757,22 +762,7 @@ async fn the_gmsa_gate_holds_in_every_namespace_for_every_spelling() {
 
     // The same spellings in an enforcement namespace (seen by enforce.pods.winflow.io).
     support::set_enforce_label(&env, Some("true")).await;
-    let (client, ns2) = (intruder.clone(), ns.clone());
-    wait_until("enforcement active", TIMEOUT, || async {
-        let probe = with(
-            plain_pod("probe-plain"),
-            &json!({"serviceAccountName": "payroll-export"}),
-        );
-        match support::create_pod(&client, &ns2, probe).await {
-            Err(e) if e.contains("the service account of identity \"payroll-export\"") => Some(()),
-            Ok(_) => {
-                let _ = env.api::<Pod>().delete("probe-plain", &Default::default()).await;
-                None
-            }
-            Err(_) => None,
-        }
-    })
-    .await;
+    when_enforcement_active(&env, &intruder).await;
     for (what, contents) in &spellings {
         let (reason, found) = spelling_denial(what);
         let pod = with_gmsa("x", "pod", named(contents, Some("webapp-gmsa")));
