@@ -682,6 +682,7 @@ async fn observe_enforcement(identity: &WindowsTaskIdentity, identity_ctx: &Iden
         .map(|accounts| accounts.namespace().map(str::to_owned))
         .filter(|ns| ns.as_deref().is_none_or(|ns| !enforced_namespace(ns)))
         .collect();
+    unenforced.sort();
     unenforced.dedup();
     if unenforced.is_empty() {
         status::enforced_condition(&namespace, true)

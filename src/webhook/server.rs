@@ -228,42 +228,25 @@ async fn serve_connection(
     }
 }
 
+/// The endpoints, one per kind of review; registration.rs and the chart point at these paths.
+const ENDPOINTS: [(&str, ReviewKind); 6] = [
+    ("/mutate-pods", ReviewKind::Mutate),
+    ("/validate-pods", ReviewKind::Validate),
+    ("/validate-ephemeral-containers", ReviewKind::ValidateEphemeral),
+    ("/validate-gmsa", ReviewKind::ValidateGmsa),
+    ("/validate-connect", ReviewKind::ValidateConnect),
+    ("/validate-workloads", ReviewKind::ValidateWorkload),
+];
+
 fn router(handler: Arc<dyn AdmissionHandler>) -> Router {
-    Router::new()
-        .route(
-            "/mutate-pods",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| review(state, ReviewKind::Mutate, request)),
-        )
-        .route(
-            "/validate-pods",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
-                review(state, ReviewKind::Validate, request)
-            }),
-        )
-        .route(
-            "/validate-ephemeral-containers",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
-                review(state, ReviewKind::ValidateEphemeral, request)
-            }),
-        )
-        .route(
-            "/validate-gmsa",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
-                review(state, ReviewKind::ValidateGmsa, request)
-            }),
-        )
-        .route(
-            "/validate-connect",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
-                review(state, ReviewKind::ValidateConnect, request)
-            }),
-        )
-        .route(
-            "/validate-workloads",
-            any(|state: State<Arc<dyn AdmissionHandler>>, request: Request| {
-                review(state, ReviewKind::ValidateWorkload, request)
-            }),
-        )
+    ENDPOINTS
+        .into_iter()
+        .fold(Router::new(), |router, (path, kind)| {
+            router.route(
+                path,
+                any(move |state: State<Arc<dyn AdmissionHandler>>, request: Request| review(state, kind, request)),
+            )
+        })
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(handler)
@@ -273,7 +256,10 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         [CLOSE],
-        "not found: admission reviews go to POST /mutate-pods, /validate-pods, /validate-ephemeral-containers, /validate-gmsa, /validate-connect or /validate-workloads\n",
+        format!(
+            "not found: admission reviews go to POST one of {}\n",
+            ENDPOINTS.map(|(path, _)| path).join(", ")
+        ),
     )
         .into_response()
 }

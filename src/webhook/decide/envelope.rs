@@ -140,7 +140,11 @@ pub fn identities_to_authorize(
 
 /// The service account a pod in a review runs as (`default` when none is set).
 pub(super) fn service_account_of(object: &DynamicObject) -> &str {
-    let spec = &object.data["spec"];
+    service_account_in(&object.data["spec"])
+}
+
+/// The service account a pod spec (as JSON: a pod's, or a workload template's) runs as.
+pub(super) fn service_account_in(spec: &serde_json::Value) -> &str {
     ["serviceAccountName", "serviceAccount"]
         .iter()
         .find_map(|key| spec[key].as_str().filter(|s| !s.is_empty()))

@@ -10,24 +10,16 @@ use serde_json::Value;
 
 use super::audit::{Audit, invalid, with_audit};
 use super::creator_account::{check_creator_account, made_by_workload_controller};
+use super::envelope::service_account_in;
 use super::{Authorizations, Decision, ResourceView};
 use crate::webhook::reason::AdmissionReason;
 
-/// The pod template of a workload object: `spec.template` or, for a CronJob,
-/// `spec.jobTemplate.spec.template`.
-fn pod_template(object: &Value) -> Option<&Value> {
-    let spec = object.get("spec")?;
+/// The pod template in a workload object's body (`DynamicObject::data`, everything but its
+/// metadata): `spec.template` or, for a CronJob, `spec.jobTemplate.spec.template`.
+fn pod_template(body: &Value) -> Option<&Value> {
+    let spec = body.get("spec")?;
     spec.get("template")
         .or_else(|| spec.get("jobTemplate")?.get("spec")?.get("template"))
-}
-
-/// The service account the template's pods run as (`default` when none is set).
-fn template_service_account(template: &Value) -> &str {
-    let spec = &template["spec"];
-    ["serviceAccountName", "serviceAccount"]
-        .iter()
-        .find_map(|key| spec[key].as_str().filter(|s| !s.is_empty()))
-        .unwrap_or("default")
 }
 
 /// The service account whose creator rule the request must pass, if any: that of a new
@@ -36,17 +28,13 @@ pub(super) fn account_to_check(request: &AdmissionRequest<DynamicObject>) -> Opt
     if made_by_workload_controller(request) {
         return None;
     }
-    let object = serde_json::to_value(request.object.as_ref()?).ok()?;
-    let template = pod_template(&object)?;
+    let template = pod_template(&request.object.as_ref()?.data)?;
     let changed = match request.operation {
         Operation::Create => true,
-        Operation::Update => {
-            let old = request.old_object.as_ref().and_then(|o| serde_json::to_value(o).ok());
-            old.as_ref().and_then(pod_template) != Some(template)
-        }
+        Operation::Update => request.old_object.as_ref().and_then(|old| pod_template(&old.data)) != Some(template),
         _ => false,
     };
-    changed.then(|| template_service_account(template).to_owned())
+    changed.then(|| service_account_in(&template["spec"]).to_owned())
 }
 
 pub fn validate_workload(
@@ -105,15 +93,10 @@ mod tests {
         let cron_job =
             json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"serviceAccount": "airflow-worker"}}}}}});
         let bare = json!({"spec": {"template": {"spec": {}}}});
-        assert_eq!(
-            template_service_account(pod_template(&deployment).unwrap()),
-            "airflow-worker"
-        );
-        assert_eq!(
-            template_service_account(pod_template(&cron_job).unwrap()),
-            "airflow-worker"
-        );
-        assert_eq!(template_service_account(pod_template(&bare).unwrap()), "default");
+        let account = |body: &Value| service_account_in(&pod_template(body).unwrap()["spec"]).to_owned();
+        assert_eq!(account(&deployment), "airflow-worker");
+        assert_eq!(account(&cron_job), "airflow-worker");
+        assert_eq!(account(&bare), "default");
         assert!(pod_template(&json!({"spec": {"replicas": 2}})).is_none());
     }
 }
