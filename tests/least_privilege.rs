@@ -824,10 +824,41 @@ async fn creators_service_accounts_sessions_into_pods_and_the_node_are_doors_too
     when_webhook_active(&env).await;
     grant_pod_rights(&env, &["airflow-worker", "airflow-scheduler", "intruder"]).await;
     grant_edit_rights(&env, "intruder").await;
-    support::set_enforce_label(&env, Some("true")).await;
     let ns = env.namespace.clone();
     let intruder = env.client_as_service_account("intruder").await;
     let worker = env.client_as_service_account("airflow-worker").await;
+
+    // Row 11, in a namespace that is not (yet) an enforcement namespace: exec, attach and
+    // port-forward into the identity's pod run as the identity, wherever it is.
+    support::create_pod(
+        &worker,
+        &ns,
+        support::task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
+    )
+    .await
+    .unwrap();
+    for (subresource, doing) in [
+        ("exec", "exec into pods of"),
+        ("attach", "attach to pods of"),
+        ("portforward", "port-forward to pods of"),
+    ] {
+        let answer = connect(&intruder, &ns, "export-1", subresource).await;
+        assert!(
+            answer.contains(&format!("may not {doing} identity \"payroll-export\"")),
+            "{subresource}: {answer}"
+        );
+        // Someone who may use the identity passes winflow and reaches the node part (which
+        // this pod, on no node, does not have).
+        let answer = connect(&worker, &ns, "export-1", subresource).await;
+        assert!(!answer.contains("winflow"), "{subresource}: {answer}");
+    }
+    // A pod of no identity is not winflow's business.
+    support::create_pod(&intruder, &ns, plain_pod("plain")).await.unwrap();
+    let answer = connect(&intruder, &ns, "plain", "exec").await;
+    assert!(!answer.contains("winflow"), "{answer}");
+    assert!(denied_for(&webhook, "CreatorNotAllowed") >= 3);
+
+    support::set_enforce_label(&env, Some("true")).await;
 
     // Row 10: an unlabelled pod that runs as the worker's service account (a creator) would
     // create payroll-export's pods as the worker does.
@@ -910,35 +941,6 @@ async fn creators_service_accounts_sessions_into_pods_and_the_node_are_doors_too
         "{err}"
     );
 
-    // Row 11: exec, attach and port-forward into the identity's pod run as the identity.
-    support::create_pod(
-        &worker,
-        &ns,
-        support::task_pod("export-1", "payroll-export", "payroll_export", "export_ledger"),
-    )
-    .await
-    .unwrap();
-    for (subresource, doing) in [
-        ("exec", "exec into pods of"),
-        ("attach", "attach to pods of"),
-        ("portforward", "port-forward to pods of"),
-    ] {
-        let answer = connect(&intruder, &ns, "export-1", subresource).await;
-        assert!(
-            answer.contains(&format!("may not {doing} identity \"payroll-export\"")),
-            "{subresource}: {answer}"
-        );
-        // Someone who may use the identity passes winflow and reaches the node part (which
-        // this pod, on no node, does not have).
-        let answer = connect(&worker, &ns, "export-1", subresource).await;
-        assert!(!answer.contains("winflow"), "{subresource}: {answer}");
-    }
-    // A pod of no identity is not winflow's business.
-    support::create_pod(&intruder, &ns, plain_pod("plain")).await.unwrap();
-    let answer = connect(&intruder, &ns, "plain", "exec").await;
-    assert!(!answer.contains("winflow"), "{answer}");
-    assert!(denied_for(&webhook, "CreatorNotAllowed") >= 3);
-
     // Row 12: no HostProcess or privileged pod in an enforcement namespace (SYSTEM on the node
     // reads every gMSA the node may retrieve), whoever creates it.
     let host_process = with(
@@ -975,6 +977,33 @@ async fn creators_service_accounts_sessions_into_pods_and_the_node_are_doors_too
     let err = support::create_pod(&env.client, &ns, privileged).await.unwrap_err();
     assert!(err.contains("is privileged"), "{err}");
     assert!(denied_for(&webhook, "PrivilegedNotAllowed") >= 1);
+
+    // A creator from a namespace without the label: there any pod may wear its account
+    // unchecked, and the identity says so instead of Enforced=True.
+    support::wait_for_condition::<WindowsTaskIdentity>(&env, "payroll-export", "Enforced", "True", None).await;
+    let elsewhere = format!("{ns}-elsewhere");
+    let creators = json!({"spec": {"access": {"creators": [
+        {"kind": "ServiceAccount", "name": "airflow-scheduler"},
+        {"kind": "ServiceAccount", "name": "airflow-worker"},
+        {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": elsewhere}]}}});
+    env.api::<WindowsTaskIdentity>()
+        .patch("payroll-export", &patch, &Patch::Merge(creators))
+        .await
+        .unwrap();
+    let identity: WindowsTaskIdentity = support::wait_for_condition(
+        &env,
+        "payroll-export",
+        "Enforced",
+        "False",
+        Some("CreatorNamespaceNotEnforced"),
+    )
+    .await;
+    let enforced = support::condition(&identity, "Enforced").unwrap();
+    assert!(
+        enforced.message.contains(&format!("live in {elsewhere:?}")),
+        "{}",
+        enforced.message
+    );
 
     drop(webhook);
     operator.stop().await;
